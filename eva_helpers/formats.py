@@ -1,0 +1,151 @@
+"""The on-disk dataset format (DESIGN section 1): names, codecs and the manifest. Writers and readers share this.
+
+Layout of a dataset folder::
+
+    manifest.json                 schema, version, build params (seed, teacher...), counts, one entry per shard
+    backgrounds.zip               bg/<bg_id>.png (prepared RGB, lossless), bg_depth/<bg_id>.png, index.jsonl
+    shards/shard-NNNNN.zip        fg_bg/<sid>.jpg, mask/<sid>.png, depth/<sid>.png, index.jsonl
+
+Conventions:
+- sample id `sid` is the global sample index, zero-padded to 8 digits; shard k holds indices
+  [k * shard_size, (k + 1) * shard_size).
+- mask PNG: 8-bit grayscale, exactly the alpha placed on the background (0..255, soft edges kept);
+  readers binarise at 128 for the training target.
+- depth PNG: 16-bit grayscale of *relative inverse depth* (disparity-like): **near = bright**.
+  value = round(d * 65535) with d in [0, 1] the teacher output min-max normalised per background
+  (layered mode) or per composite (per-composite mode). The raw teacher range is recorded in the
+  index as `depth_min`/`depth_max`, so raw = depth_min + d * (depth_max - depth_min). Units are the
+  teacher's (relative, not metres).
+- Zip members are written in a fixed order with a fixed timestamp and ZIP_STORED (JPEG/PNG are compressed
+  already), so the same seed gives byte-identical shards.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "eva-dataset/1"
+MANIFEST = "manifest.json"
+BACKGROUNDS = "backgrounds.zip"
+SHARD_DIR = "shards"
+INDEX = "index.jsonl"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+DEPTH_MAX = 65535
+MASK_THRESHOLD = 128
+
+
+def sample_id(index: int) -> str:
+    return f"{index:08d}"
+
+
+def shard_name(k: int) -> str:
+    return f"{SHARD_DIR}/shard-{k:05d}.zip"
+
+
+def member(kind: str, sid: str) -> str:
+    """Zip member name for a sample: kind is 'fg_bg', 'mask' or 'depth' (or 'bg'/'bg_depth' in backgrounds.zip)."""
+    return f"{kind}/{sid}.{'jpg' if kind == 'fg_bg' else 'png'}"
+
+
+def _cv2():
+    import cv2  # imported lazily: keeps `import eva_helpers` light
+
+    cv2.setNumThreads(1)  # we parallelise across processes; cv2's own threads only contend
+    return cv2
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    cv2 = _cv2()
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    assert ok
+    return buf.tobytes()
+
+
+def encode_png(arr: np.ndarray, compression: int = 1) -> bytes:
+    """Lossless PNG of an (H, W) uint8/uint16 array or an (H, W, 3) RGB uint8 array."""
+    cv2 = _cv2()
+    if arr.ndim == 3:
+        arr = arr[..., ::-1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    assert ok
+    return buf.tobytes()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) RGB uint8, or (H, W) for single-channel files (uint8 or uint16 kept)."""
+    cv2 = _cv2()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("undecodable image data")
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.shape[2] == 3 else cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return arr
+
+
+def encode_depth(depth01: np.ndarray) -> bytes:
+    """(H, W) float in [0, 1] (near = 1) -> 16-bit PNG bytes."""
+    d = np.clip(np.asarray(depth01, dtype=np.float64), 0.0, 1.0)
+    return encode_png(np.round(d * DEPTH_MAX).astype(np.uint16))
+
+
+def decode_depth(data: bytes) -> np.ndarray:
+    """16-bit PNG bytes -> (H, W) float32 in [0, 1], near = 1."""
+    arr = decode_image(data)
+    if arr.dtype != np.uint16:
+        raise ValueError("depth PNG must be 16-bit")
+    return arr.astype(np.float32) / DEPTH_MAX
+
+
+def encode_mask(alpha: np.ndarray) -> bytes:
+    """(H, W) uint8 alpha (0..255) -> 8-bit PNG bytes (lossless)."""
+    return encode_png(np.asarray(alpha, dtype=np.uint8))
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """8-bit PNG bytes -> (H, W) uint8 alpha 0..255 (binarise with >= MASK_THRESHOLD)."""
+    arr = decode_image(data)
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ValueError("mask PNG must be 8-bit single-channel")
+    return arr
+
+
+def zip_write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """Write a member with a fixed timestamp and permissions so that archives are byte-reproducible."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+
+
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+
+
+def read_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    from .errors import BadInputError
+
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{path}: no dataset manifest here (build one with `eva build` or notebook 01)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise BadInputError(f"{path}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    return manifest
+
+
+def write_manifest(dataset_dir: str | Path, manifest: dict[str, Any]) -> None:
+    from .atomic import atomic_write_text
+
+    atomic_write_text(Path(dataset_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

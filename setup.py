@@ -1,0 +1,48 @@
+"""eva-maskdepth: Colab-first notebooks + the `eva_helpers` package for mask and depth prediction."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "eva_helpers" / "__init__.py").read_text()).group(1)
+# Loose lower bounds only: installing on Colab must never replace its torch/torchvision/numpy.
+REQUIREMENTS = [
+    line.strip()
+    for line in (HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="eva-maskdepth",
+    version=VERSION,
+    description="Mask and depth prediction from (background, background+object) pairs: dataset build, training, evaluation.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["eva_helpers", "eva_helpers.*"]),
+    include_package_data=True,
+    package_data={"eva_helpers": ["sample_assets/*", "sample_assets/*/*"]},
+    python_requires=">=3.11,<3.14",
+    install_requires=REQUIREMENTS,
+    extras_require={
+        # The Colab default depth teacher (Depth Anything V2 Small); the offline path imports none of it.
+        "teacher": ["transformers>=4.45", "safetensors>=0.4"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "papermill>=2.6",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "scikit-image>=0.24",
+            "transformers>=4.45",
+            "safetensors>=0.4",
+        ],
+    },
+    entry_points={"console_scripts": ["eva=eva_helpers.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
+)
