@@ -16,6 +16,13 @@ TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
 
 
+def _file_mode() -> int:
+    """What open() would give a new file (0o666 minus the umask): mkstemp's 0o600 would hide shards from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Persist a rename inside `path` (no-op where directories cannot be opened, e.g. some FUSE mounts)."""
     try:
@@ -37,6 +44,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        try:
+            os.fchmod(fd, _file_mode())
+        except OSError:  # some FUSE mounts (Drive) do not support chmod; the default mode is fine there
+            pass
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -3,7 +3,9 @@
 Layout of a dataset folder::
 
     manifest.json                 schema, version, build params (seed, teacher...), counts, one entry per shard
-    backgrounds.zip               bg/<bg_id>.png (prepared RGB, lossless), bg_depth/<bg_id>.png, index.jsonl
+    backgrounds.zip               bg/<bg_id>.png (prepared RGB, lossless), bg_depth/<bg_id>.png, index.jsonl with
+                                  one row per input: {"kind": "bg", bg_id, file, sha256, bytes, width, height,
+                                  depth_min, depth_max} and {"kind": "fg", fg_id, ...}: filter on "kind"
     shards/shard-NNNNN.zip        fg_bg/<sid>.jpg, mask/<sid>.png, depth/<sid>.png, index.jsonl
 
 Conventions:
@@ -16,6 +18,7 @@ Conventions:
   (layered mode) or per composite (per-composite mode). The raw teacher range is recorded in the
   index as `depth_min`/`depth_max`, so raw = depth_min + d * (depth_max - depth_min). Units are the
   teacher's (relative, not metres).
+- mask and depth PNGs use fixed PNG filters chosen for encoding speed; any PNG decoder reads them.
 - Zip members are written in a fixed order with a fixed timestamp and ZIP_STORED (JPEG/PNG are compressed
   already), so the same seed gives byte-identical shards.
 """
@@ -60,8 +63,10 @@ def _cv2():
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """RGB JPEG without chroma subsampling (4:4:4): 4:2:0 roughly doubles the noise in |fg_bg - bg| around objects."""
     cv2 = _cv2()
-    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], params)
     assert ok
     return buf.tobytes()
 

@@ -1,0 +1,131 @@
+"""`eva eval`: a trained run measured on held-out backgrounds, always beside the no-learning baseline.
+
+Writes `<run_dir>/metrics.json` (keys of DESIGN section 5) and `<run_dir>/eval_best_worst.png`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_text
+from .errors import EvaError
+
+
+def split_positions(cfg, data_dir: str | Path) -> dict:
+    """The same held-out split the run trained with (split_by, fractions and seed come from its config)."""
+    from .dataset import make_splits
+
+    val, test = cfg.val_fraction, cfg.test_fraction
+    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.seed)
+
+
+def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0):
+    from .augment import build_transforms
+    from .dataset import ShardDataset
+    from .loaders import make_loader
+
+    ds = ShardDataset(str(data_dir), indices=positions, transform=build_transforms("test", cfg.size))
+    return ds, make_loader(ds, batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.no_grad()
+def predict_loader(model, loader, device, stats, channels_last: bool = False):
+    """Yields (batch, x, targets, outputs) with outputs in float32 on CPU-friendly devices."""
+    from .loaders import prepare_batch
+
+    model.eval()
+    for batch in loader:
+        x, targets = prepare_batch(batch, device, stats, channels_last=channels_last)
+        outputs = {k: v.float() for k, v in model(x).items()}
+        yield batch, x, targets, outputs
+
+
+def fit_baseline_threshold(data_dir, splits: dict, cfg, max_fit: int = 512) -> float:
+    """The |fg_bg - bg| threshold chosen on (up to max_fit) training samples: never on the split it is scored on."""
+    from .baseline import fit_threshold
+
+    rng = np.random.default_rng(cfg.seed)
+    train = list(splits["train"])
+    if not train:
+        raise EvaError(f"{data_dir}: the training split is empty, so the baseline threshold cannot be fitted")
+    fit_pos = sorted(rng.choice(train, size=min(max_fit, len(train)), replace=False).tolist())
+    _, fit_loader = _loader(data_dir, fit_pos, cfg, 64)
+    return float(fit_threshold(fit_loader))
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, split: str = "test", which: str = "best",
+                 device: str | None = None, batch_size: int = 32, figure: bool = True) -> dict[str, Any]:
+    """Score a run folder's checkpoint on a split; write metrics.json and the best/worst figure; return the metrics."""
+    from .metrics import MetricAccumulator
+    from .train import load_run
+
+    run_dir = Path(run_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
+    data_dir = Path(data_dir or cfg.data)
+    stats = load_run_stats(run_dir, data_dir)
+    splits = split_positions(cfg, data_dir)
+    if not splits[split]:
+        raise EvaError(f"{data_dir}: the {split} split is empty (too few backgrounds for held-out splits)")
+    ds, loader = _loader(data_dir, splits[split], cfg, batch_size)
+    threshold = fit_baseline_threshold(data_dir, splits, cfg) if "mask" in cfg.tasks else None
+    acc = MetricAccumulator(cfg.tasks, baseline_threshold=threshold)
+    n, t0 = 0, time.perf_counter()
+    for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
+        acc.update(outputs, targets, bg=batch["bg"], fg_bg=batch["fg_bg"])  # raw uint8 images for the baseline
+        n += x.shape[0]
+    seconds = time.perf_counter() - t0
+    metrics: dict[str, Any] = {k: float(v) for k, v in acc.compute().items()}
+    if threshold is not None:
+        metrics["baseline_threshold"] = threshold
+    metrics.update({
+        "split": split, "checkpoint": which, "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),
+        "parameters": int(sum(p.numel() for p in model.parameters())), "model": cfg.model, "task": cfg.task,
+        "device": str(dev), "held_out_backgrounds": splits["info"].get("bg_ids", {}).get(split),
+    })
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n")
+    if figure and n:
+        best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / "eval_best_worst.png")
+    return metrics
+
+
+def load_run_stats(run_dir: Path, data_dir: Path) -> dict | None:
+    """Normalisation stats the run trained with: the run folder's copy first, then the dataset's."""
+    from .loaders import load_stats
+
+    p = Path(run_dir) / "stats.json"
+    if p.is_file():
+        return json.loads(p.read_text())
+    return load_stats(str(data_dir))
+
+
+def _score_key(tasks) -> str:
+    return "mask_iou" if "mask" in tasks else "depth_ssim"
+
+
+def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3) -> Path:
+    """Rows: the k best and k worst test images by mask IoU (or depth SSIM), predictions against targets."""
+    from torch.utils.data import default_collate
+
+    from .loaders import prepare_batch
+    from .plots import save_figure, show_predictions
+
+    key = _score_key(cfg.tasks)
+    scores = np.asarray(acc.per_image[key], dtype=np.float64)
+    ranked = np.argsort(-scores)
+    picks = list(ranked[:k]) + [i for i in ranked[::-1][:k] if i not in ranked[:k]]
+    samples = [ds[int(i)] for i in picks]
+    batch = {name: default_collate([s[name] for s in samples]) for name in ("bg", "fg_bg", "mask", "depth")}
+    batch["meta"] = [s["meta"] for s in samples]
+    with torch.no_grad():
+        model.eval()
+        x, targets = prepare_batch(batch, device, stats)
+        outputs = {kk: v.float().cpu() for kk, v in model(x).items()}
+    labels = [f"{'best' if j < k else 'worst'} {key}={scores[i]:.3f}" for j, i in enumerate(picks)]
+    fig = show_predictions(batch["fg_bg"], {kk: v.cpu() for kk, v in targets.items()}, outputs, labels, max_rows=len(picks))
+    return save_figure(fig, path)

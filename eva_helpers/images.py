@@ -1,0 +1,164 @@
+"""Listing and loading the build's inputs: background photos and RGBA cut-outs (DESIGN section 1).
+
+Input folders are only ever read. Drive folders collect junk (`.DS_Store`, `desktop.ini`, `Thumbs.db`, sub-folders):
+it is skipped and counted so the manifest can say what was left out. Unreadable images raise `BadInputError`
+naming the file, or with `on_bad="skip"` are skipped and reported.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .atomic import sha256_bytes
+from .errors import BadInputError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+MIN_BOX = 4  # px: a cut-out's alpha box smaller than this is degenerate (nothing useful to paste)
+
+
+@dataclass
+class Listing:
+    """What `list_images` found: image files in sorted id order, plus what was skipped and why."""
+
+    folder: Path
+    files: list[Path]
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count ("junk", "subfolder", "other", "bad")
+    skipped_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    """One loaded input file: its id (file stem), provenance and pixels."""
+
+    id: str
+    file: str
+    sha256: str
+    bytes: int
+    array: np.ndarray | None  # bg: (H, W, 3) uint8 RGB; fg: (H, W, 4) uint8 RGBA (or as `prepare` returned it)
+    width: int = 0  # of the decoded file, before any `prepare`
+    height: int = 0
+
+
+def _count(listing: Listing, reason: str, name: str) -> None:
+    listing.skipped[reason] = listing.skipped.get(reason, 0) + 1
+    listing.skipped_names.append(name)
+
+
+def list_images(folder: str | Path) -> Listing:
+    """Image files of `folder` (by extension, case-insensitive), junk skipped and counted; error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"{folder}: not a folder")
+    listing = Listing(folder=folder, files=[], skipped={"junk": 0, "subfolder": 0, "other": 0, "bad": 0})
+    for p in sorted(folder.iterdir(), key=lambda q: q.name):
+        name = p.name
+        if p.is_dir():
+            _count(listing, "subfolder", name + "/")
+        elif name.startswith(".") or name.lower() in JUNK_NAMES or name.lower().endswith(".ini"):
+            _count(listing, "junk", name)  # .DS_Store, ._AppleDouble, desktop.ini, Thumbs.db
+        elif p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            listing.files.append(p)
+        else:
+            _count(listing, "other", name)
+    if not listing.files:
+        raise BadInputError(f"{folder}: no images here (expected {', '.join(IMAGE_EXTS)} files)")
+    stems: dict[str, str] = {}
+    for p in listing.files:
+        if p.stem in stems:
+            raise BadInputError(f"{folder}: {stems[p.stem]} and {p.name} share the id {p.stem!r}; rename one")
+        stems[p.stem] = p.name
+    listing.files.sort(key=lambda q: q.stem)  # ids in sorted order
+    return listing
+
+
+def _open(path: Path, data: bytes):
+    """Decode fully (so truncated files fail here, not later); returns an EXIF-upright PIL image."""
+    from PIL import Image, ImageFile, ImageOps
+
+    if not data:
+        raise BadInputError(f"{path}: empty file (0 bytes)")
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG/PNG must fail, not come back half grey
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except BadInputError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInputError(f"{path}: unreadable image ({msg})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    return im
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """16/32-bit integer pixels -> uint8 (16-bit PNGs load as mode I/I;16 with values up to 65535)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        return np.clip(np.round(arr * 255.0 if arr.max() <= 1.0 else arr), 0, 255).astype(np.uint8)
+    top = 65535 if arr.max() > 255 else 255
+    return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def decode_background(path: str | Path, data: bytes) -> np.ndarray:
+    """Any mode (CMYK, 16-bit, palette, grayscale, RGBA) -> (H, W, 3) uint8 RGB; alpha is dropped."""
+    im = _open(Path(path), data)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _to_uint8(np.asarray(im))
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def decode_cutout(path: str | Path, data: bytes) -> np.ndarray:
+    """An image with transparency -> (H, W, 4) uint8 RGBA; no alpha, a fully transparent or a tiny one is an error."""
+    path = Path(path)
+    im = _open(path, data)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if not has_alpha:
+        raise BadInputError(f"{path}: cut-out has no alpha channel (mode {im.mode}); save it as a transparent PNG")
+    rgba = np.ascontiguousarray(np.asarray(im.convert("RGBA"), dtype=np.uint8))
+    alpha = rgba[..., 3]
+    if not alpha.any():
+        raise BadInputError(f"{path}: cut-out is fully transparent")
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    bh, bw = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if bh < MIN_BOX or bw < MIN_BOX:
+        raise BadInputError(f"{path}: cut-out's visible part is only {bw}x{bh} px (need at least {MIN_BOX}x{MIN_BOX})")
+    return rgba
+
+
+def load_sources(folder: str | Path, kind: str, on_bad: str = "error",
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[Source], Listing]:
+    """List and decode every image of `folder` (kind "bg" or "fg"); bad files raise, or with on_bad="skip" are counted.
+
+    `prepare` (e.g. crop/resize to the build size) is applied to each image as soon as it is decoded, so a folder
+    of large photos never sits in memory at full resolution.
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
+    decode = {"bg": decode_background, "fg": decode_cutout}[kind]
+    listing = list_images(folder)
+    sources: list[Source] = []
+    for p in listing.files:
+        try:
+            data = p.read_bytes()
+            arr = decode(p, data)
+        except (BadInputError, OSError) as e:
+            if on_bad == "error":
+                raise e if isinstance(e, BadInputError) else BadInputError(f"{p}: cannot read ({e})") from None
+            _count(listing, "bad", p.name)
+            continue
+        h, w = arr.shape[:2]
+        sources.append(Source(id=p.stem, file=p.name, sha256=sha256_bytes(data), bytes=len(data),
+                              array=prepare(arr) if prepare else arr, width=w, height=h))
+    if not sources:
+        raise BadInputError(f"{listing.folder}: no usable images (all {len(listing.files)} were unreadable)")
+    return sources, listing

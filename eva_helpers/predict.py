@@ -1,0 +1,90 @@
+"""`eva predict`: a trained run applied to any pair of photos, any size (resized in, resized back out)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import BadInputError
+
+
+def load_photo(path: str | Path) -> np.ndarray:
+    """Any photo PIL reads (JPEG/PNG/WebP, any mode) -> (H, W, 3) uint8 RGB; clear error naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadInputError(f"{path}: not a readable image ({e})") from None
+
+
+def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    w, h = size
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    shrink = w < img.shape[1]
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+@torch.no_grad()
+def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dict | None = None,
+                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """(H, W, 3) uint8 bg and fg_bg -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1]} at the input size."""
+    from .loaders import prepare_batch
+
+    if bg.shape != fg_bg.shape:
+        raise BadInputError(f"bg is {bg.shape[1]}x{bg.shape[0]} but fg_bg is {fg_bg.shape[1]}x{fg_bg.shape[0]}: "
+                            "they must be the same photo, same size")
+    h, w = bg.shape[:2]
+    ims = [torch.from_numpy(np.ascontiguousarray(_resize(a, (size, size)))).permute(2, 0, 1)[None] for a in (bg, fg_bg)]
+    zeros = torch.zeros(1, 1, size, size)
+    batch = {"bg": ims[0], "fg_bg": ims[1], "mask": zeros, "depth": zeros, "meta": [{}]}
+    model.eval()
+    x, _ = prepare_batch(batch, torch.device(device), stats)
+    out = model(x)
+    result: dict[str, np.ndarray] = {}
+    if "mask" in out:
+        prob = out["mask"].float().sigmoid()[0, 0].cpu().numpy()
+        result["mask"] = (_resize(prob, (w, h)) > 0.5).astype(np.uint8) * 255
+    if "depth" in out:
+        result["depth"] = np.clip(_resize(out["depth"].float()[0, 0].cpu().numpy(), (w, h)), 0, 1).astype(np.float32)
+    return result
+
+
+def predict_files(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path, out_dir: str | Path,
+                  which: str = "best", device: str | None = None) -> list[Path]:
+    """Write mask.png (8-bit), depth.png (16-bit, near = bright) and prediction.png (side by side) into out_dir."""
+    from .atomic import atomic_write_bytes
+    from .evaluate import load_run_stats
+    from .formats import encode_depth, encode_mask
+    from .plots import save_figure, side_by_side
+    from .train import load_run
+
+    bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
+    if bg.shape != fg_bg.shape:
+        raise BadInputError(f"{bg_path} is {bg.shape[1]}x{bg.shape[0]} but {fg_bg_path} is "
+                            f"{fg_bg.shape[1]}x{fg_bg.shape[0]}: they must be the same photo, same size")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
+    stats = load_run_stats(Path(run_dir), Path(cfg.data))
+    pred = predict_pair(model, bg, fg_bg, cfg.size, stats, dev)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "mask" in pred:
+        atomic_write_bytes(out / "mask.png", encode_mask(pred["mask"]))
+        written.append(out / "mask.png")
+    if "depth" in pred:
+        atomic_write_bytes(out / "depth.png", encode_depth(pred["depth"]))
+        written.append(out / "depth.png")
+    fig = side_by_side(bg, fg_bg, pred.get("mask"), pred.get("depth"), title=f"{Path(run_dir).name} ({cfg.model})")
+    written.append(save_figure(fig, out / "prediction.png"))
+    return written

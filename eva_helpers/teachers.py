@@ -1,0 +1,205 @@
+"""Depth teachers behind one interface (DESIGN section 1): images in, relative inverse depth out (near = larger).
+
+`get_teacher("geometric")` needs no weights and no torch/transformers (offline default, tests, embedded sample);
+`"depth-anything-v2-small"` runs Depth Anything V2 Small through `transformers` (Colab default);
+`"midas-small"` runs MiDaS small through `torch.hub`. The deep teachers import their libraries lazily.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import EvaError
+
+DEFAULT_TEACHER = "geometric"
+DA_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
+
+
+class DepthTeacher:
+    """Interface: `predict(list of (H, W, 3) uint8 RGB) -> list of (H, W) float32 relative inverse depth`."""
+
+    name = "base"
+
+    def __init__(self, batch_size: int = 16):
+        self.batch_size = int(batch_size)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """JSON-able description recorded in the manifest."""
+        return {"name": self.name}
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class GeometricTeacher(DepthTeacher):
+    """A weight-free stand-in for a depth model: a ground plane seen by a level camera, plus an image-dependent term.
+
+    For an (H, W) image, with horizon row `hz = horizon * (H - 1)` (horizon = 0.4) and
+    t = max(0, (row - hz) / (H - 1 - hz)):
+        plane(row) = far + (1 - far) * t          (far = 0.1: constant above the horizon, i.e. sky or walls)
+        inverse_depth = plane + texture * L_blur  (texture = 0.1)
+    where L_blur is the image's luminance (0..1, BT.601) blurred heavily (area-downscaled to 8x8 then bilinearly
+    upscaled), so backgrounds differ smoothly but nothing object-shaped appears. Inverse depth rises linearly towards
+    the bottom row because, for a flat ground and a pinhole camera, disparity is proportional to (row - horizon).
+    Units are arbitrary and relative, like a monocular model's. In layered mode the build pastes the object as a
+    constant layer at the value of its ground-contact row (see build.py); per-composite mode sees only pixels.
+    """
+
+    name = "geometric"
+
+    def __init__(self, batch_size: int = 64, horizon: float = 0.4, far: float = 0.1, texture: float = 0.1,
+                 device: str | None = None):
+        super().__init__(batch_size)  # device: accepted for a uniform interface; this teacher is numpy only
+        self.horizon, self.far, self.texture = float(horizon), float(far), float(texture)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "horizon": self.horizon, "far": self.far, "texture": self.texture}
+
+    def plane(self, h: int, w: int) -> np.ndarray:
+        """(h, w) float32 ground-plane inverse depth."""
+        hz = self.horizon * (h - 1)
+        t = np.clip((np.arange(h, dtype=np.float64) - hz) / max(h - 1 - hz, 1e-9), 0.0, 1.0)
+        col = self.far + (1.0 - self.far) * t  # (h,)
+        return np.repeat(col[:, None], w, axis=1).astype(np.float32)
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        import cv2
+
+        out = []
+        for im in images:
+            h, w = im.shape[:2]
+            lum = im[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0  # (h, w)
+            small = cv2.resize(lum, (8, 8), interpolation=cv2.INTER_AREA)
+            blur = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append((self.plane(h, w) + self.texture * blur).astype(np.float32))
+        return out
+
+
+def _torch_device(device: str | None):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _autocast(device):
+    """bf16 autocast where the GPU supports it, else fp16 on CUDA; nothing on CPU."""
+    import contextlib
+
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    # native bf16 from Ampere (A100/L4/H100) on; a T4 "supports" bf16 only by slow emulation, so fp16 there
+    dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _same_shape_batches(images: list[np.ndarray], batch_size: int):
+    """Consecutive runs of same-sized images, at most batch_size long (a model batch needs one size)."""
+    i = 0
+    while i < len(images):
+        j = i + 1
+        while j < len(images) and j - i < batch_size and images[j].shape == images[i].shape:
+            j += 1
+        yield images[i:j]
+        i = j
+
+
+def _resize_to(pred, h: int, w: int) -> list[np.ndarray]:
+    """(B, h', w') tensor -> list of (h, w) float32 numpy, bicubic (what the models' own demos do)."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(pred.float().unsqueeze(1), size=(h, w), mode="bicubic", align_corners=False)[:, 0]
+    return [a for a in up.cpu().numpy().astype(np.float32)]
+
+
+class HFDepthTeacher(DepthTeacher):
+    """Depth Anything V2 Small (or any `AutoModelForDepthEstimation`) via transformers; outputs relative disparity."""
+
+    name = "depth-anything-v2-small"
+
+    def __init__(self, model_id: str = DA_V2_SMALL, model_dir: str | None = None, device: str | None = None,
+                 batch_size: int = 16):
+        super().__init__(batch_size)
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise EvaError("teacher 'depth-anything-v2-small' needs transformers: pip install transformers") from None
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        self.source = str(model_dir) if model_dir else model_id
+        self.device = _torch_device(device)
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(self.source)
+            self.model = AutoModelForDepthEstimation.from_pretrained(self.source).to(self.device).eval()
+        except (OSError, ValueError) as e:  # missing folder, bad id, no connection
+            raise EvaError(f"cannot load depth model {self.source!r} ({str(e).splitlines()[0]}); "
+                           "check the id, your connection, or pass model_dir=<a local copy>") from None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source}
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        out: list[np.ndarray] = []
+        for batch in _same_shape_batches(images, self.batch_size):
+            h, w = batch[0].shape[:2]
+            inputs = self.processor(images=list(batch), return_tensors="pt")
+            pixel_values = inputs["pixel_values"].to(self.device)
+            with torch.inference_mode(), _autocast(self.device):
+                pred = self.model(pixel_values=pixel_values).predicted_depth  # (B, h', w'), near = larger
+            out.extend(_resize_to(pred, h, w))
+        return out
+
+
+class MidasTeacher(DepthTeacher):
+    """MiDaS small via torch.hub (downloads code and weights; not usable offline). Outputs relative inverse depth."""
+
+    name = "midas-small"
+
+    def __init__(self, device: str | None = None, batch_size: int = 16, repo: str = "intel-isl/MiDaS"):
+        super().__init__(batch_size)
+        import torch
+
+        self.device = _torch_device(device)
+        self.model = torch.hub.load(repo, "MiDaS_small", trust_repo=True).to(self.device).eval()
+        self.transform = torch.hub.load(repo, "transforms", trust_repo=True).small_transform
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        out: list[np.ndarray] = []
+        for batch in _same_shape_batches(images, self.batch_size):
+            h, w = batch[0].shape[:2]
+            x = torch.cat([self.transform(np.ascontiguousarray(im[..., :3])) for im in batch]).to(self.device)
+            with torch.inference_mode(), _autocast(self.device):
+                pred = self.model(x)  # (B, h', w')
+            out.extend(_resize_to(pred, h, w))
+        return out
+
+
+TEACHERS = {"geometric": GeometricTeacher, "depth-anything-v2-small": HFDepthTeacher, "midas-small": MidasTeacher}
+
+
+def get_teacher(name: str = DEFAULT_TEACHER, device: str | None = None, batch_size: int | None = None,
+                **kw: Any) -> DepthTeacher:
+    """Teacher by name; unknown names raise EvaError listing the valid ones."""
+    if name not in TEACHERS:
+        raise EvaError(f"unknown teacher {name!r}; choose one of: {', '.join(TEACHERS)}")
+    if batch_size is not None:
+        kw["batch_size"] = batch_size
+    return TEACHERS[name](device=device, **kw)
+
+
+def normalise(raw: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(H, W) raw inverse depth -> (d in [0, 1] float64, raw min, raw max); a flat map gives zeros."""
+    lo, hi = float(raw.min()), float(raw.max())
+    d = (raw.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(raw.shape, np.float64)
+    return d, lo, hi

@@ -1,0 +1,317 @@
+"""`fit()`: training that survives disconnects. Run it again with the same run folder and it continues mid-epoch.
+
+Resume is exact: the checkpoint holds model, optimizer, scheduler, scaler, loss weights, the position inside the epoch,
+the running epoch sums and every RNG; the sampler replays the epoch's order from (seed, epoch) and skips what was
+consumed without decoding it; each sample's augmentation is seeded by (seed, epoch, index). On CPU with
+`deterministic=True` a run killed at any moment and resumed ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import distributed as D
+from .atomic import atomic_write_text, remove_stale_temps
+from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .config import TrainConfig, result_changing_differences
+from .errors import EvaError, IntegrityError
+from .sampler import ResumableSampler
+from .train_loop import Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, train_one_epoch
+
+FORMAT = "eva-ckpt/1"
+SUMMARY = "summary.json"
+HISTORY = "history.jsonl"
+
+
+def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
+    """Refuse to resume a run folder whose recorded config differs in a field that changes the result."""
+    path = run_dir / "config.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise EvaError(f"{path}: unreadable config ({e})") from e
+        diff = result_changing_differences(old, cfg.to_dict())
+        if diff:
+            changes = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff)
+            raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
+                           f"use a new run_dir or the same settings")
+    if is_main:
+        atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
+    """Train/val ShardDatasets with their transforms, split by `cfg.split_by`, and the dataset's channel stats."""
+    from .augment import build_transforms
+    from .dataset import ShardDataset, make_splits
+    from .stats import load_stats
+
+    if not cfg.data:
+        raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
+    fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.seed)
+    train_set = ShardDataset(cfg.data, indices=splits["train"],
+                             transform=build_transforms("train", cfg.size, independent_jitter=cfg.independent_jitter))
+    val_set = ShardDataset(cfg.data, indices=splits["val"], transform=build_transforms("val", cfg.size))
+    return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
+
+
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    return None
+
+
+def _load_scheduler(sched, state: dict, steps_total: int, steps_left: int) -> None:
+    """Restore a schedule; a OneCycle saved under another world size is re-timed so it ends with this run's steps."""
+    sched.load_state_dict(state)
+    if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != steps_total:
+        sched.total_steps = steps_total
+        sched.last_epoch = max(0, steps_total - steps_left)
+
+
+def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    history = list(state.get("history", []))
+    best = dict(state.get("best") or {})
+    best_row = next((r for r in history if r.get("epoch") == best.get("epoch")), None)
+    return {"run_dir": str(run_dir), "finished": bool(state.get("finished")), "global_step": int(state["global_step"]),
+            "epochs_completed": len(history), "best": best, "best_metrics": best_row, "history": history,
+            "last_checkpoint": str(run_dir / "checkpoints" / "last.pt"),
+            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt")}
+
+
+def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
+        criterion: nn.Module | None = None, stats: dict | None = None) -> dict[str, Any]:
+    """Train (or resume, or just report a finished run) in `cfg.run_dir`; returns the run's summary dict.
+
+    Args:
+        cfg: the run's settings; `run_dir` is required.
+        model, train_set, val_set, criterion: injected objects (tests, custom data); built from `cfg` when None.
+            An injected dataset takes keys `(position, sample_seed)` like ShardDataset.
+    """
+    if not cfg.run_dir:
+        raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
+    run_dir = Path(cfg.run_dir)
+    info, device = D.init_distributed(cfg.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)  # a notebook's later cells keep their own setting
+        D.shutdown(info)
+
+
+def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats) -> dict[str, Any]:
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
+    D.barrier(info)
+    _check_config(run_dir, cfg, info.is_main)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ckm = CheckpointManager(run_dir, cfg.keep_last, cfg.checkpoint_interval_s, is_main=info.is_main)
+    D.barrier(info)
+    state = ckm.load_latest()
+    if state is not None:
+        diff = result_changing_differences(state.get("config", {}), cfg.to_dict())
+        if diff:
+            raise EvaError(f"{ckm.loaded_from}: checkpoint was trained with other settings for {diff}")
+        if state.get("finished") or (cfg.max_steps and state["global_step"] >= cfg.max_steps):
+            return summary_of(state, run_dir)
+
+    seed_everything(cfg.seed)
+    if train_set is None:
+        train_set, built_val, built_stats = build_data(cfg)
+        val_set = built_val if val_set is None else val_set
+        stats = built_stats if stats is None else stats
+    if model is None:
+        from .models import build_model
+
+        extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
+        model = build_model(cfg.model, tasks=cfg.tasks, **extra)
+    if criterion is None:
+        from .losses import build_criterion
+
+        criterion = build_criterion(cfg.tasks, weighting=cfg.loss_weighting)
+    model_args = dict(getattr(model, "model_args", {}) or {})
+    model.to(device)
+    criterion.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
+    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    run = Run(cfg=cfg, run_dir=run_dir, info=info, device=device, model=model, raw_model=model, criterion=criterion,
+              optimizer=opt, scheduler=sched, scaler=scaler, amp_dtype=amp_dtype, sampler=sampler, stats=stats,
+              ckm=ckm, model_args=model_args)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            start = min(sampler.num_samples, int(state["global_consumed"]) // info.world_size)
+            left = math.ceil((sampler.num_samples - start) / cfg.batch_size)
+            left += (cfg.epochs - int(state["epoch"]) - 1) * steps_per_epoch
+            _load_scheduler(sched, state["scheduler"], cfg.epochs * steps_per_epoch, left)
+        if state.get("scaler") is not None and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        criterion.load_state_dict(state["criterion"])
+        run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
+        run.resume_consumed = int(state["global_consumed"])
+        run.accum = _rank_accum(state["epoch_accum"], info)
+        run.history, run.best = list(state["history"]), dict(state["best"] or {})
+        set_rng_state(state["rng"])  # last: building the model and optimizer above drew from the RNGs
+        if info.is_main:
+            print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)
+    if info.enabled:
+        dev_ids = [device.index] if device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
+    if cfg.compile:
+        run.model = torch.compile(run.model)
+    run.state_fn = lambda: _state(run)
+    run.loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, seed=cfg.seed)
+    # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
+    run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
+                                  seed=cfg.seed) if val_set is not None else None)
+    run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
+
+    stopped = False
+    while run.epoch < cfg.epochs and not stopped:
+        stopped = train_one_epoch(run)
+        if stopped:
+            break
+        _end_epoch(run)
+    if run.tb is not None:
+        run.tb.close()
+    summary = summary_of(_state(run), run_dir)
+    if info.is_main:
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    D.barrier(info)
+    return summary
+
+
+def _end_epoch(run: Run) -> None:
+    """Validation, history row, schedule, best tracking and the epoch-end checkpoint."""
+    cfg, info, device = run.cfg, run.info, run.device
+    a = run.accum
+    loss_sum, batches, samples = D.sum_over_ranks([a["loss_sum"], a["batches"], a["samples"]], info, device)
+    train_loss = loss_sum / max(1.0, batches)  # mean over every batch of every rank
+    row: dict[str, Any] = {"epoch": run.epoch, "train_loss": train_loss}
+    if run.val_loader is not None:
+        metrics = evaluate(run) if info.is_main else {}
+        row["val_loss"] = D.broadcast_float(metrics.get("val_loss", 0.0), info, device)
+        row.update({k: v for k, v in metrics.items() if k != "val_loss"})
+    monitor, key = (row["val_loss"], "val_loss") if "val_loss" in row else (train_loss, "train_loss")
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(monitor)
+    seconds = run.accum["seconds"]
+    row.update(lr=run.optimizer.param_groups[0]["lr"], seconds=seconds,
+               samples_per_s=samples / max(seconds, 1e-9), global_step=run.global_step)
+    run.history.append(row)
+    is_best = not run.best or monitor < run.best["value"]
+    if is_best:
+        run.best = {"metric": key, "value": float(monitor), "epoch": run.epoch}
+    run.epoch += 1
+    run.pos = run.resume_consumed = 0
+    run.accum = {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0}
+    if info.is_main:
+        lines = "".join(json.dumps(r) + "\n" for r in run.history)
+        atomic_write_text(run.run_dir / HISTORY, lines)  # rewritten from the checkpoint's history: no duplicates
+        if run.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    run.tb.add_scalar(k, v, row["epoch"])
+        if cfg.live_plot:
+            live_plot(run.history)
+    run.finished = run.epoch >= cfg.epochs
+    run.ckm.save(_state(run), best=is_best)
+    D.barrier(info)
+
+
+def _rank_accum(accums: list[dict], info: D.DistInfo) -> dict:
+    """This rank's running epoch sums; from another world size, rank 0 carries them all."""
+    if len(accums) == info.world_size:
+        return dict(accums[info.rank])
+    zero = {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0}
+    if info.rank != 0:
+        return zero
+    merged = {k: sum(a[k] for a in accums) for k in ("loss_sum", "batches", "samples")}
+    return {**merged, "seconds": max(a["seconds"] for a in accums)}
+
+
+def _state(run: Run) -> dict[str, Any]:
+    """Everything needed to continue exactly where we are (tensors and plain containers only)."""
+    return {
+        "format": FORMAT, "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "criterion": run.criterion.state_dict(), "epoch": run.epoch, "global_step": run.global_step,
+        "global_consumed": run.pos * run.info.world_size, "rng": rng_state(),
+        "epoch_accum": D.gather_objects(dict(run.accum), run.info),  # one per rank: exact sums on resume
+        "history": list(run.history), "config": run.cfg.to_dict(), "model_args": run.model_args,
+        "best": dict(run.best), "finished": run.finished, "world_size": run.info.world_size,
+    }
+
+
+def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu", *,
+             build_fn: Any = None) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild a trained model from a run folder: `(model in eval mode, its TrainConfig, the checkpoint dict)`.
+
+    `build_fn(**model_args)` (for models outside the registry) defaults to `eva_helpers.models.rebuild_model`.
+    """
+    if which not in ("best", "last"):
+        raise EvaError(f"which={which!r}: use 'best' or 'last'")
+    manager = CheckpointManager(run_dir)
+    ckpt, path = None, manager.dir / f"{which}.pt"
+    if which == "best" and path.exists():
+        try:
+            ckpt = manager.load_best(map_location=device)
+        except IntegrityError as e:
+            warnings.warn(f"{e}; using the newest valid checkpoint instead", stacklevel=2)
+    if ckpt is None:  # "last", or no (valid) best yet, e.g. a run stopped by max_steps before its first evaluation
+        ckpt = manager.load_latest(map_location=device)
+        path = manager.loaded_from or path
+    if ckpt is None:
+        raise EvaError(f"{Path(run_dir)}: no usable checkpoint in checkpoints/ (has this run folder been trained?)")
+    if not ckpt.get("model_args"):
+        raise EvaError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt")
+    if build_fn is None:
+        from .models import rebuild_model  # no pretrained download: the state_dict replaces those weights
+
+        model = rebuild_model(ckpt["model_args"])
+    else:
+        model = build_fn(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, TrainConfig.from_dict(ckpt["config"], source=str(path)), ckpt
+
+
+__all__ = ["fit", "load_run", "build_data", "prepare", "evaluate", "train_one_epoch", "summary_of"]

@@ -1,0 +1,222 @@
+"""The inner loop of `fit`: one epoch of training (resumable mid-epoch), evaluation, and the notebook conveniences.
+
+`Run` is a plain record of the objects one training run works with; the functions take it explicitly.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import distributed as D
+from .checkpoint import CheckpointManager
+from .config import TrainConfig
+from .sampler import ResumableSampler
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    run_dir: Path
+    info: D.DistInfo
+    device: torch.device
+    model: nn.Module  # what forward runs (DDP- and/or compile-wrapped)
+    raw_model: nn.Module  # the plain module: its state_dict is what checkpoints hold
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    sampler: ResumableSampler
+    stats: dict | None
+    ckm: CheckpointManager
+    model_args: dict
+    loader: Any = None
+    val_loader: Any = None
+    tb: Any = None
+    state_fn: Callable[[], dict] | None = None
+    epoch: int = 0
+    global_step: int = 0
+    pos: int = 0  # samples of this epoch consumed by this rank
+    resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
+    accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    finished: bool = False
+
+
+def _collate(items: list[dict]) -> dict:
+    """default_collate for tensors, `meta` kept as a list of dicts (its values vary in type)."""
+    from torch.utils.data import default_collate
+
+    out = {k: default_collate([it[k] for it in items]) for k in items[0] if k != "meta"}
+    if "meta" in items[0]:
+        out["meta"] = [it["meta"] for it in items]
+    return out
+
+
+def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
+    """The data helper's `make_loader` when present; the DataLoader never draws from the global RNG (resume-exact)."""
+    try:
+        from .loaders import make_loader as data_make_loader
+    except ImportError:
+        data_make_loader = None
+    if data_make_loader is not None:
+        loader = data_make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
+    else:
+        n = min(2, os.cpu_count() or 1) if workers is None else workers
+        loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=n,
+                                             collate_fn=_collate, persistent_workers=n > 0)
+    if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
+        loader.generator = torch.Generator().manual_seed(seed)
+    return loader
+
+
+def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool):
+    """`loaders.prepare_batch` when present: (x (B,6,H,W) normalised float32, {"mask","depth": (B,1,H,W)})."""
+    try:
+        from .loaders import prepare_batch
+    except ImportError:
+        prepare_batch = None
+    if prepare_batch is not None:
+        return prepare_batch(batch, device, stats=stats, channels_last=channels_last)
+    x = torch.cat([batch["bg"], batch["fg_bg"]], 1).to(device, non_blocking=True).float() / 255.0  # (B, 6, H, W)
+    mean = torch.tensor(_IMAGENET_MEAN * 2, device=device).view(1, 6, 1, 1)
+    std = torch.tensor(_IMAGENET_STD * 2, device=device).view(1, 6, 1, 1)
+    x = (x - mean) / std
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    targets = {k: batch[k].to(device, non_blocking=True).float() for k in ("mask", "depth") if k in batch}
+    return x, targets
+
+
+def train_one_epoch(run: Run) -> bool:
+    """Train `run.epoch` from its stored position; returns True when `max_steps` stopped the run (checkpoint saved)."""
+    from tqdm.auto import tqdm
+
+    cfg, info, device, sampler = run.cfg, run.info, run.device, run.sampler
+    sampler.set_epoch(run.epoch)
+    sampler.set_start_global(run.resume_consumed)  # skips consumed samples without decoding them
+    run.pos = sampler.start
+    run.model.train()
+    bar = tqdm(total=sampler.num_samples, initial=run.pos, unit="img", desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and info.is_main), leave=False)
+    t_last = time.perf_counter()
+    onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    for batch in run.loader:
+        x, targets = prepare(batch, device, run.stats, cfg.channels_last)
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
+            loss, _ = run.criterion(out, targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        D.average_gradients(run.criterion.parameters(), info)  # DDP averages the model's only
+        if cfg.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if onecycle and run.scheduler.last_epoch < run.scheduler.total_steps:
+            run.scheduler.step()
+        n = x.shape[0]
+        run.pos += n
+        run.global_step += 1
+        loss_v = float(loss.detach())
+        now = time.perf_counter()
+        a = run.accum
+        a["loss_sum"] += loss_v
+        a["batches"] += 1
+        a["samples"] += n
+        a["seconds"] += now - t_last
+        t_last = now
+        bar.update(n)
+        bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{a['samples'] / max(a['seconds'], 1e-9):.1f}")
+        if cfg.max_steps and run.global_step >= cfg.max_steps:
+            run.ckm.save(run.state_fn())
+            D.barrier(info)
+            bar.close()
+            return True
+        if D.broadcast_flag(run.ckm.due(), info, device):
+            run.ckm.save(run.state_fn())  # reads RNG states, never draws from them: saving keeps determinism
+            D.barrier(info)
+            t_last = time.perf_counter()
+    bar.close()
+    return False
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Validation loss (per-sample mean) and the task metrics (MetricAccumulator, when available)."""
+    try:
+        from .metrics import MetricAccumulator
+    except ImportError:
+        MetricAccumulator = None
+    model, device = run.raw_model, run.device
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(run.cfg.tasks) if MetricAccumulator is not None else None
+    total, count = 0.0, 0
+    for batch in run.val_loader:
+        x, targets = prepare(batch, device, run.stats, run.cfg.channels_last)
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = model(x)
+            loss, _ = run.criterion(out, targets)
+        out = {k: v.float() for k, v in out.items()}
+        total += float(loss) * x.shape[0]
+        count += x.shape[0]
+        if acc is not None:
+            acc.update(out, targets)
+    model.train(was_training)
+    metrics = {"val_loss": total / max(count, 1)}
+    if acc is not None:
+        metrics.update({k: float(v) for k, v in acc.compute().items()})
+    return metrics
+
+
+def live_plot(history: list[dict]) -> None:
+    """Redraw the loss curves in a Jupyter/Colab output cell; does nothing outside a notebook kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None or "IPKernelApp" not in getattr(ip, "config", {}):
+        return
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    clear_output(wait=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] + 1 for r in history]
+    for key in ("train_loss", "val_loss"):
+        if any(key in r for r in history):
+            ax.plot(epochs, [r.get(key, float("nan")) for r in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    display(fig)
+    plt.close(fig)
+
+
+def open_tensorboard(cfg: TrainConfig, run_dir: Path):
+    """A SummaryWriter on local disk (TensorBoard over Drive is slow), or None when off or not installed."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("tensorboard is not installed (pip install tensorboard): logging to TensorBoard is skipped")
+        return None
+    from .paths import default_cache
+
+    logdir = default_cache() / "tensorboard" / Path(run_dir).name
+    return SummaryWriter(log_dir=str(logdir))

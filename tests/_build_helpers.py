@@ -1,0 +1,62 @@
+"""Test-only helpers for the dataset build tests: small input folders made from the embedded sample or synthetic."""
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from eva_helpers import formats
+from eva_helpers.paths import sample_assets
+
+BG = ["aitzgorri", "coffee", "wine_room"]  # a wide, a wide and a tall photo
+FG = ["penguin", "zebra", "fireman200b"]  # a tall, a wide and a large cut-out
+
+
+def sample_inputs(tmp: Path, n_bg: int = 3, n_fg: int = 3) -> tuple[Path, Path]:
+    """Copy a few real backgrounds and cut-outs into tmp/bg and tmp/fg (plus a junk file in each)."""
+    bg, fg = tmp / "bg", tmp / "fg"
+    bg.mkdir(parents=True)
+    fg.mkdir(parents=True)
+    for name in BG[:n_bg]:
+        shutil.copy(sample_assets() / "bg" / f"{name}.jpg", bg)
+    for name in FG[:n_fg]:
+        shutil.copy(sample_assets() / "fg" / f"{name}.png", fg)
+    (bg / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (fg / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    return bg, fg
+
+
+def rgba_disc(h: int = 40, w: int = 30, colour=(250, 40, 40)) -> np.ndarray:
+    """(h, w, 4) uint8: an opaque ellipse with a soft 1-2 px edge on a transparent margin."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(((yy - h / 2 + 0.5) / (h / 2 - 3)) ** 2 + ((xx - w / 2 + 0.5) / (w / 2 - 3)) ** 2)
+    a = np.clip((1.0 - r) * 8.0, 0.0, 1.0)
+    out = np.zeros((h, w, 4), np.uint8)
+    out[..., :3] = colour
+    out[..., 3] = np.round(a * 255).astype(np.uint8)
+    return out
+
+
+def save(arr_or_img, path: Path, **kw) -> Path:
+    img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    img.save(path, **kw)
+    return path
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """name -> (mtime_ns, bytes) for every entry, recursively: proves a folder was not modified."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in sorted(folder.rglob("*"))}
+
+
+def all_bytes(dataset: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file of a dataset folder."""
+    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*")) if p.is_file()}
+
+
+def read_shard(path: Path) -> tuple[list[dict], zipfile.ZipFile]:
+    zf = zipfile.ZipFile(path)
+    return formats.read_jsonl(zf.read(formats.INDEX)), zf

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny dataset built from the embedded sample and a tiny trained run (session-scoped, CPU)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """The embedded sample at 32 px, one position per (bg, fg, flip): 384 composites, geometric teacher."""
+    from eva_helpers.build import build_dataset
+    from eva_helpers.paths import sample_assets
+
+    out = tmp_path_factory.mktemp("data") / "sample-32"
+    build_dataset(sample_assets() / "bg", sample_assets() / "fg", out, size=32, positions=1, seed=0, shard_size=128,
+                  workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, sample_dataset) -> Path:
+    """A joint unet_small trained for a few steps: enough to exercise eval, predict and the CLI."""
+    import torch
+
+    from eva_helpers.config import TrainConfig
+    from eva_helpers.train import fit
+
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("runs") / "joint"
+    fit(TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(run_dir), model="unet_small", epochs=1,
+                    batch_size=16, size=32, seed=0, workers=0, max_steps=3, progress=False))
+    return run_dir

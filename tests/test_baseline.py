@@ -1,0 +1,85 @@
+"""The |fg_bg - bg| baseline: near-perfect on a clean synthetic pair, threshold fitted on train only, morphology."""
+import numpy as np
+import pytest
+import torch
+
+from eva_helpers.baseline import (bg_difference, bg_difference_mask, evaluate_baseline, fit_threshold, open_close)
+from eva_helpers.errors import EvaError
+
+
+def make_pairs(n, noise, seed, size=48):
+    """n dataset-like samples: smooth random bg, a 14x14 object pasted at a random spot, uniform noise on fg_bg."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        bg = np.clip(rng.random((size // 8, size // 8, 3)).repeat(8, 0).repeat(8, 1) * 200 + 20, 0, 255)
+        fg_bg = bg.copy()
+        y, x = rng.integers(0, size - 14, 2)
+        fg_bg[y:y + 14, x:x + 14] = np.where(bg[y:y + 14, x:x + 14] > 128, 0, 255)  # contrast >= ~0.5
+        fg_bg = np.clip(fg_bg + rng.uniform(-noise, noise, fg_bg.shape) * 255, 0, 255)
+        mask = np.zeros((size, size), np.uint8)
+        mask[y:y + 14, x:x + 14] = 1
+        out.append({"bg": bg.astype(np.uint8), "fg_bg": fg_bg.astype(np.uint8), "mask": mask})
+    return out
+
+
+def as_batch(pairs):
+    """The loader's batch layout: (B, 3, H, W) uint8 images, (B, 1, H, W) float mask."""
+    return {"bg": torch.from_numpy(np.stack([p["bg"] for p in pairs])).permute(0, 3, 1, 2),
+            "fg_bg": torch.from_numpy(np.stack([p["fg_bg"] for p in pairs])).permute(0, 3, 1, 2),
+            "mask": torch.from_numpy(np.stack([p["mask"] for p in pairs]))[:, None].float()}
+
+
+def test_difference_is_channel_max_in_unit_range():
+    bg = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    fg = bg.clone()
+    fg[0, 1, 0, 0] = 51  # 0.2 in one channel
+    fg[0, 2, 0, 0] = 102  # 0.4 in another: the max wins
+    assert bg_difference(bg, fg).flatten().tolist() == pytest.approx([0.4, 0.0, 0.0, 0.0])
+    # float inputs in [0, 1] give the same answer as uint8
+    assert torch.allclose(bg_difference(bg.float() / 255, fg.float() / 255), bg_difference(bg, fg))
+
+
+def test_open_close_removes_specks_and_fills_pinholes():
+    m = torch.zeros(1, 1, 11, 11)
+    m[..., 2:9, 2:9] = 1
+    m[..., 5, 5] = 0  # pinhole inside the object
+    m[..., 0, 10] = 1  # isolated speck
+    want = torch.zeros(1, 1, 11, 11)
+    want[..., 2:9, 2:9] = 1
+    assert torch.equal(open_close(m), want)
+    # an object touching the frame keeps its shape (the closing does not smear it along the border)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 1:5, 0:4] = 1
+    assert torch.equal(open_close(m), m)
+
+
+def test_baseline_finds_a_clean_object():
+    pairs = make_pairs(4, noise=0.02, seed=0)
+    b = as_batch(pairs)
+    pred = bg_difference_mask(b["bg"], b["fg_bg"], threshold=0.1)
+    assert pred.dtype == torch.bool and pred.shape == (4, 1, 48, 48)
+    res = evaluate_baseline([b], threshold=0.1)
+    assert res["baseline_mask_iou"] > 0.99 and res["baseline_mask_dice"] > 0.99 and res["baseline_n_images"] == 4
+    # without morphology it is still good here, and a threshold under the noise floor is not
+    assert evaluate_baseline([b], threshold=0.1, morph=False)["baseline_mask_iou"] > 0.99
+    assert evaluate_baseline([b], threshold=0.005, morph=False)["baseline_mask_iou"] < 0.5
+
+
+def test_threshold_is_fitted_on_the_training_split():
+    train = make_pairs(6, noise=0.15, seed=1)  # noisier train set: its best threshold sits above 0.15
+    test = make_pairs(4, noise=0.02, seed=2)
+    thr = fit_threshold([as_batch(train[:3]), as_batch(train[3:])])
+    assert 0.15 <= thr < 0.5
+    # evaluate_baseline(test, train=...) uses the train threshold, not one tuned on test
+    res = evaluate_baseline([as_batch(test)], train=[as_batch(train)])
+    assert res["baseline_threshold"] == thr
+    assert evaluate_baseline([as_batch(test)], thr) == res  # threshold may be given positionally
+    assert res["baseline_mask_iou"] > 0.95  # the object's contrast (>= 0.5) still clears it
+    assert fit_threshold([as_batch(test)]) < thr
+    # dataset items (numpy HWC uint8 dicts) work as well as loader batches
+    assert fit_threshold(train) == thr
+    with pytest.raises(EvaError, match="threshold"):
+        evaluate_baseline([as_batch(test)])
+    with pytest.raises(EvaError, match="empty"):
+        fit_threshold([])

@@ -1,0 +1,253 @@
+"""build_dataset: byte-reproducible, resumable after SIGKILL, verified manifest, labels consistent with provenance."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _build_helpers import all_bytes, folder_state, read_shard, sample_inputs
+from eva_helpers import formats
+from eva_helpers.atomic import sha256_file
+from eva_helpers.build import BuildConflictError, build_dataset
+from eva_helpers.compose import placed_alpha
+from eva_helpers.errors import BadInputError
+from eva_helpers.images import load_sources
+
+pytestmark = pytest.mark.timeout(120)
+KW = dict(size=48, positions=2, seed=0, shard_size=10, workers=1, progress=False)  # 3*3*2*2 = 36 samples, 4 shards
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return sample_inputs(tmp_path_factory.mktemp("in"))
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """An uninterrupted build every other build is compared with."""
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    build_dataset(*inputs, out, **KW)
+    return out
+
+
+def test_layout_counts_and_manifest_checksums(reference):
+    m = formats.read_manifest(reference)
+    assert m["complete"] is True and m["params"]["seed"] == 0 and m["params"]["teacher"] == "geometric"
+    assert m["counts"]["samples"] == 36 and m["counts"]["backgrounds"] == 3 and m["counts"]["foregrounds"] == 3
+    assert m["counts"]["skipped_bg"]["junk"] == 1 and m["counts"]["skipped_fg"]["junk"] == 1
+    assert [e["first_index"] for e in m["shards"]] == [0, 10, 20, 30]
+    assert [e["samples"] for e in m["shards"]] == [10, 10, 10, 6]
+    for e in m["shards"] + [m["backgrounds"]]:
+        p = reference / e["file"]
+        assert sha256_file(p) == e["sha256"] and p.stat().st_size == e["bytes"]
+    assert sorted(p.name for p in reference.iterdir()) == ["backgrounds.zip", "manifest.json", "shards"]
+    rows, zf = read_shard(reference / m["shards"][3]["file"])
+    assert [r["index"] for r in rows] == list(range(30, 36))
+    sid = formats.sample_id(30)
+    assert zf.namelist()[:3] == [f"fg_bg/{sid}.jpg", f"mask/{sid}.png", f"depth/{sid}.png"]
+    assert zf.namelist()[-1] == formats.INDEX and len(zf.namelist()) == 3 * 6 + 1
+    assert set(rows[0]) == {"id", "index", "bg_id", "fg_id", "flip", "scale", "x", "y", "w", "h", "depth_min",
+                            "depth_max"}
+    bg_rows = formats.read_jsonl(zipfile.ZipFile(reference / formats.BACKGROUNDS).read(formats.INDEX))
+    assert [r["kind"] for r in bg_rows] == ["bg"] * 3 + ["fg"] * 3 and all(len(r["sha256"]) == 64 for r in bg_rows)
+
+
+def test_same_seed_is_byte_identical_and_workers_do_not_matter(inputs, reference, tmp_path):
+    build_dataset(*inputs, tmp_path / "a", **KW)
+    build_dataset(*inputs, tmp_path / "b", **{**KW, "workers": 2})
+    ref = all_bytes(reference)
+    assert all_bytes(tmp_path / "a") == ref
+    assert all_bytes(tmp_path / "b") == ref
+    build_dataset(*inputs, tmp_path / "c", **{**KW, "seed": 1})
+    assert all_bytes(tmp_path / "c")["shards/shard-00000.zip"] != ref["shards/shard-00000.zip"]
+
+
+def test_labels_match_provenance(inputs, reference):
+    """mask == placed alpha re-derived from the source cut-out; fg_bg == bg outside it; layered depth as documented."""
+    fgs = {s.id: s.array for s in load_sources(inputs[1], "fg")[0]}
+    bgz = zipfile.ZipFile(reference / formats.BACKGROUNDS)
+    m = formats.read_manifest(reference)
+    n_far = 0
+    for e in m["shards"]:
+        rows, zf = read_shard(reference / e["file"])
+        for r in rows:
+            bg = formats.decode_image(bgz.read(formats.member("bg", r["bg_id"])))
+            bg_depth = formats.decode_depth(bgz.read(formats.member("bg_depth", r["bg_id"])))
+            fg_bg = formats.decode_image(zf.read(formats.member("fg_bg", r["id"])))
+            mask = formats.decode_mask(zf.read(formats.member("mask", r["id"])))
+            depth = formats.decode_depth(zf.read(formats.member("depth", r["id"])))
+            x, y, w, h = r["x"], r["y"], r["w"], r["h"]
+            expect = np.zeros_like(mask)
+            expect[y:y + h, x:x + w] = placed_alpha(fgs[r["fg_id"]], r["flip"], w, h, m["params"]["size"])
+            assert np.array_equal(mask, expect)
+            out = mask == 0
+            bg_jpeg = formats.decode_image(formats.encode_jpeg(bg, 95))  # the same photo through the same codec
+            jpeg_err = np.abs(bg_jpeg[out].astype(float) - bg[out]).mean()
+            assert np.abs(fg_bg[out].astype(float) - bg[out]).mean() < jpeg_err + 1.0  # no worse than JPEG itself
+            far = np.ones_like(out)  # pixels whose 16 px JPEG blocks and their neighbours never see the object
+            far[max(0, (y // 16 - 1) * 16):(y + h + 15) // 16 * 16 + 16, max(0, (x // 16 - 1) * 16):
+                (x + w + 15) // 16 * 16 + 16] = False
+            assert np.array_equal(fg_bg[far], bg_jpeg[far])
+            n_far += int(far.sum())
+            obj = mask >= formats.MASK_THRESHOLD
+            assert np.array_equal(depth[~obj], bg_depth[~obj])
+            contact = np.round(bg_depth[y + h - 1, x:x + w] * formats.DEPTH_MAX).mean() / formats.DEPTH_MAX
+            assert np.allclose(depth[obj], contact, atol=1 / formats.DEPTH_MAX)  # one layer at the contact depth
+            assert r["depth_min"] < r["depth_max"]
+    assert n_far > 1000  # the exact check above did run on real pixels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_band_png_encoder_is_lossless(dtype):
+    from eva_helpers.build import BandPNG
+
+    rng = np.random.default_rng(0)
+    top = np.iinfo(dtype).max
+    base = rng.integers(0, top, (37, 29), dtype=dtype, endpoint=True)
+    enc = BandPNG(base)
+    for _ in range(20):
+        y0 = int(rng.integers(0, 37))
+        y1 = int(rng.integers(y0 + 1, 38))
+        img = base.copy()
+        img[y0:y1] = rng.integers(0, top, (y1 - y0, 29), dtype=dtype, endpoint=True)
+        back = formats.decode_image(enc.encode(img, y0, y1))
+        assert back.dtype == dtype and np.array_equal(back, img)
+
+
+def test_per_composite_mode_and_limit(inputs, tmp_path):
+    m = build_dataset(*inputs, tmp_path / "pc", **{**KW, "mode": "per-composite", "limit": 13})
+    assert m["counts"]["samples"] == 13 and [e["samples"] for e in m["shards"]] == [10, 3]
+    rows, zf = read_shard(tmp_path / "pc" / m["shards"][1]["file"])
+    for r in rows:
+        d = formats.decode_depth(zf.read(formats.member("depth", r["id"])))
+        assert d.min() == 0.0 and d.max() == 1.0  # normalised per composite
+    # teacher batches of 3 inside shards of 10: same bytes (batching is not a build parameter)
+    build_dataset(*inputs, tmp_path / "pc3", **{**KW, "mode": "per-composite", "limit": 13,
+                                               "teacher_kwargs": {"batch_size": 3}})
+    assert all_bytes(tmp_path / "pc3") == all_bytes(tmp_path / "pc")
+
+
+def test_inputs_never_modified(inputs, tmp_path):
+    before = [folder_state(f) for f in inputs]
+    build_dataset(*inputs, tmp_path / "x", **{**KW, "limit": 5})
+    assert [folder_state(f) for f in inputs] == before
+
+
+def test_refusals(inputs, reference, tmp_path):
+    with pytest.raises(BuildConflictError, match="different parameters.*seed"):
+        build_dataset(*inputs, reference, **{**KW, "seed": 9})
+    with pytest.raises(BuildConflictError, match="positions"):
+        build_dataset(*inputs, reference, **{**KW, "positions": 3})
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_bytes(b"precious")
+    with pytest.raises(BuildConflictError, match="not empty"):
+        build_dataset(*inputs, foreign, **KW)
+    assert (foreign / "thesis.docx").read_bytes() == b"precious"
+    # same parameters, different input images: refused too
+    bg2, fg2 = sample_inputs(tmp_path / "in2")
+    (fg2 / "zebra.png").unlink()
+    with pytest.raises(BuildConflictError, match="different input"):
+        build_dataset(bg2, fg2, reference, **KW)
+
+
+def test_bad_inputs_error_or_skip(tmp_path):
+    bg, fg = sample_inputs(tmp_path / "in", n_bg=2, n_fg=2)
+    (bg / "broken.jpg").write_bytes((bg / "coffee.jpg").read_bytes()[:3000])  # truncated download
+    with pytest.raises(BadInputError, match="broken.jpg"):
+        build_dataset(bg, fg, tmp_path / "out", **KW)
+    assert not (tmp_path / "out" / formats.MANIFEST).exists()
+    m = build_dataset(bg, fg, tmp_path / "out", **{**KW, "on_bad": "skip"})
+    assert m["counts"]["backgrounds"] == 2 and m["counts"]["skipped_bg"]["bad"] == 1
+    assert "broken.jpg" in m["skipped"]["bg"]
+
+
+def test_cutout_larger_than_background(tmp_path):
+    from _build_helpers import rgba_disc, save
+
+    bg, fg = tmp_path / "bg", tmp_path / "fg"
+    bg.mkdir()
+    fg.mkdir()
+    save(np.full((20, 30, 3), 90, np.uint8), bg / "small.png")  # tiny photo, upscaled to 48
+    save(rgba_disc(400, 300), fg / "huge.png")
+    m = build_dataset(bg, fg, tmp_path / "out", **KW)
+    rows, _ = read_shard(tmp_path / "out" / m["shards"][0]["file"])
+    assert all(r["h"] <= 0.7 * 48 + 1 and r["x"] + r["w"] <= 48 for r in rows)
+
+
+def test_resume_skips_verified_and_rebuilds_damaged(inputs, reference, tmp_path):
+    out = tmp_path / "r"
+    build_dataset(*inputs, out, **KW)
+    shard1 = out / "shards" / "shard-00001.zip"
+    data = bytearray(shard1.read_bytes())
+    data[100] ^= 0xFF
+    shard1.write_bytes(bytes(data))  # damaged
+    (out / "shards" / "shard-00003.zip").unlink()  # missing
+    keep = (out / "shards" / "shard-00000.zip").stat().st_mtime_ns
+    (out / "shards" / ".tmp-shard-00002.zip.abc123").write_bytes(b"half a shard")
+    build_dataset(*inputs, out, **KW)
+    assert all_bytes(out) == all_bytes(reference)
+    assert (out / "shards" / "shard-00000.zip").stat().st_mtime_ns == keep  # verified, not rewritten
+
+
+def test_crash_before_first_shard_resumes(inputs, reference, tmp_path, monkeypatch):
+    import eva_helpers.build as build_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("killed while loading the teacher")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "get_teacher", boom)
+        with pytest.raises(RuntimeError):
+            build_dataset(*inputs, tmp_path / "d", **KW)
+    assert formats.read_manifest(tmp_path / "d")["complete"] is False  # the folder is claimed as ours
+    build_dataset(*inputs, tmp_path / "d", **KW)
+    assert all_bytes(tmp_path / "d") == all_bytes(reference)
+
+
+_KILL_SCRIPT = """
+import sys
+from eva_helpers.build import build_dataset
+build_dataset(sys.argv[1], sys.argv[2], sys.argv[3], size=64, positions=6, seed=0, shard_size=2, workers=1,
+              progress=False)
+"""
+
+
+def test_sigkill_mid_build_then_resume_is_byte_identical(inputs, tmp_path):
+    """Kill a real build process at random moments; each rerun must end byte-identical to an uninterrupted one."""
+    kw = dict(size=64, positions=6, seed=0, shard_size=2, workers=1, progress=False)  # 108 samples, 54 shards
+    ref = tmp_path / "ref"
+    t0 = time.perf_counter()
+    build_dataset(*inputs, ref, **kw)
+    t_build = time.perf_counter() - t0  # how long the shard loop takes on this machine, roughly
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rng = random.Random(1234)
+    mid_build = 0
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *map(str, inputs), str(out)], env=env,
+                                start_new_session=True)
+        manifest = out / formats.MANIFEST
+        stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline and (
+                not manifest.exists() or manifest.stat().st_mtime_ns == stamp):
+            time.sleep(0.002)  # until this run has written its first manifest (after imports and inputs)
+        time.sleep(rng.uniform(0.0, 0.6 * t_build))  # a random moment inside the shard loop
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if manifest.exists() and not formats.read_manifest(out)["complete"]:
+            mid_build += 1
+            print("killed after", len(formats.read_manifest(out)["shards"]), "shards")
+    assert mid_build >= 1, "no kill landed mid-build: the test did not test anything"
+    build_dataset(*inputs, out, **kw)
+    assert all_bytes(out) == all_bytes(ref)
+    assert not [p for p in out.rglob(".tmp-*")]  # stale temp files cleaned

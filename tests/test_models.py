@@ -1,0 +1,139 @@
+"""Every registry entry x task set: forward/backward/shapes on CPU; rebuild from model_args; size and name errors."""
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from eva_helpers.errors import EvaError
+from eva_helpers.models import build_model, expand_first_conv, list_models, rebuild_model, summary
+
+TASK_SETS = [("mask",), ("depth",), ("mask", "depth")]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared; tiny models do not need more
+    yield
+    torch.set_num_threads(n)
+
+
+def test_registry_has_the_agreed_names():
+    assert {"unet_small", "unet_medium", "unet_large", "resnet18_unet", "resnet34_unet"} <= set(list_models())
+
+
+@pytest.mark.parametrize("tasks", TASK_SETS, ids="+".join)
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_shapes(name, tasks):
+    torch.manual_seed(0)
+    model = build_model(name, tasks=tasks)  # pretrained defaults to False: nothing is downloaded
+    x = torch.randn(2, 6, 32, 32)
+    out = model(x)
+    assert set(out) == set(tasks)
+    for t in tasks:
+        assert out[t].shape == (2, 1, 32, 32) and out[t].dtype == torch.float32
+    if "depth" in tasks:
+        assert out["depth"].min() >= 0 and out["depth"].max() <= 1
+    sum(o.float().mean() for o in out.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, f"parameters without gradient: {unused[:5]}"
+    # the architecture rebuilds from its JSON-able record with the same parameters and buffers
+    args = json.loads(json.dumps(model.model_args))
+    assert args["name"] == name and args["tasks"] == list(tasks) and args["in_channels"] == 6
+    twin = build_model(**args)
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    twin.load_state_dict(model.state_dict())
+
+
+def test_joint_decoders_per_task_or_shared():
+    per_task = build_model("unet_small", tasks=("mask", "depth"))
+    shared = build_model("unet_small", tasks=("mask", "depth"), decoder="shared")
+    assert len(per_task.decoders) == 2 and len(shared.decoders) == 1
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(shared) < n(per_task)
+    out = shared(torch.randn(2, 6, 32, 32))
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
+    assert build_model(**shared.model_args).model_args["decoder"] == "shared"
+
+
+def test_options_are_recorded_and_validated():
+    m = build_model("unet_small", widths=(8, 16, 32), upsample="transpose")
+    assert m.model_args["widths"] == [8, 16, 32] and m.divisor == 4
+    assert m(torch.randn(1, 6, 12, 12))["mask"].shape == (1, 1, 12, 12)
+    with pytest.raises(EvaError, match="upsample"):
+        build_model("unet_small", upsample="nearest-ish")
+    with pytest.raises(EvaError, match="decoder"):
+        build_model("unet_small", decoder="both")
+    with pytest.raises(EvaError, match="bad option"):
+        build_model("unet_small", depth_of_field=3)
+    with pytest.raises(EvaError, match="tasks"):
+        build_model("unet_small", tasks=("mask", "normals"))
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(EvaError) as e:
+        build_model("unet_hyper")
+    for name in list_models():
+        assert name in str(e.value)
+
+
+def test_bad_size_names_the_nearest_valid_one():
+    m = build_model("resnet18_unet")
+    with pytest.raises(EvaError, match=r"input 225x225 is not supported: sizes must be multiples of 32; nearest valid: 224x224"):
+        m.check_input_size(225, 225)
+    with pytest.raises(EvaError, match="nearest valid: 64x32"):
+        m(torch.randn(1, 6, 70, 30))
+    u = build_model("unet_small")  # 4 downsamplings -> multiples of 16
+    with pytest.raises(EvaError, match="multiples of 16; nearest valid: 48x16"):
+        u(torch.randn(1, 6, 50, 8))
+    u.check_input_size(48, 16)
+
+
+def test_expand_first_conv_halves_the_rgb_filters():
+    conv3 = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=True)
+    with torch.no_grad():
+        conv3.weight.copy_(torch.arange(conv3.weight.numel(), dtype=torch.float32).view_as(conv3.weight))
+        conv3.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    conv6 = expand_first_conv(conv3, 6)
+    assert conv6.in_channels == 6 and conv6.stride == (2, 2) and conv6.padding == (1, 1)
+    assert torch.equal(conv6.weight[:, :3], 0.5 * conv3.weight)
+    assert torch.equal(conv6.weight[:, 3:], 0.5 * conv3.weight)
+    assert torch.equal(conv6.bias, conv3.bias)
+    # bg == fg_bg gives exactly the RGB network's activations
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(conv6(torch.cat([x, x], 1)), conv3(x), atol=1e-4)
+
+
+def test_resnet_first_conv_is_expanded_from_rgb():
+    m = build_model("resnet18_unet")
+    w = m.encoder.conv1.weight  # (64, 6, 7, 7)
+    assert w.shape == (64, 6, 7, 7) and torch.equal(w[:, :3], w[:, 3:])
+
+
+def test_pretrained_falls_back_offline(monkeypatch):
+    import torchvision.models as tvm
+
+    real = tvm.resnet18
+
+    def no_network(weights=None, **kw):
+        if weights is not None:
+            raise RuntimeError("no network in tests")
+        return real(weights=None, **kw)
+
+    monkeypatch.setattr(tvm, "resnet18", no_network)
+    with pytest.warns(UserWarning, match="random init"):
+        m = build_model("resnet18_unet", pretrained=True)
+    assert m.model_args["pretrained"] is True
+    # rebuilding from a checkpoint's record never fetches weights (the state_dict replaces them)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a download attempt would warn (and fail) here
+        twin = rebuild_model(m.model_args)
+    assert twin.model_args["pretrained"] is True
+    assert twin.state_dict().keys() == m.state_dict().keys()
+
+
+def test_torchsummary_handles_the_dict_output(capsys):
+    summary(build_model("unet_small", tasks=("mask", "depth")), size=32)
+    assert "Total params" in capsys.readouterr().out
