@@ -21,7 +21,10 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["eva_helpers", "eva_helpers.*"]),
     include_package_data=True,
-    package_data={"eva_helpers": ["sample_assets/*", "sample_assets/*/*"]},
+    # The embedded sample (raw assets + the prebuilt 64 px dataset) and data_manifest.json (a symlink to the
+    # top-level file, copied as a file into wheels) ship inside the package, so Colab installs can use them.
+    package_data={"eva_helpers": ["sample_assets/*", "sample_assets/*/*", "sample_data/*/*", "sample_data/*/shards/*",
+                                  "data_manifest.json"]},
     python_requires=">=3.11,<3.14",
     install_requires=REQUIREMENTS,
     extras_require={

@@ -40,8 +40,11 @@ def cmd_fetch(a: argparse.Namespace) -> None:
 def cmd_stats(a: argparse.Namespace) -> None:
     from .stats import compute_stats
 
-    stats = compute_stats(a.data)
-    print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict)) or k.endswith(("mean", "std"))}, indent=1))
+    stats = compute_stats(a.data, limit=a.limit)
+    for k in ("bg", "fg_bg"):
+        print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
+    print(f"foreground fraction: mean {stats['mask_fraction']['mean']:.4f}  ({stats['samples']} samples)")
+    print(f"written: {Path(a.data) / 'stats.json'}")
 
 
 def train_config_from_args(a: argparse.Namespace):
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="per-channel mean/std, foreground fraction, depth histogram -> stats.json")
     s.add_argument("--data", required=True)
+    s.add_argument("--limit", type=int, default=None, help="only the first N samples (a 400k build takes minutes)")
     s.set_defaults(func=cmd_stats)
 
     t = sub.add_parser("train", help="train (resumes from <run-dir>/checkpoints when present; works under torchrun)")

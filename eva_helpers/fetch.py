@@ -20,6 +20,8 @@ from .errors import EvaError, IntegrityError
 DATA_MANIFEST_SCHEMA = "eva-data-manifest/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_MANIFEST = REPO_ROOT / "data_manifest.json"
+# A pip-installed package (Colab) has no repo top level: it ships the same file (a symlink in the repo) beside its code.
+PACKAGED_DATA_MANIFEST = Path(__file__).resolve().parent / "data_manifest.json"
 DRIVE_HOME = Path("/content/drive/MyDrive")
 VERIFIED = ".eva-verified.json"
 SOURCE_KINDS = ("repo_path", "drive_path", "gdown_id", "url")
@@ -52,14 +54,18 @@ def load_data_manifest(data_manifest: str | os.PathLike | dict | None = None) ->
     """The repo's data_manifest.json (or a given path/dict); records its folder as `_base` for repo paths."""
     if isinstance(data_manifest, dict):
         return data_manifest
-    path = Path(data_manifest) if data_manifest is not None else DEFAULT_DATA_MANIFEST
+    if data_manifest is None:
+        path = DEFAULT_DATA_MANIFEST if DEFAULT_DATA_MANIFEST.is_file() else PACKAGED_DATA_MANIFEST
+    else:
+        path = Path(data_manifest)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise FetchError(f"{path}: cannot read the data manifest ({e})") from None
     if doc.get("schema") != DATA_MANIFEST_SCHEMA:
         raise FetchError(f"{path}: schema {doc.get('schema')!r}, expected {DATA_MANIFEST_SCHEMA!r}")
-    doc["_base"] = str(path.parent)
+    # repo paths of the default manifest are relative to the repo root (site-packages when installed)
+    doc["_base"] = str(REPO_ROOT if data_manifest is None else path.parent)
     return doc
 
 

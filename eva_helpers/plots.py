@@ -119,22 +119,19 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None):
 
 
 def plot_stats(stats: dict):
-    """Per-channel mean/std bars, the foreground-fraction histogram and the depth histogram."""
+    """Per-channel mean/std bars (the peers' table), the foreground-fraction and depth histograms (stats.json)."""
     plt = _plt()
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.2))
     x = np.arange(3)
     for j, key in enumerate(("bg", "fg_bg")):
-        mean, std = stats.get(f"{key}_mean"), stats.get(f"{key}_std")
-        if mean is not None:
-            ax[0].bar(x + 0.4 * j, mean, 0.4, yerr=std, label=key, color=["#c44", "#4a4", "#44c"], alpha=0.5 + 0.4 * j)
-    ax[0].set_xticks(x + 0.2, ["R", "G", "B"]), ax[0].set_title("channel mean ± std"), ax[0].legend()
-    fg = stats.get("fg_fraction_hist") or {}
-    if fg:
-        ax[1].stairs(fg["counts"], fg["edges"], fill=True)
-    ax[1].set_title(f"foreground fraction (mean {stats.get('fg_fraction_mean', float('nan')):.3f})")
-    dh = stats.get("depth_hist") or {}
-    if dh:
-        ax[2].stairs(dh["counts"], dh["edges"], fill=True, color="#a60")
+        ax[0].bar(x + 0.4 * j, stats[key]["mean"], 0.4, yerr=stats[key]["std"], label=key,
+                  color=["#c44", "#4a4", "#44c"], alpha=0.45 + 0.45 * j, capsize=3)
+    ax[0].set_xticks(x + 0.2, ["R", "G", "B"]), ax[0].set_title("channel mean ± std (0-1)"), ax[0].legend()
+    frac = stats["mask_fraction"]
+    ax[1].stairs(frac["hist"], np.linspace(0, 1, frac["bins"] + 1), fill=True)
+    ax[1].set_title(f"foreground fraction per sample (mean {frac['mean']:.3f})"), ax[1].set_xlabel("fraction")
+    dh = stats["depth_hist"]
+    ax[2].stairs(dh["counts"], dh["edges"], fill=True, color="#a60")
     ax[2].set_title("depth histogram (near = 1)")
     fig.tight_layout()
     return fig

@@ -127,9 +127,9 @@ SIZE = 224  #@param {type:"integer"}''',
         ("code", '''from eva_helpers.stats import compute_stats
 from eva_helpers.plots import plot_stats
 stats = compute_stats(data_dir)
-for k in ("bg_mean", "bg_std", "fg_bg_mean", "fg_bg_std"):
-    print(f"{k:11s}", [round(v, 4) for v in stats[k]])
-print("foreground fraction (mean):", round(stats["fg_fraction_mean"], 4))
+for k in ("bg", "fg_bg"):
+    print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
+print("foreground fraction (mean):", round(stats["mask_fraction"]["mean"], 4))
 plot_stats(stats);'''),
         ("md", "## Samples and augmentation\nThe same sample, augmented several times: mask and depth must move with the image."),
         ("code", '''from eva_helpers.dataset import ShardDataset
