@@ -25,7 +25,9 @@ class DemoConfig:
     size: int = 64
     positions: int = 4
     seed: int = 0
-    epochs: int = 6
+    epochs: int = 15
+    val_fraction: float = 0.17  # 2 of the 12 sample backgrounds for validation, 2 held out for the test
+    test_fraction: float = 0.17
     batch_size: int = 32
     workers: int = 2
     runs: tuple = DEMO_RUNS
@@ -58,7 +60,8 @@ def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> di
     run_dir = Path(cfg.out) / "runs" / f"{task}-{model}"
     tc = TrainConfig(task=task, data=str(data), run_dir=str(run_dir), model=model, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
-                     checkpoint_interval_s=60.0, **cfg.train_overrides)
+                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, checkpoint_interval_s=60.0,
+                     **cfg.train_overrides)
     summary = fit(tc)
     metrics_path = run_dir / "metrics.json"
     best = run_dir / "checkpoints" / "best.pt"
@@ -66,7 +69,8 @@ def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> di
         metrics = json.loads(metrics_path.read_text())
     else:
         metrics = evaluate_run(run_dir, data)
-    metrics["train_images_per_s"] = summary.get("train_images_per_s", summary.get("samples_per_s"))
+    speeds = [h["samples_per_s"] for h in summary.get("history", []) if h.get("samples_per_s")]
+    metrics["train_images_per_s"] = sum(speeds) / len(speeds) if speeds else None
     metrics["run_dir"] = str(run_dir)
     return metrics
 
@@ -94,13 +98,12 @@ def results_table(results: dict[str, dict]) -> str:
 def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, dict]) -> Path:
     """report/README.md + PNG figures + metrics.json: what a person opens first."""
     from .dataset import ShardDataset
-    from .plots import plot_history, plot_stats, save_figure, show_samples
+    from .plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
 
     report = Path(cfg.out) / "report"
     report.mkdir(parents=True, exist_ok=True)
     ds = ShardDataset(str(data))
-    step = max(1, len(ds) // 6)
-    save_figure(show_samples([ds[i] for i in range(0, len(ds), step)][:6]), report / "samples.png")
+    save_figure(show_samples([ds[i] for i in spread_indices(len(ds), 6, cfg.seed)]), report / "samples.png")
     save_figure(plot_stats(stats), report / "stats.png")
     figures = []
     for name, m in results.items():

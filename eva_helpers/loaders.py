@@ -19,33 +19,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def sample_seed(seed: int, epoch: int, pos: int) -> int:
-    """The augmentation seed of sample `pos` in `epoch`: a pure function, so resumed runs redraw the same."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(pos)]).generate_state(1)[0])
+class EpochAdvancingSampler:
+    """The trainer's `ResumableSampler` for plain loops: each pass over the loader is the next epoch.
 
-
-class SeededOrder:
-    """Sampler yielding (position, sample_seed): shuffled (or not) from (seed, epoch); epoch advances per pass.
-
-    A minimal stand-in for the trainer's resumable sampler (`sampler.py`), which yields the same kind of keys.
+    Yields (position, sample_seed) keys, so the same seed gives the same samples and augmentations whatever
+    num_workers is; `fit` uses `ResumableSampler` itself (it sets epochs and mid-epoch starts explicitly).
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
+        from .sampler import ResumableSampler
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.inner = ResumableSampler(n, seed=seed, shuffle=shuffle)
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.inner)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
-                 else np.arange(self.n))
-        for pos in order.tolist():
-            yield pos, sample_seed(self.seed, epoch, pos)
+        keys = list(self.inner)
+        self.inner.set_epoch(self.inner.epoch + 1)
+        return iter(keys)
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -83,8 +75,7 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = False
                 seed: int = 0, drop_last: bool = False, prefetch_factor: int | None = None):
     """A DataLoader that collates in the workers and gives every sample a recorded augmentation seed.
 
-    With no `sampler`, a `SeededOrder(len(dataset), seed, shuffle)` yields (position, sample_seed) keys, so the
-    same seed gives the same samples and augmentations whatever num_workers is.
+    With no `sampler`, an `EpochAdvancingSampler(len(dataset), seed, shuffle)` yields (position, sample_seed) keys.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -92,7 +83,7 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = False
     if num_workers is None:
         num_workers = min(2, os.cpu_count() or 1)
     if sampler is None:
-        sampler = SeededOrder(len(dataset), seed=seed, shuffle=shuffle)
+        sampler = EpochAdvancingSampler(len(dataset), seed=seed, shuffle=shuffle)
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     kw: dict[str, Any] = {}

@@ -34,6 +34,11 @@ def to_hwc(img: Any) -> np.ndarray:
     return img
 
 
+def spread_indices(n: int, k: int = 6, seed: int = 0) -> list[int]:
+    """k distinct sample positions drawn with a seed (a plain stride lines up with the bg x fg order: all one cut-out)."""
+    return sorted(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False).tolist())
+
+
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     from .atomic import atomic_write_bytes
 
@@ -108,7 +113,7 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None):
         if any(v is not None for v in vals):
             ax[0].plot(epochs, vals, marker="o", label=k)
     ax[0].set_xlabel("epoch"), ax[0].set_title("loss"), ax[0].legend()
-    keys = keys or [k for k in ("val_mask_iou", "val_depth_delta1", "val_depth_ssim") if any(k in h for h in history)]
+    keys = keys or [k for k in ("mask_iou", "depth_delta1", "depth_ssim") if any(k in h for h in history)]
     for k in keys:
         ax[1].plot(epochs, [h.get(k) for h in history], marker="o", label=k)
     ax[1].set_xlabel("epoch"), ax[1].set_title("validation metrics"), ax[1].set_ylim(0, 1)

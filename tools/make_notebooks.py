@@ -92,10 +92,9 @@ manifest["counts"]'''),
         ("md", "## Look at the samples\nEach row: the background, the composite, the mask (exactly the pasted alpha) and the "
                "depth label (near = bright). Check that objects sit fully inside the frame and that depth makes sense."),
         ("code", '''from eva_helpers.dataset import ShardDataset
-from eva_helpers.plots import show_samples
+from eva_helpers.plots import show_samples, spread_indices
 ds = ShardDataset(out_dir)
-step = max(1, len(ds) // 6)
-show_samples([ds[i] for i in range(0, len(ds), step)][:6]);'''),
+show_samples([ds[i] for i in spread_indices(len(ds), 6, SEED)]);'''),
         ("md", "## Where the shards went\nCopy this folder (or add it to `data_manifest.json`) to use it in notebooks 02-05."),
         ("code", '''print(out_dir)
 for s in manifest["shards"][:10]:
@@ -134,9 +133,9 @@ plot_stats(stats);'''),
         ("md", "## Samples and augmentation\nThe same sample, augmented several times: mask and depth must move with the image."),
         ("code", '''from eva_helpers.dataset import ShardDataset
 from eva_helpers.augment import build_transforms
-from eva_helpers.plots import show_samples
+from eva_helpers.plots import show_samples, spread_indices
 raw = ShardDataset(data_dir)
-show_samples([raw[i] for i in range(0, len(raw), max(1, len(raw) // 4))][:4])
+show_samples([raw[i] for i in spread_indices(len(raw), 4, SEED)])
 aug = ShardDataset(data_dir, transform=build_transforms("train", SIZE))
 show_samples([dict(aug[(0, s)], meta={"index": 0, "bg_id": f"seed {s}"}) for s in range(4)]);'''),
         ("md", "## Splits by background\nNo background is in two splits, so test numbers measure generalisation to new scenes."),

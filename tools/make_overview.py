@@ -1,0 +1,32 @@
+"""Writes docs/overview.png (the README picture) from a finished `eva demo` folder: held-out test samples with the
+joint model's predictions. Usage: python tools/make_overview.py demo_output"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from eva_helpers.augment import build_transforms
+from eva_helpers.dataset import ShardDataset
+from eva_helpers.evaluate import load_run_stats, split_positions
+from eva_helpers.loaders import prepare_batch
+from eva_helpers.plots import _grid, save_figure, spread_indices
+from eva_helpers.train import load_run
+
+demo = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
+run = next((demo / "runs").glob("joint-*"))
+model, cfg, _ = load_run(run)
+splits = split_positions(cfg, cfg.data)
+ds = ShardDataset(cfg.data, indices=splits["test"], transform=build_transforms("test", cfg.size))
+samples = [ds[i] for i in spread_indices(len(ds), 3, seed=1)]
+batch = {k: default_collate([s[k] for s in samples]) for k in ("bg", "fg_bg", "mask", "depth")}
+with torch.no_grad():
+    x, t = prepare_batch(batch, "cpu", load_run_stats(run, Path(cfg.data)))
+    out = model(x)
+rows = [[batch["bg"][i], batch["fg_bg"][i], t["mask"][i], (out["mask"][i].sigmoid() > 0.5).float(), t["depth"][i],
+         out["depth"][i]] for i in range(len(samples))]
+fig = _grid(rows, ["bg (input)", "fg_bg (input)", "mask (label)", "mask (predicted)", "depth (teacher)",
+                   "depth (predicted)"], ["held-out bg"] * len(rows))
+print(save_figure(fig, Path(__file__).resolve().parents[1] / "docs" / "overview.png"))
