@@ -62,15 +62,13 @@ def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> di
                      batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, checkpoint_interval_s=60.0,
                      **cfg.train_overrides)
-    summary = fit(tc)
+    fit(tc)
     metrics_path = run_dir / "metrics.json"
     best = run_dir / "checkpoints" / "best.pt"
     if metrics_path.is_file() and (not best.is_file() or metrics_path.stat().st_mtime >= best.stat().st_mtime):
         metrics = json.loads(metrics_path.read_text())
     else:
         metrics = evaluate_run(run_dir, data)
-    speeds = [h["samples_per_s"] for h in summary.get("history", []) if h.get("samples_per_s")]
-    metrics["train_images_per_s"] = sum(speeds) / len(speeds) if speeds else None
     metrics["run_dir"] = str(run_dir)
     return metrics
 

@@ -83,6 +83,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     metrics: dict[str, Any] = {k: float(v) for k, v in acc.compute().items()}
     if threshold is not None:
         metrics["baseline_threshold"] = threshold
+    metrics["train_images_per_s"] = training_speed(run_dir)
     metrics.update({
         "split": split, "checkpoint": which, "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),
         "parameters": int(sum(p.numel() for p in model.parameters())), "model": cfg.model, "task": cfg.task,
@@ -92,6 +93,16 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     if figure and n:
         best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / "eval_best_worst.png")
     return metrics
+
+
+def training_speed(run_dir: Path) -> float | None:
+    """Mean training samples/s over the run's epochs (history.jsonl), for the comparison tables."""
+    path = Path(run_dir) / "history.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    speeds = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+    return sum(speeds) / len(speeds) if speeds else None
 
 
 def load_run_stats(run_dir: Path, data_dir: Path) -> dict | None:
