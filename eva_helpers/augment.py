@@ -94,9 +94,10 @@ class JointTransform:
             geo = [A.Resize(s, s, interpolation=cv2.INTER_LINEAR, mask_interpolation=_NEAREST_EXACT)]
             photo = []
         # fg_bg is `image`, mask is `mask` (nearest); bg and depth ride along as images (bilinear)
-        self._geo = A.Compose(geo, additional_targets={"bg": "image", "depth": "image"})
-        self._photo = A.Compose(photo, additional_targets={"bg": "image"}) if photo else None
-        self._photo1 = A.Compose(photo) if photo else None
+        # the four arrays always share one shape (the dataset guarantees it), so skip albumentations' per-call check
+        self._geo = A.Compose(geo, additional_targets={"bg": "image", "depth": "image"}, is_check_shapes=False)
+        self._photo = A.Compose(photo, additional_targets={"bg": "image"}, is_check_shapes=False) if photo else None
+        self._photo1 = A.Compose(photo, is_check_shapes=False) if photo else None
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}

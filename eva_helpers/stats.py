@@ -42,19 +42,21 @@ class _Moments:
 
 def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, depth_bins: int = 32,
                   fraction_bins: int = 20, progress: bool = True, write: bool = True) -> dict[str, Any]:
-    """Stream over the dataset (or its first `limit` samples) and write stats.json atomically."""
+    """Stream over the dataset (or `limit` evenly spaced samples) and write stats.json atomically."""
     from tqdm.auto import tqdm
 
     from .dataset import ShardDataset
 
     ds = ShardDataset(data_dir)
     n = len(ds) if limit is None else min(int(limit), len(ds))
+    # a limit takes evenly spaced samples: the sample order is background-major, so a prefix would see few backgrounds
+    positions = np.linspace(0, len(ds) - 1, n).round().astype(int).tolist() if n < len(ds) else range(n)
     fg_m, bg_m = _Moments(), _Moments()
     bg_uses: dict[str, int] = {}
     depth_hist = np.zeros(depth_bins, np.int64)
     frac_hist = np.zeros(fraction_bins, np.int64)
     frac_sum, frac_min, frac_max = 0.0, 1.0, 0.0
-    for i in tqdm(range(n), desc="stats", unit="sample", disable=not progress):
+    for i in tqdm(positions, desc="stats", unit="sample", disable=not progress):
         s = ds.load(i)  # in record order: shard by shard, each zip read sequentially
         fg_m.add(s["fg_bg"])
         bid = str(s["meta"]["bg_id"])

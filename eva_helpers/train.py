@@ -57,6 +57,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool) -> dict | None:
+    """The normalisation stats of this run, frozen in `<run_dir>/stats.json` at its start.
+
+    eval and predict read that copy, and a resumed run keeps it, so a later `eva stats` on the dataset cannot change
+    how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
+    2,000 samples) rather than silently falling back to ImageNet's.
+    """
+    path = Path(run_dir) / "stats.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if stats is None and cfg.data:
+        from .stats import compute_stats
+
+        stats = compute_stats(cfg.data, limit=2000, progress=cfg.progress and is_main, write=is_main)
+    if stats is not None and is_main:
+        atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     """Train/val ShardDatasets with their transforms, split by `cfg.split_by`, and the dataset's channel stats."""
     from .augment import build_transforms
@@ -68,7 +87,8 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.seed)
     train_set = ShardDataset(cfg.data, indices=splits["train"],
-                             transform=build_transforms("train", cfg.size, independent_jitter=cfg.independent_jitter))
+                             transform=build_transforms("train", cfg.size, independent_jitter=cfg.independent_jitter,
+                                                        compact=True))  # uint8 mask, float16 depth out of workers
     val_set = ShardDataset(cfg.data, indices=splits["val"], transform=build_transforms("val", cfg.size))
     return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
 
@@ -147,6 +167,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         train_set, built_val, built_stats = build_data(cfg)
         val_set = built_val if val_set is None else val_set
         stats = built_stats if stats is None else stats
+    stats = run_stats(run_dir, cfg, stats, info.is_main)
     if model is None:
         from .models import build_model
 
