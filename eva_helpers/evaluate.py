@@ -121,9 +121,7 @@ def _score_key(tasks) -> str:
 
 def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3) -> Path:
     """Rows: the k best and k worst test images by mask IoU (or depth SSIM), predictions against targets."""
-    from torch.utils.data import default_collate
-
-    from .loaders import prepare_batch
+    from .loaders import collate, prepare_batch
     from .plots import save_figure, show_predictions
 
     key = _score_key(cfg.tasks)
@@ -131,8 +129,7 @@ def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3
     ranked = np.argsort(-scores)
     picks = list(ranked[:k]) + [i for i in ranked[::-1][:k] if i not in ranked[:k]]
     samples = [ds[int(i)] for i in picks]
-    batch = {name: default_collate([s[name] for s in samples]) for name in ("bg", "fg_bg", "mask", "depth")}
-    batch["meta"] = [s["meta"] for s in samples]
+    batch = collate(samples)
     with torch.no_grad():
         model.eval()
         x, targets = prepare_batch(batch, device, stats)

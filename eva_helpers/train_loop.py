@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,10 +17,6 @@ from . import distributed as D
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .sampler import ResumableSampler
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class Run:
@@ -54,49 +49,21 @@ class Run:
     finished: bool = False
 
 
-def _collate(items: list[dict]) -> dict:
-    """default_collate for tensors, `meta` kept as a list of dicts (its values vary in type)."""
-    from torch.utils.data import default_collate
-
-    out = {k: default_collate([it[k] for it in items]) for k in items[0] if k != "meta"}
-    if "meta" in items[0]:
-        out["meta"] = [it["meta"] for it in items]
-    return out
-
-
 def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
-    """The data helper's `make_loader` when present; the DataLoader never draws from the global RNG (resume-exact)."""
-    try:
-        from .loaders import make_loader as data_make_loader
-    except ImportError:
-        data_make_loader = None
-    if data_make_loader is not None:
-        loader = data_make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
-    else:
-        n = min(2, os.cpu_count() or 1) if workers is None else workers
-        loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=n,
-                                             collate_fn=_collate, persistent_workers=n > 0)
+    """`loaders.make_loader` with our sampler; the DataLoader never draws from the global RNG (resume-exact)."""
+    from .loaders import make_loader as data_make_loader
+
+    loader = data_make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
     if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
         loader.generator = torch.Generator().manual_seed(seed)
     return loader
 
 
 def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool):
-    """`loaders.prepare_batch` when present: (x (B,6,H,W) normalised float32, {"mask","depth": (B,1,H,W)})."""
-    try:
-        from .loaders import prepare_batch
-    except ImportError:
-        prepare_batch = None
-    if prepare_batch is not None:
-        return prepare_batch(batch, device, stats=stats, channels_last=channels_last)
-    x = torch.cat([batch["bg"], batch["fg_bg"]], 1).to(device, non_blocking=True).float() / 255.0  # (B, 6, H, W)
-    mean = torch.tensor(_IMAGENET_MEAN * 2, device=device).view(1, 6, 1, 1)
-    std = torch.tensor(_IMAGENET_STD * 2, device=device).view(1, 6, 1, 1)
-    x = (x - mean) / std
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    targets = {k: batch[k].to(device, non_blocking=True).float() for k in ("mask", "depth") if k in batch}
-    return x, targets
+    """(x (B,6,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device."""
+    from .loaders import prepare_batch
+
+    return prepare_batch(batch, device, stats=stats, channels_last=channels_last)
 
 
 def train_one_epoch(run: Run) -> bool:
@@ -155,15 +122,13 @@ def train_one_epoch(run: Run) -> bool:
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
-    """Validation loss (per-sample mean) and the task metrics (MetricAccumulator, when available)."""
-    try:
-        from .metrics import MetricAccumulator
-    except ImportError:
-        MetricAccumulator = None
+    """Validation loss (per-sample mean) and the task metrics (per image, then averaged)."""
+    from .metrics import MetricAccumulator
+
     model, device = run.raw_model, run.device
     was_training = model.training
     model.eval()
-    acc = MetricAccumulator(run.cfg.tasks) if MetricAccumulator is not None else None
+    acc = MetricAccumulator(run.cfg.tasks)
     total, count = 0.0, 0
     for batch in run.val_loader:
         x, targets = prepare(batch, device, run.stats, run.cfg.channels_last)
@@ -173,12 +138,10 @@ def evaluate(run: Run) -> dict[str, float]:
         out = {k: v.float() for k, v in out.items()}
         total += float(loss) * x.shape[0]
         count += x.shape[0]
-        if acc is not None:
-            acc.update(out, targets)
+        acc.update(out, targets)
     model.train(was_training)
     metrics = {"val_loss": total / max(count, 1)}
-    if acc is not None:
-        metrics.update({k: float(v) for k, v in acc.compute().items()})
+    metrics.update({k: float(v) for k, v in acc.compute().items()})
     return metrics
 
 

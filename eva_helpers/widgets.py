@@ -45,15 +45,13 @@ def sample_browser(dataset, splits: dict | None = None):
 def prediction_browser(model, datasets: dict, stats: dict | None = None, device: str = "cpu"):
     """Browse predictions against targets; `datasets` maps a split name to a transformed ShardDataset."""
     import torch
-    from torch.utils.data import default_collate
 
-    from .loaders import prepare_batch
+    from .loaders import collate, prepare_batch
     from .plots import show_predictions
 
     def render(split: str, k: int):
         s = datasets[split][k]
-        batch = {n: default_collate([s[n]]) for n in ("bg", "fg_bg", "mask", "depth")}
-        batch["meta"] = [s["meta"]]
+        batch = collate([s])
         with torch.no_grad():
             model.eval()
             x, targets = prepare_batch(batch, torch.device(device), stats)

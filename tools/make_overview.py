@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
+
 
 from eva_helpers.augment import build_transforms
 from eva_helpers.dataset import ShardDataset
 from eva_helpers.evaluate import load_run_stats, split_positions
-from eva_helpers.loaders import prepare_batch
+from eva_helpers.loaders import collate, prepare_batch
 from eva_helpers.plots import _grid, save_figure, spread_indices
 from eva_helpers.train import load_run
 
@@ -21,7 +21,7 @@ model, cfg, _ = load_run(run)
 splits = split_positions(cfg, cfg.data)
 ds = ShardDataset(cfg.data, indices=splits["test"], transform=build_transforms("test", cfg.size))
 samples = [ds[i] for i in spread_indices(len(ds), 3, seed=1)]
-batch = {k: default_collate([s[k] for s in samples]) for k in ("bg", "fg_bg", "mask", "depth")}
+batch = collate(samples)
 with torch.no_grad():
     x, t = prepare_batch(batch, "cpu", load_run_stats(run, Path(cfg.data)))
     out = model(x)
