@@ -219,8 +219,11 @@ from IPython.display import Markdown
 results = {}
 for task in ("mask", "depth"):
     other = paths.runs / f"{task}-{MODEL}-{SIZE}px"
-    fit(replace(cfg, task=task, run_dir=str(other), loss_weighting="fixed", live_plot=False))
-    m = evaluate_run(other, data_dir) if not (other / "metrics.json").is_file() else json.loads((other / "metrics.json").read_text())
+    if (other / "metrics.json").is_file():  # evaluated by notebook 03/04
+        m = json.loads((other / "metrics.json").read_text())
+    else:  # train it here with this notebook's settings (resumes if interrupted)
+        fit(replace(cfg, task=task, run_dir=str(other), loss_weighting="fixed", live_plot=False))
+        m = evaluate_run(other, data_dir)
     results[f"{task}-only {MODEL}"] = m
 results[f"joint {MODEL}"] = metrics
 Markdown(results_table(results))'''),
