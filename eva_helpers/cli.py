@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import fit
 
     summary = fit(train_config_from_args(a))
-    print(json.dumps(summary, indent=1, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; one summary is enough
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1, default=str))
 
 
 def cmd_eval(a: argparse.Namespace) -> None:

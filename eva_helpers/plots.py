@@ -82,7 +82,8 @@ def show_samples(samples: Sequence[dict], max_rows: int = 6):
 def _meta_label(meta: dict) -> str:
     if not meta:
         return ""
-    return f"#{meta.get('index', '?')} {meta.get('bg_id', '')}\n+{meta.get('fg_id', '')}{' (flip)' if meta.get('flip') else ''}"
+    fg = f"\n+{meta['fg_id']}{' (flip)' if meta.get('flip') else ''}" if meta.get("fg_id") else ""
+    return f"#{meta.get('index', '?')} {meta.get('bg_id', '')}{fg}"
 
 
 def show_predictions(fg_bg, targets: dict, outputs: dict, labels: Sequence[str] | None = None, max_rows: int = 6):
