@@ -58,6 +58,8 @@ def train_config_from_args(a: argparse.Namespace):
                       tensorboard=a.tensorboard, device=a.device)
     if a.model:
         cfg.model = a.model
+    if a.stem:
+        cfg.model_kwargs["stem"] = a.stem
     return cfg
 
 
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True)
     t.add_argument("--run-dir", required=True)
     t.add_argument("--model", default=None, help="registry name, e.g. unet_small, resnet18_unet")
+    t.add_argument("--stem", choices=["concat", "two"], default=None,
+                   help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--size", type=int, default=224)

@@ -31,6 +31,7 @@ class TrainConfig:
     data: str | None = None  # dataset folder (manifest.json + shards/)
     run_dir: str | None = None  # run folder (on Drive in Colab): config.json, history.jsonl, checkpoints/
     model: str = "unet_small"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # registry options, e.g. {"stem": "two"}
     epochs: int = 10
     batch_size: int = 32
     size: int = 224

@@ -7,8 +7,11 @@ across epochs (no re-fork, zip handles and decoded backgrounds stay warm).
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
+import signal
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -40,10 +43,25 @@ class EpochAdvancingSampler:
         return iter(keys)
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """Seed numpy/random from torch's per-worker seed (itself derived from the loader's generator); one thread."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Make a worker exit with its main process (Linux): a SIGKILLed main (Colab disconnect, OOM) otherwise leaves
+    orphans behind, because torch's watchdog misses a parent that died while the worker was still starting."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def worker_init_fn(worker_id: int, parent_pid: int | None = None) -> None:
+    """Die with the main process; seed numpy/random from torch's per-worker seed; one thread per worker."""
     import torch
 
+    _die_with_parent(parent_pid)
     torch.set_num_threads(1)
     try:
         import cv2
@@ -88,7 +106,8 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = False
     gen.manual_seed(int(seed))
     kw: dict[str, Any] = {}
     if num_workers > 0:
-        kw.update(persistent_workers=True, worker_init_fn=worker_init_fn, prefetch_factor=prefetch_factor or 2)
+        kw.update(persistent_workers=True, worker_init_fn=functools.partial(worker_init_fn, parent_pid=os.getpid()),
+                  prefetch_factor=prefetch_factor or 2)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(), generator=gen, **kw)
 

@@ -172,7 +172,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         from .models import build_model
 
         extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
-        model = build_model(cfg.model, tasks=cfg.tasks, **extra)
+        model = build_model(cfg.model, tasks=cfg.tasks, **extra, **cfg.model_kwargs)
     if criterion is None:
         from .losses import build_criterion
 

@@ -137,3 +137,23 @@ def test_pretrained_falls_back_offline(monkeypatch):
 def test_torchsummary_handles_the_dict_output(capsys):
     summary(build_model("unet_small", tasks=("mask", "depth")), size=32)
     assert "Total params" in capsys.readouterr().out
+
+
+def test_two_stems_keep_bg_and_fg_bg_apart_in_the_first_layer():
+    torch.manual_seed(0)
+    m = build_model("unet_small", tasks=("mask", "depth"), stem="two")
+    out = m(torch.randn(2, 6, 32, 32))
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
+    sum(o.mean() for o in out.values()).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    stem = m.encoder.stem
+    assert stem.bg[0][0].in_channels == 3 and stem.fg_bg[0][0].in_channels == 3
+    # the bg stem's output depends on the bg half only
+    m.eval()
+    x = torch.randn(1, 6, 32, 32)
+    y = x.clone()
+    y[:, 3:] += 1.0
+    assert torch.equal(stem.bg(x[:, :3]), stem(y)[:, :stem.bg[-1][0].out_channels])
+    assert build_model(**m.model_args).model_args["stem"] == "two"
+    with pytest.raises(EvaError, match="stem"):
+        build_model("unet_small", stem="three")

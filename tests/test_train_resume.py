@@ -57,7 +57,9 @@ def _launch(run_dir: Path, workers: int, fault: str | None) -> subprocess.Popen:
     env = dict(os.environ, EVA_CKPT_FAULT=fault or "", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(TINY), "--run-dir", str(run_dir), "--workers", str(workers), "--samples", str(N),
            "--delay", str(DELAY), "--interval", "0.05"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group: a kill takes the DataLoader workers too, as a runtime disconnect does
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: random.Random) -> list[str]:
@@ -72,10 +74,8 @@ def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: ra
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.25))
             if proc.poll() is None:
-                for child in _children(proc.pid):  # DataLoader workers die with their parent's pipe anyway
-                    os.kill(child, signal.SIGKILL)
-                proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
+                os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)  # EOF only once every worker is gone too (they die with the parent)
         log.append(f"{fault}: rc={proc.returncode} step {before}->{_step_of_last(run_dir)}")
         if fault == "finish":
             assert proc.returncode == 0, out
@@ -85,13 +85,6 @@ def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: ra
             assert proc.returncode == -signal.SIGKILL, f"fault {fault} did not fire:\n{out}"
     assert not list((run_dir / "checkpoints").glob(".tmp-*")), "stale temp files left behind"
     return log
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 @pytest.fixture(scope="module")
