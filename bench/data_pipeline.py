@@ -1,6 +1,7 @@
 """Data pipeline throughput: ShardDataset + joint augmentation + make_loader vs a seed-style folder/PIL loader.
 
     python bench/data_pipeline.py [--data DIR] [--size 224] [--workers 2] [--batch 64] [--samples 4096] [--prepare]
+                                  [--verify-rounds 2]
 
 Both loaders run in the same process on the same dataset (built from the embedded sample at --size unless --data is
 given), with the same workers and batch size; the first batches (worker start-up) are excluded from the timing.
@@ -8,6 +9,10 @@ Besides samples/s (which depends on whatever else runs on the machine), it repor
 main process and the workers: on an otherwise idle 2-vCPU machine the rate is about 2000 / cpu_ms.
 "ours" includes prepare_batch on CPU only with --prepare. Prints one JSON line; peak RSS is ru_maxrss of this process
 and of its (finished) worker processes.
+Verified reads: the same loader over `ShardDataset(verify=True)` (the default: CRC of every member against the index,
+decoded shapes checked) and `verify=False`, alternated --verify-rounds times after the dataset's first (hashing) open,
+so drift on a shared machine hits both; `verify_cost` = 1 - on/off of the summed rates, `verify_cost_cpu` the extra
+CPU time per sample (best round of each; it does not depend on other load on the machine).
 """
 from __future__ import annotations
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--prepare", action="store_true", help="include prepare_batch (CPU) in our loader's time")
     ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--verify-rounds", type=int, default=2, help="on/off alternations for the verified-read cost")
     args = ap.parse_args(argv)
 
     from eva_helpers.augment import build_transforms
@@ -132,6 +138,22 @@ def main(argv: list[str] | None = None) -> dict:
     rate, cpu = time_loader(loader, args.samples, prepare=prep)
     res["ours_samples_per_s"], res["ours_cpu_ms_per_sample"] = round(rate, 1), round(cpu, 3)
     del loader
+    if args.verify_rounds > 0:
+        rates, cpus = {True: [], False: []}, {True: [], False: []}
+        for r in range(args.verify_rounds):
+            for verify in ((False, True) if r % 2 == 0 else (True, False)):  # ABBA: order effects cancel
+                vds = ShardDataset(data, transform=build_transforms("train", args.size, compact=True), verify=verify)
+                vl = make_loader(vds, args.batch, shuffle=True, num_workers=args.workers, seed=0, drop_last=True)
+                rate, cpu = time_loader(vl, args.samples, prepare=prep)
+                rates[verify].append(rate)
+                cpus[verify].append(cpu)
+                del vl
+        res["verify_on_samples_per_s"] = [round(r, 1) for r in rates[True]]
+        res["verify_off_samples_per_s"] = [round(r, 1) for r in rates[False]]
+        res["verify_on_cpu_ms_per_sample"] = [round(c, 3) for c in cpus[True]]
+        res["verify_off_cpu_ms_per_sample"] = [round(c, 3) for c in cpus[False]]
+        res["verify_cost"] = round(1 - sum(rates[True]) / sum(rates[False]), 4)  # wall clock: noisy when shared
+        res["verify_cost_cpu"] = round(min(cpus[True]) / min(cpus[False]) - 1, 4)  # best of rounds, CPU time
     if not args.skip_seed:
         folder = extract_dataset(data, tmp / "extracted", progress=False)
         seed_ds = SeedStyle(folder, ShardDataset(data).records, args.size)

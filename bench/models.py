@@ -28,7 +28,7 @@ def flops_per_image(model: torch.nn.Module, size: int) -> float:
 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 6, size, size))
+        model(torch.randn(1, 9, size, size))
     model.train()
     return float(counter.get_total_flops())
 
@@ -41,7 +41,7 @@ def train_throughput(model, tasks, device: str, size: int, batch: int, iters: in
     model = model.to(memory_format=fmt)
     crit = build_criterion(tasks)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 6, size, size, device=device).to(memory_format=fmt)
+    x = torch.randn(batch, 9, size, size, device=device).to(memory_format=fmt)  # prepare_batch layout
     targets = {"mask": (torch.rand(batch, 1, size, size, device=device) > 0.9).float(),
                "depth": torch.rand(batch, 1, size, size, device=device)}
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16

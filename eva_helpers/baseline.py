@@ -1,11 +1,18 @@
-"""The free baseline every mask number sits beside: threshold max_c |fg_bg - bg|, then a 3x3 open and close.
+"""The free baselines every number sits beside: no learning, fitted on one split, scored on another.
 
-The clean background is an input, so this no-learning rule already finds most pasted objects; a model earns its
-keep only by beating it. The threshold is chosen on the *training* split (grid search maximising mean per-image
-IoU) and then applied unchanged to val/test. Morphology uses max_pool2d so it runs batched on CPU or GPU.
+Mask: threshold max_c |fg_bg - bg|, then a 3x3 open and close. The clean background is an input, so this rule
+already finds most pasted objects; a model earns its keep only by beating it. The threshold is chosen by grid search
+maximising mean per-image IoU on a split other than the scored one, then applied unchanged. Morphology uses
+max_pool2d so it runs batched on CPU or GPU.
+
+Depth: the mean depth label of the training split (per pixel: a scene prior, e.g. a ground plane rising towards the
+bottom), with the baseline mask pasted in as one flat layer at the mean map's value along the mask's lowest row
+(where a standing object touches the ground). It needs the raw images only; a depth model must beat it on every
+depth metric, or it has learned nothing a per-pixel average does not know.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -14,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import EvaError
-from .metrics import binary_mask_metrics
+from .metrics import MetricAccumulator, binary_mask_metrics
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 51))  # 0.01 .. 0.50 in image units [0, 1]
 
@@ -124,3 +131,74 @@ def evaluate_baseline(data: Any, threshold: float | None = None, *, train: Any =
     s = _scores(data, (float(threshold),), morph, device, "baseline: scoring")
     return {"baseline_mask_iou": float(s["iou"][0]), "baseline_mask_dice": float(s["dice"][0]),
             "baseline_threshold": float(threshold), "baseline_n_images": int(s["n"])}
+
+
+# ----------------------------------------------------------------------------------------------- depth
+def _iter_depth(data: Any) -> Iterable[torch.Tensor]:
+    for item in data:
+        yield item["depth"] if isinstance(item, dict) else item[3]
+
+
+def fit_mean_depth(train: Any, device: str | None = None) -> torch.Tensor:
+    """Per-pixel mean depth label (1, 1, H, W) float32 over the training data (loader batches or dataset items)."""
+    total, n = None, 0
+    for d in tqdm(_iter_depth(train), desc="baseline: mean depth", leave=False):
+        d = torch.as_tensor(d).to(device) if device else torch.as_tensor(d)
+        d = d.double().reshape(-1, 1, *d.shape[-2:])  # (B, 1, H, W) from (H, W), (1, H, W) or batches
+        total = d.sum(0, keepdim=True) if total is None else total + d.sum(0, keepdim=True)
+        n += d.shape[0]
+    if not n:
+        raise EvaError("depth baseline: no training images to average (the split is empty)")
+    return (total / n).float()
+
+
+def paste_at_contact(mean_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) depth: mean_depth (1, 1, H, W) with each image's mask (B, 1, H, W) set to the mean map's average
+    along the mask's lowest row (its ground contact). An empty mask leaves the mean map as it is."""
+    m = _to_mask(mask).to(mean_depth.device) > 0.5  # (B, 1, H, W) bool
+    b, _, h, w = m.shape
+    base = mean_depth.to(torch.float32).expand(b, 1, h, w)
+    rows = m.any(-1)[:, 0]  # (B, H): rows the mask touches
+    low = (rows * torch.arange(1, h + 1, device=m.device)).amax(1).clamp_min(1) - 1  # (B,) lowest row index
+    on_row = m[torch.arange(b), 0, low]  # (B, W) the mask along that row
+    row_vals = base[torch.arange(b), 0, low]  # (B, W)
+    value = (row_vals * on_row).sum(1) / on_row.sum(1).clamp_min(1)  # (B,)
+    return torch.where(m, value.view(b, 1, 1, 1), base)
+
+
+@dataclass
+class FreeBaseline:
+    """The no-learning predictor, callable on raw image batches: `(bg, fg_bg) -> {"mask": bool, "depth": float}`.
+
+    `threshold` (image units) gives the mask; `mean_depth` (1, 1, H, W) from `fit_mean_depth` adds the depth map
+    (it needs the threshold too: the mask is pasted into it). Each key appears only when its parts are set.
+    """
+
+    threshold: float | None = None
+    mean_depth: torch.Tensor | None = None
+    morph: bool = True
+
+    def __call__(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.threshold is None:
+            return {}
+        mask = bg_difference_mask(bg, fg_bg, self.threshold, self.morph)  # (B, 1, H, W) bool
+        out = {"mask": mask}
+        if self.mean_depth is not None:
+            if tuple(self.mean_depth.shape[-2:]) != tuple(mask.shape[-2:]):
+                raise EvaError(f"depth baseline was fitted at {tuple(self.mean_depth.shape[-2:])} px but the images "
+                               f"are {tuple(mask.shape[-2:])}: fit it on the same image size")
+            out["depth"] = paste_at_contact(self.mean_depth.to(mask.device), mask)
+        return out
+
+
+def evaluate_depth_baseline(data: Any, baseline: FreeBaseline, device: str | None = None) -> dict[str, float]:
+    """Score a fitted FreeBaseline's depth on `data` (batches with bg, fg_bg, depth): baseline_depth_* means."""
+    acc = MetricAccumulator(("depth",))
+    for item in data:
+        bg, fg_bg, depth = (torch.as_tensor(item[k]) for k in ("bg", "fg_bg", "depth"))
+        if device:
+            bg, fg_bg, depth = bg.to(device), fg_bg.to(device), depth.to(device)
+        depth = depth.float().reshape(-1, 1, *depth.shape[-2:])
+        acc.update({"depth": baseline(bg, fg_bg)["depth"]}, {"depth": depth})
+    out = acc.compute()
+    return {"baseline_" + k: v for k, v in out.items() if k != "n_images"} | {"baseline_n_images": out["n_images"]}

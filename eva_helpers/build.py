@@ -21,12 +21,13 @@ import numpy as np
 
 from . import __version__, formats
 from .atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temps, sha256_bytes, sha256_file
-from .compose import Compositor, prepare_background
+from .compose import Compositor, place_cutout, prepare_background
 from .errors import EvaError
 from .images import load_sources
+from .labels import composite_label, layer_object, ring_px
 from .teachers import get_teacher, normalise
 
-MODES = ("layered", "per-composite")
+MODES = ("layered", "per-composite", "hybrid")
 PNG_LEVEL = 1  # fast zlib level: PNG encoding is most of a sample's cost
 _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change the labels
 
@@ -49,7 +50,8 @@ class _Ctx:
     shard_size: int
     mode: str
     jpeg_quality: int
-    teacher: Any = None  # only for mode="per-composite"
+    teacher: Any = None  # only for the modes that run the teacher on composites ("per-composite", "hybrid")
+    teacher_bgs: list | None = None  # per bg (T, T, 3) uint8 at the teacher's input size, when it differs from S
 
 
 _CTX: _Ctx | None = None
@@ -134,36 +136,66 @@ class BandPNG:
 
 
 def _layer_depth(ctx: _Ctx, mask: np.ndarray, p) -> np.ndarray:
-    """Layered label: bg depth with the object (alpha >= 128) at the bg's value along its ground-contact row."""
+    """Layered label: bg depth with the object (alpha >= 128) standing on it as a rounded layer (teachers.layer_object:
+    contact depth + bulge, never the background's value around it). (S, S) uint16; differs from the bg only in the
+    object's rows."""
     base = ctx.bg_depth16[p.bg]
-    contact = base[p.y + p.h - 1, p.x:p.x + p.w]  # bottom row of the object's box, (w,)
-    value = np.uint16(round(float(contact.mean())))  # inside the bg range by construction
+    size, pad = base.shape[0], ring_px(base.shape[0]) + 1  # work in the object's box plus the ring around it
+    ys = slice(max(0, p.y - pad), min(size, p.y + p.h + pad))
+    xs = slice(max(0, p.x - pad), min(size, p.x + p.w + pad))
+    obj = mask[ys, xs] >= formats.MASK_THRESHOLD
+    label = layer_object(base[ys, xs] / formats.DEPTH_MAX, obj, side=size)
     depth = base.copy()
-    box = depth[p.y:p.y + p.h, p.x:p.x + p.w]
-    box[mask[p.y:p.y + p.h, p.x:p.x + p.w] >= formats.MASK_THRESHOLD] = value
+    depth[ys, xs][obj] = np.round(label[obj] * formats.DEPTH_MAX).astype(np.uint16)
     return depth
+
+
+def _teacher_view(ctx: _Ctx, fg_bg: np.ndarray, p) -> np.ndarray:
+    """The composite as the teacher should see it: fg_bg itself, or re-composited at the teacher's input size from the
+    full-resolution background (the cut-out from its mip chain), so a 518 px model never sees an upsampled thumbnail."""
+    if ctx.teacher_bgs is None:
+        return fg_bg
+    out = ctx.teacher_bgs[p.bg].copy()  # (T, T, 3)
+    k = out.shape[0] / fg_bg.shape[0]
+    x0, y0, x1, y1 = (int(round(v * k)) for v in (p.x, p.y, p.x + p.w, p.y + p.h))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # a teacher smaller than the build size (tests) keeps >= 1 px
+    rgb_pm, a = place_cutout(ctx.comp.chains[p.fg], x1 - x0, y1 - y0, p.flip)
+    region = out[y0:y1, x0:x1]
+    region[:] = (np.clip(rgb_pm + region.astype(np.float32) * (1.0 - a)[..., None], 0, 255) + 0.5).astype(np.uint8)
+    return out
+
+
+def _composite_depth(ctx: _Ctx, raw: np.ndarray, mask: np.ndarray, p) -> tuple[np.ndarray, bool]:
+    """Label from the teacher's map of the composite (labels.composite_label) -> ((S, S) uint16, banded): hybrid
+    labels differ from the background's only in the object's rows, so they take the banded PNG encoder."""
+    hybrid = ctx.mode == "hybrid"
+    return composite_label(ctx.bg_depth16[p.bg], raw, mask, hybrid), hybrid
 
 
 def build_shard(ctx: _Ctx, k: int) -> dict[str, Any]:
     """Render, label, encode and atomically write shard k; returns its manifest entry."""
     start, stop = k * ctx.shard_size, min(ctx.total, (k + 1) * ctx.shard_size)
-    chunk = ctx.teacher.batch_size if ctx.mode == "per-composite" else 1  # images held at once: a teacher batch
+    chunk = ctx.teacher.batch_size if ctx.mode != "layered" else 1  # images held at once: a teacher batch
     bg_png: dict[int, BandPNG] = {}  # layered: depth == bg depth outside the object's rows
     buf = io.BytesIO()  # the encoded shard (~50 MB at 1000 x 224 px) is the only thing kept whole
     rows = []
     with zipfile.ZipFile(buf, "w") as zf:
         for c0 in range(start, stop, chunk):
             rendered = [ctx.comp.render(i) for i in range(c0, min(stop, c0 + chunk))]  # [(fg_bg, mask, plan)]
-            raws = ctx.teacher.predict([r[0] for r in rendered]) if ctx.mode == "per-composite" else None
+            raws = None
+            if ctx.mode != "layered":  # one teacher batch: (T, T, 3) views in, raw maps out
+                raws = ctx.teacher.predict_composites([_teacher_view(ctx, f, p) for f, _, p in rendered],
+                                                      [m for _, m, _ in rendered])
             for j, (fg_bg, mask, p) in enumerate(rendered):
-                if raws is None:
+                depth, banded = (_layer_depth(ctx, mask, p), True) if raws is None else \
+                    _composite_depth(ctx, raws[j], mask, p)
+                if banded:
                     if p.bg not in bg_png:
                         bg_png[p.bg] = BandPNG(ctx.bg_depth16[p.bg])
-                    depth_png = bg_png[p.bg].encode(_layer_depth(ctx, mask, p), p.y, p.y + p.h)
-                    lo, hi = ctx.bg_range[p.bg]
+                    depth_png = bg_png[p.bg].encode(depth, p.y, p.y + p.h)
                 else:
-                    d, lo, hi = normalise(raws[j])
-                    depth_png = _png(np.round(d * formats.DEPTH_MAX).astype(np.uint16))
+                    depth_png = _png(depth)
+                lo, hi = ctx.bg_range[p.bg]  # every mode's labels are in the background's normalisation
                 sid = formats.sample_id(p.index)
                 formats.zip_write(zf, formats.member("fg_bg", sid), formats.encode_jpeg(fg_bg, ctx.jpeg_quality))
                 formats.zip_write(zf, formats.member("mask", sid), _png(mask, mask=True))
@@ -229,7 +261,10 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     Args:
         size: side of the square samples; positions: placements per (bg, fg, flip); seed: all randomness.
         teacher / teacher_kwargs: depth teacher name and options (`teachers.get_teacher`); mode: "layered"
-            (teacher once per background, object pasted as a layer) or "per-composite" (teacher on every fg_bg).
+            (teacher once per background, object pasted as a layer), "per-composite" (teacher on every fg_bg,
+            aligned to the background's map) or "hybrid" (background from the teacher on the clean background,
+            object pixels from the teacher on the composite, aligned outside the object). Deep teachers see
+            images prepared at their own input size from the full-resolution photos; labels are resized to `size`.
         workers: processes building shards (default os.cpu_count()); output is identical for any value.
         on_bad: "error" (default) or "skip" unreadable inputs (skips are counted in the manifest).
         limit: build only the first `limit` samples (a prefix in sample order).
@@ -242,12 +277,12 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     if shard_size < 1 or size < 8 or not 1 <= jpeg_quality <= 100:
         raise EvaError(f"bad build options: shard_size={shard_size}, size={size}, jpeg_quality={jpeg_quality}")
     out = Path(out_dir)
+    teacher_kwargs = dict(teacher_kwargs or {})
     bg_srcs, bg_list = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, size))
     fg_srcs, fg_list = load_sources(fg_dir, "fg", on_bad)
     for src_dir in (Path(bg_dir), Path(fg_dir)):
         if out.resolve() == src_dir.resolve() or src_dir.resolve() in out.resolve().parents:
             raise BuildConflictError(f"{out}: output folder must not be inside the input folder {src_dir}")
-    teacher_kwargs = dict(teacher_kwargs or {})
     params = {"size": size, "positions": positions, "seed": seed, "teacher": teacher, "mode": mode,
               "teacher_kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in sorted(teacher_kwargs.items())
                                  if k not in _UNCOMPARED_KW},
@@ -272,8 +307,12 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     total = len(comp) if limit is None else max(0, min(int(limit), len(comp)))
     n_shards = -(-total // shard_size)
     tm = get_teacher(teacher, **teacher_kwargs)
-    raws = tm.predict(prepared)  # per background (S, S) float32
-    norm = [normalise(r) for r in raws]
+    teacher_bgs = None  # the teacher's own input size, prepared again from the full-resolution photos
+    if tm.input_size and tm.input_size != size:
+        t_srcs, _ = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, tm.input_size))
+        teacher_bgs = [s.array for s in t_srcs]  # (T, T, 3) uint8, the same files in the same order
+    raws = tm.predict(teacher_bgs or prepared)  # per background (T, T) or (S, S) float32
+    norm = [normalise(_to_size(r, size)) for r in raws]
     bg_depth16 = [np.round(d * formats.DEPTH_MAX).astype(np.uint16) for d, _, _ in norm]
     ranges = [(lo, hi) for _, lo, hi in norm]
 
@@ -302,9 +341,10 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     todo = [k for k in range(n_shards) if k not in done]
     ctx = _Ctx(out_dir=out, comp=comp, bg_ids=[s.id for s in bg_srcs], fg_ids=[s.id for s in fg_srcs],
                bg_depth16=bg_depth16, bg_range=ranges, total=total, shard_size=shard_size, mode=mode,
-               jpeg_quality=jpeg_quality, teacher=tm if mode == "per-composite" else None)
+               jpeg_quality=jpeg_quality, teacher=tm if mode != "layered" else None,
+               teacher_bgs=teacher_bgs if mode != "layered" else None)
     n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    if mode == "per-composite" and teacher != "geometric":
+    if mode != "layered" and teacher != "geometric":
         n_workers = 1  # the model lives in this process (GPU); batches within a shard use it
     bar = tqdm(total=total, initial=sum(e["samples"] for e in done.values()), unit="sample", desc="build",
                disable=not progress, smoothing=0.1)
@@ -319,9 +359,21 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         _run_shards(ctx, todo, n_workers, finish)
     finally:
         bar.close()
+    from .index import write_index
+
+    manifest["index"] = write_index(out, manifest)  # columnar index beside the manifest, covered by its sha256
     manifest["complete"] = True
     formats.write_manifest(out, manifest)
     return manifest
+
+
+def _to_size(raw: np.ndarray, size: int) -> np.ndarray:
+    """A teacher's (T, T) map at the build size: area-averaged when shrinking (a 518 px map to 224 px)."""
+    if raw.shape == (size, size):
+        return raw
+    import cv2
+
+    return cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _run_shards(ctx: _Ctx, todo: list[int], n_workers: int, finish) -> None:

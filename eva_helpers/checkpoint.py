@@ -1,11 +1,16 @@
 """Checkpoints that survive a disconnect at any moment: one self-contained file, written atomically, verified on load.
 
-Layout: `<run_dir>/checkpoints/ckpt-<global_step:09d>.pt` (the last `keep_last`), `last.pt` and `best.pt` (plain
-copies: Drive refuses symlinks and hard links), each with a `<file>.sha256` sidecar (JSON: sha256, bytes, global_step)
-written *after* the file. A file is serialised to local disk first (torch.save into a temp dir), then copied to the run
-folder under a temp name, fsynced and renamed, so a reader on Drive sees the old file or the new one, never half.
-On load the newest file whose checksum matches wins; a truncated or unverified newest file is skipped with a warning.
-Files load with `torch.load(weights_only=True)`: a checkpoint that needs arbitrary pickled objects is refused.
+Layout: `<run_dir>/checkpoints/last.pt` (newest), `prev.pt` (the one before) and `best.pt` (plain files: Drive
+refuses symlinks and hard links), each with a `<file>.sha256` sidecar (JSON: sha256, bytes, global_step) written *after*
+the file. A save serialises to local disk (torch.save into a temp dir), copies the bytes once into the run folder
+under a temp name (fsync), renames last.pt onto prev.pt (a rename: no bytes uploaded) and the temp file onto last.pt.
+The run folder's names are fixed: nothing is created and deleted per save, so Google Drive's trash (which keeps deleted
+files counting against the quota) does not fill, and each save uploads one checkpoint instead of two. Extra history
+(`keep_last` > 2) is kept only on local disk (`local_dir`: the local cache when the run folder is on Drive).
+At every moment at least one of last.pt/prev.pt matches its sidecar, so on load the newest file whose checksum matches
+wins and a truncated or unverified newest file is skipped with a warning. Run folders of older versions
+(`ckpt-<step>.pt` files) still load. Files load with `torch.load(weights_only=True)`: a checkpoint that needs arbitrary
+pickled objects is refused.
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import atomic_open, atomic_write_text, remove_stale_temps, sha256_file
+from .atomic import TMP_PREFIX, atomic_copy, atomic_open, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
 from .errors import EvaError, IntegrityError
 
 CKPT_DIR = "checkpoints"
 LAST = "last.pt"
+PREV = "prev.pt"
 BEST = "best.pt"
 SIDECAR = ".sha256"
 _STEP_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
@@ -105,20 +111,60 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _write_temp(src: Path, folder: Path, name: str, stage: str) -> Path:
+    """Copy `src` to a temp name in `folder` (fsynced), with a fault point halfway through the bytes."""
+    tmp = folder / f"{TMP_PREFIX}{name}.new"
+    size = src.stat().st_size
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        fout.write(fin.read(size // 2))
+        fout.flush()
+        _fault(stage)
+        while chunk := fin.read(1 << 22):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return tmp
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def default_local_dir(run_dir: str | os.PathLike) -> Path | None:
+    """Where extra checkpoints go: the local cache for a run folder on Drive, nowhere (None) for a local run folder."""
+    from .paths import DRIVE_MOUNT, default_cache
+
+    run_dir = Path(run_dir).resolve()
+    if not str(run_dir).startswith(str(DRIVE_MOUNT)):
+        return None
+    return default_cache() / "checkpoints" / run_dir.name
+
+
 class CheckpointManager:
-    """Saves on a wall-clock interval and at epoch ends, keeps the last `keep_last` plus best, loads the newest valid."""
+    """Saves on a wall-clock interval and at epoch ends into last/prev (+ best), extras locally; loads the newest valid.
+
+    `keep_last`: checkpoints kept in all; last.pt and prev.pt in the run folder, the other keep_last - 2 (newest first)
+    as `ckpt-<step>.pt` in `local_dir` (default `default_local_dir(run_dir)`; None keeps no extras).
+    `bytes_written` / `bytes_dropped` count what the run folder received and what it replaced or deleted.
+    """
 
     def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, interval_s: float = 300.0, *,
-                 is_main: bool = True) -> None:
+                 is_main: bool = True, local_dir: str | os.PathLike | None | bool = True) -> None:
         self.dir = Path(run_dir) / CKPT_DIR
         self.keep_last = max(1, int(keep_last))
         self.interval_s = float(interval_s)
         self.is_main = is_main  # under DDP only rank 0 writes
+        self.local_dir = default_local_dir(run_dir) if local_dir is True else (Path(local_dir) if local_dir else None)
         if is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.dir)  # half-written copies left by a killed save
         self._last_time = time.monotonic()
         self.save_seconds: list[float] = []  # wall time of each save (benchmark, overhead report)
+        self.bytes_written = 0  # into the run folder (checkpoint files and sidecars)
+        self.bytes_dropped = 0  # files of the run folder replaced or deleted (what a Drive trash could receive)
         self.loaded_from: Path | None = None
 
     def due(self) -> bool:
@@ -129,32 +175,64 @@ class CheckpointManager:
         """Save `state_fn()` if the interval has elapsed; `state_fn` is only called then (building a state is not free)."""
         return self.save(state_fn()) if self.due() else None
 
+    def _sidecar(self, target: str, meta: dict[str, Any]) -> None:
+        path = self.dir / (target + SIDECAR)
+        text = json.dumps({**meta, "file": target})
+        self.bytes_dropped += _size(path)
+        atomic_write_text(path, text)
+        self.bytes_written += len(text)
+
+    def _replace(self, src: Path, target: str) -> None:
+        dst = self.dir / target
+        self.bytes_dropped += _size(dst)
+        os.replace(src, dst)
+
     def save(self, state: dict[str, Any], *, best: bool = False) -> Path | None:
-        """Write `state` as ckpt-<step>.pt, last.pt (and best.pt when `best`); returns the ckpt path (None off rank 0)."""
+        """Write `state` as last.pt (the previous last.pt becomes prev.pt) and best.pt when `best`; returns last.pt."""
         t0 = time.monotonic()
         if not self.is_main:
             self._last_time = time.monotonic()
             return None
         step = int(state["global_step"])
-        name = ckpt_name(step)
         with tempfile.TemporaryDirectory(prefix="eva-ckpt-") as tmp:
-            local = Path(tmp) / name
+            local = Path(tmp) / ckpt_name(step)
             torch.save(state, local)  # serialise on local disk: fast, and a Drive mount never sees a partial file
             meta = {"sha256": sha256_file(local), "bytes": local.stat().st_size, "global_step": step,
                     "epoch": int(state.get("epoch", 0))}
             _fault("local")
-            for target, stage in [(name, "copy"), (LAST, "last")] + ([(BEST, "best")] if best else []):
-                _copy(local, self.dir / target, stage)
-                _fault(stage + "-renamed")  # file in place, sidecar not yet written
-                atomic_write_text(self.dir / (target + SIDECAR), json.dumps({**meta, "file": target}))
-        self._prune()
+            new = _write_temp(local, self.dir, LAST, "copy")
+            self.bytes_written += meta["bytes"]
+            _fault("last")
+            last_meta = read_sidecar(self.dir / LAST)
+            if (self.dir / LAST).exists() and last_meta is not None:
+                # prev's sidecar first: at every moment last.pt or prev.pt matches its own sidecar
+                self._sidecar(PREV, {k: v for k, v in last_meta.items() if k != "file"})
+                _fault("rotate")
+                self._replace(self.dir / LAST, PREV)  # a rename: no bytes uploaded
+            self._replace(new, LAST)
+            fsync_dir(self.dir)
+            _fault("last-renamed")  # file in place, sidecar not yet written
+            self._sidecar(LAST, meta)
+            if best:
+                self._replace(_write_temp(local, self.dir, BEST, "best"), BEST)
+                self.bytes_written += meta["bytes"]
+                _fault("best-renamed")
+                self._sidecar(BEST, meta)
+            self._keep_local(local, meta)
         self._last_time = time.monotonic()
         self.save_seconds.append(self._last_time - t0)
-        return self.dir / name
+        return self.dir / LAST
 
-    def _prune(self) -> None:
-        steps = sorted(p for p in self.dir.glob("ckpt-*.pt") if _STEP_RE.match(p.name))
-        for p in steps[: -self.keep_last]:
+    def _keep_local(self, local: Path, meta: dict[str, Any]) -> None:
+        """Extra history beyond last/prev on local disk only (free to delete: no Drive trash)."""
+        extra = self.keep_last - 2
+        if self.local_dir is None or extra < 1:
+            return
+        name = ckpt_name(meta["global_step"])
+        atomic_copy(local, self.local_dir / name)
+        atomic_write_text(self.local_dir / (name + SIDECAR), json.dumps({**meta, "file": name}))
+        steps = sorted(p for p in self.local_dir.glob("ckpt-*.pt") if _STEP_RE.match(p.name))
+        for p in steps[:-extra]:
             for q in (p, Path(str(p) + SIDECAR)):
                 try:
                     q.unlink()
@@ -162,16 +240,18 @@ class CheckpointManager:
                     pass
 
     def candidates(self) -> list[Path]:
-        """Checkpoint files, newest first (last.pt ranks by the step in its sidecar, after a ckpt of the same step)."""
+        """Checkpoint files, newest first by the step in their sidecar (last, prev, then older ckpt files, at a tie)."""
         ranked: list[tuple[int, int, Path]] = []
-        for p in self.dir.glob("ckpt-*.pt"):
-            m = _STEP_RE.match(p.name)
-            if m:
-                ranked.append((int(m.group(1)), 1, p))
-        last = self.dir / LAST
-        if last.exists():
-            meta = read_sidecar(last) or {}
-            ranked.append((int(meta.get("global_step", -1)), 0, last))
+        for rank, name in ((3, LAST), (2, PREV)):
+            p = self.dir / name
+            if p.exists():  # no sidecar: probably the newest, killed before its sidecar; tried first, fails, warns
+                ranked.append((int((read_sidecar(p) or {}).get("global_step", 2**62)), rank, p))
+        folders = [self.dir] + ([self.local_dir] if self.local_dir is not None and self.local_dir.is_dir() else [])
+        for folder in folders:  # ckpt-<step>.pt: local extras, and run folders written by older versions
+            for p in folder.glob("ckpt-*.pt"):
+                m = _STEP_RE.match(p.name)
+                if m:
+                    ranked.append((int(m.group(1)), 1, p))
         return [p for _, _, p in sorted(ranked, key=lambda t: (t[0], t[1]), reverse=True)]
 
     def load_latest(self, map_location: Any = "cpu") -> dict[str, Any] | None:

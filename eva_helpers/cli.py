@@ -25,7 +25,8 @@ def cmd_build(a: argparse.Namespace) -> None:
         a.bg, a.fg, a.out, size=a.size, positions=a.positions, seed=a.seed, teacher=a.teacher, mode=a.mode,
         scale_range=a.scale_range, flips=not a.no_flips, shard_size=a.shard_size, jpeg_quality=a.jpeg_quality,
         workers=a.workers, on_bad=a.on_bad, limit=a.limit,
-        teacher_kwargs={"model_dir": a.teacher_model_dir} if a.teacher_model_dir else None,
+        teacher_kwargs={k: v for k, v in (("model_dir", a.teacher_model_dir), ("input_size", a.teacher_input_size))
+                        if v is not None} or None,
     )
     c = manifest["counts"]
     print(f"built {c['samples']} samples in {c['shards']} shards -> {a.out}")
@@ -51,15 +52,15 @@ def cmd_stats(a: argparse.Namespace) -> None:
 def train_config_from_args(a: argparse.Namespace):
     from .config import TrainConfig
 
-    cfg = TrainConfig(task=a.task, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size, size=a.size,
+    cfg = TrainConfig(task=a.task, data=a.data, run_dir=a.run_dir, model=a.model or TrainConfig.model,
+                      epochs=a.epochs, batch_size=a.batch_size, size=a.size,
                       seed=a.seed, lr=a.lr, schedule=a.schedule, loss_weighting=a.loss_weighting,
                       checkpoint_interval_s=a.checkpoint_interval, max_steps=a.max_steps, workers=a.workers,
                       compile=a.compile, deterministic=a.deterministic, pretrained=a.pretrained,
                       tensorboard=a.tensorboard, device=a.device)
-    if a.model:
-        cfg.model = a.model
-    if a.stem:
-        cfg.model_kwargs["stem"] = a.stem
+    for key in ("stem", "inputs", "mask_head"):
+        if getattr(a, key, None):
+            cfg.model_kwargs[key] = getattr(a, key)
     return cfg
 
 
@@ -92,83 +93,106 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every optional flag's help ends with its default (required ones have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.required else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eva", description="eva-maskdepth: masks and depth from (bg, fg_bg) pairs.")
     sub = p.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": _Help}
 
-    b = sub.add_parser("build", help="composite bg/ + fg/ into verified zip shards with depth labels")
+    b = sub.add_parser("build", help="composite bg/ + fg/ into verified zip shards with depth labels", **fmt)
     b.add_argument("--bg", required=True, help="folder of background photos")
     b.add_argument("--fg", required=True, help="folder of cut-outs with an alpha channel")
     b.add_argument("--out", required=True, help="dataset folder to create (or resume)")
-    b.add_argument("--size", type=int, default=224)
+    b.add_argument("--size", type=int, default=224, help="side of the square composites in pixels")
     b.add_argument("--positions", type=int, default=20, help="random placements per (bg, fg, flip)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="every random choice of sample i derives from (seed, i)")
     b.add_argument("--teacher", default="geometric", help="geometric | depth-anything-v2-small | midas-small")
     b.add_argument("--teacher-model-dir", default=None, help="load the Depth Anything teacher from a local folder")
-    b.add_argument("--mode", default="layered", choices=["layered", "per-composite"])
+    b.add_argument("--mode", default="layered", choices=["layered", "hybrid", "per-composite"],
+                   help="depth labels: teacher once per background with the object as a layer; hybrid (background "
+                        "from the clean photo, object from the composite, aligned outside the mask); or every composite "
+                        "(aligned to the background's map)")
+    b.add_argument("--teacher-input-size", type=int, default=None,
+                   help="side the deep teacher runs at (default: its own, 518 for Depth Anything V2, 256 for MiDaS)")
     b.add_argument("--scale-range", type=_pair, default=(0.3, 0.7), help="object height as a fraction of the bg: LO,HI")
     b.add_argument("--no-flips", action="store_true", help="do not add mirrored cut-outs")
-    b.add_argument("--shard-size", type=int, default=1000)
-    b.add_argument("--jpeg-quality", type=int, default=95)
-    b.add_argument("--workers", type=int, default=None)
+    b.add_argument("--shard-size", type=int, default=1000, help="samples per zip shard")
+    b.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of fg_bg (4:4:4 chroma)")
+    b.add_argument("--workers", type=int, default=None, help="build processes (None: one per CPU)")
     b.add_argument("--on-bad", choices=["error", "skip"], default="error", help="unreadable inputs: stop, or skip and report")
     b.add_argument("--limit", type=int, default=None, help="build only the first N samples")
     b.set_defaults(func=cmd_build)
 
-    f = sub.add_parser("fetch", help="download/copy a dataset listed in data_manifest.json into the local cache, verified")
+    f = sub.add_parser("fetch", help="download/copy a dataset listed in data_manifest.json into the local cache, verified",
+                       **fmt)
     f.add_argument("name", help="dataset name in data_manifest.json")
     f.add_argument("--manifest", default=None, help="data_manifest.json to read (default: the repository's)")
     f.add_argument("--cache", default=None, help="local cache folder (default: /content/eva_cache on Colab)")
     f.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser("stats", help="per-channel mean/std, foreground fraction, depth histogram -> stats.json")
-    s.add_argument("--data", required=True)
+    s = sub.add_parser("stats", help="per-channel mean/std, foreground fraction, depth histogram -> stats.json", **fmt)
+    s.add_argument("--data", required=True, help="dataset folder (holding manifest.json)")
     s.add_argument("--limit", type=int, default=None, help="only the first N samples (a 400k build takes minutes)")
     s.set_defaults(func=cmd_stats)
 
-    t = sub.add_parser("train", help="train (resumes from <run-dir>/checkpoints when present; works under torchrun)")
-    t.add_argument("--task", choices=["mask", "depth", "joint"], required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--run-dir", required=True)
-    t.add_argument("--model", default=None, help="registry name, e.g. unet_small, resnet18_unet")
+    t = sub.add_parser("train", help="train (resumes from <run-dir>/checkpoints when present; works under torchrun)",
+                       **fmt)
+    t.add_argument("--task", choices=["mask", "depth", "joint"], required=True, help="what the model predicts")
+    t.add_argument("--data", required=True, help="dataset folder (holding manifest.json)")
+    t.add_argument("--run-dir", required=True, help="run folder: config, history, checkpoints, metrics (resumed if present)")
+    t.add_argument("--model", default=None, help="registry name, e.g. unet_small, resnet18_unet (None: TrainConfig's default)")
     t.add_argument("--stem", choices=["concat", "two"], default=None,
-                   help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--size", type=int, default=224)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--schedule", choices=["onecycle", "plateau", "none"], default="onecycle")
-    t.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed")
+                   help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image (--inputs concat only)")
+    t.add_argument("--inputs", choices=["concat", "diff", "siamese"], default=None,
+                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (default: diff), or a shared two-stream encoder")
+    t.add_argument("--mask-head", choices=["plain", "residual"], default=None,
+                   help="residual (default): the thresholded |fg_bg - bg| as a learned prior the network corrects")
+    t.add_argument("--epochs", type=int, default=10,
+                   help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
+    t.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (per process under torchrun)")
+    t.add_argument("--size", type=int, default=224, help="training resolution in pixels")
+    t.add_argument("--seed", type=int, default=0, help="seed of the model init, sample order and augmentation")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (None: the model family's recipe, 1e-2 for UNets, 1e-3 for ResNets)")
+    t.add_argument("--schedule", choices=["onecycle", "plateau", "none"], default="onecycle",
+                   help="learning-rate schedule: OneCycle per batch, halve on a validation plateau, or constant")
+    t.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed",
+                   help="joint task: fixed loss weights or learned uncertainty weighting")
     t.add_argument("--checkpoint-interval", type=float, default=300.0, help="seconds between mid-epoch checkpoints")
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--workers", type=int, default=None)
-    t.add_argument("--compile", action="store_true")
-    t.add_argument("--deterministic", action="store_true")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
+    t.add_argument("--workers", type=int, default=None, help="DataLoader workers (None: the loader's default)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms: a resumed CPU run ends bit-identical to an uninterrupted one")
     t.add_argument("--pretrained", action="store_true", help="ImageNet weights for ResNet encoders (needs internet)")
-    t.add_argument("--tensorboard", action="store_true")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--tensorboard", action="store_true", help="log to TensorBoard in the local cache")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder")
-    e.add_argument("--run-dir", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--which", default="best", choices=["best", "last"])
+    e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder", **fmt)
+    e.add_argument("--run-dir", required=True, help="a trained run folder")
+    e.add_argument("--data", required=True, help="dataset folder the run was trained on")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="held-out split to score")
+    e.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to score")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size")
-    pr.add_argument("--run-dir", required=True)
-    pr.add_argument("--bg", required=True)
-    pr.add_argument("--fg-bg", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--which", default="best", choices=["best", "last"])
+    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size", **fmt)
+    pr.add_argument("--run-dir", required=True, help="a trained run folder")
+    pr.add_argument("--bg", required=True, help="the background photo, without the object")
+    pr.add_argument("--fg-bg", required=True, help="the same photo with the object, same size")
+    pr.add_argument("--out", required=True, help="folder for mask.png, depth.png and prediction.png")
+    pr.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to use")
     pr.set_defaults(func=cmd_predict)
 
-    d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)")
-    d.add_argument("--out", default="demo_output")
+    d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)
+    d.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
     d.add_argument("--minutes", type=float, default=10.0, help="rough CPU time budget for the three trainings")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the build and the trainings")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -15,6 +15,18 @@ TASKS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
 SCHEDULES = ("onecycle", "plateau", "none")
 WEIGHTINGS = ("fixed", "uncertainty")
 
+# Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
+# the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
+# 0.84 / 0.90 / 0.91-0.94). ResNet encoders start from ImageNet weights that a 1e-2 step would scramble: 1e-3, the
+# torchvision fine-tuning default, not yet measured here (needs a GPU at 224 px).
+RECIPE_LR = {"unet": 1e-2, "resnet": 1e-3}
+
+
+def recipe_lr(model: str) -> float:
+    """The peak learning rate new runs of `model` get when TrainConfig.lr is not given."""
+    return RECIPE_LR["resnet" if model.startswith("resnet") else "unet"]
+
+
 # Fields that may differ when a run folder is resumed: where things live, how often we save, how we show progress,
 # and when to stop early. Every other field changes the numbers, so a resume with a different value is refused.
 RESUMABLE_FIELDS = frozenset({
@@ -35,7 +47,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     size: int = 224
-    lr: float = 1e-3
+    lr: float | None = None  # peak learning rate; None = the model family's recipe (RECIPE_LR)
     weight_decay: float = 1e-4
     schedule: str = "onecycle"  # "onecycle" (per batch) | "plateau" (per epoch on val loss) | "none"
     seed: int = 0
@@ -47,10 +59,15 @@ class TrainConfig:
     checkpoint_interval_s: float = 300.0
     keep_last: int = 3
     loss_weighting: str = "fixed"  # "fixed" | "uncertainty" (joint task: learned weights)
+    loss_weights: dict = dataclasses.field(default_factory=dict)  # overrides of losses.DEFAULT_WEIGHTS, e.g. {"depth_l1": 1}
     split_by: str = "bg"
+    split_seed: int | None = None  # seed of the held-out split; None = `seed` (bench/quality.py varies seed, not split)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     independent_jitter: bool = False
+    # training crops, area range [lo, hi] ([1, 1]: none, flips and colour only): the geometric teacher's horizon sits at
+    # a fixed row that a crop moves, and resampled edges differ from the test images' (bench/quality.py: 0.6 vs 1)
+    crop_scale: list = dataclasses.field(default_factory=lambda: [1.0, 1.0])
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs); a checkpoint is saved
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): bit-identical resume on CPU
     tensorboard: bool = False
@@ -60,6 +77,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = recipe_lr(self.model)
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise EvaError(f"lr={self.lr!r} is not valid: give a peak learning rate in (0, 1), e.g. 1e-3")
+        self.crop_scale = [float(v) for v in self.crop_scale]  # a list, as config.json gives it back
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise EvaError(f"crop_scale={self.crop_scale} is not valid: give [lo, hi] with 0 < lo <= hi <= 1")
         if self.task not in TASKS:
             raise EvaError(f"task={self.task!r} is not one of {sorted(TASKS)}")
         if self.schedule not in SCHEDULES:
@@ -72,6 +96,11 @@ class TrainConfig:
             raise EvaError(f"max_steps must be >= 1 or None (got {self.max_steps})")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             raise EvaError(f"val_fraction + test_fraction must be in [0, 1) (got {self.val_fraction}, {self.test_fraction})")
+
+    @property
+    def splits_seed(self) -> int:
+        """The seed that picks the held-out backgrounds."""
+        return self.seed if self.split_seed is None else int(self.split_seed)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -95,6 +124,18 @@ class TrainConfig:
 
 
 def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Names of fields whose values differ between two config dicts and that would change the trained weights."""
+    """Names of fields whose values differ between two config dicts and that would change the trained weights.
+
+    More `epochs` than before is not one of them: that extends the run (`train.fit` re-times the schedule and
+    records the extension); fewer epochs is (a run cannot be shortened).
+    """
     keys = (set(old) | set(new)) - RESUMABLE_FIELDS
-    return sorted(k for k in keys if old.get(k) != new.get(k))
+    return sorted(k for k in keys if old.get(k) != new.get(k) and not (k == "epochs" and is_extension(old, new)))
+
+
+def is_extension(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when `new` trains the same run for more epochs than `old`."""
+    try:
+        return int(new["epochs"]) > int(old["epochs"])
+    except (KeyError, TypeError, ValueError):
+        return False

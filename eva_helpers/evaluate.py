@@ -21,7 +21,7 @@ def split_positions(cfg, data_dir: str | Path) -> dict:
     from .dataset import make_splits
 
     val, test = cfg.val_fraction, cfg.test_fraction
-    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.seed)
+    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.splits_seed)
 
 
 def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0):
@@ -45,22 +45,58 @@ def predict_loader(model, loader, device, stats, channels_last: bool = False):
         yield batch, x, targets, outputs
 
 
+def _fit_positions(splits: dict, cfg, max_fit: int) -> list[int]:
+    """Up to max_fit seeded positions of the validation split: where thresholds and post-processing are chosen."""
+    val = list(splits["val"])
+    if not val:
+        raise EvaError("the validation split is empty, so the mask threshold cannot be chosen on it: "
+                       "train with val_fraction > 0 (never choose on the test split)")
+    rng = np.random.default_rng(cfg.seed)
+    return sorted(rng.choice(val, size=min(max_fit, len(val)), replace=False).tolist())
+
+
 def fit_baseline_threshold(data_dir, splits: dict, cfg, max_fit: int = 512) -> float:
-    """The |fg_bg - bg| threshold chosen on (up to max_fit) training samples: never on the split it is scored on."""
+    """The |fg_bg - bg| threshold chosen on (up to max_fit) validation samples: never on the split it is scored on."""
     from .baseline import fit_threshold
 
-    rng = np.random.default_rng(cfg.seed)
-    train = list(splits["train"])
-    if not train:
-        raise EvaError(f"{data_dir}: the training split is empty, so the baseline threshold cannot be fitted")
-    fit_pos = sorted(rng.choice(train, size=min(max_fit, len(train)), replace=False).tolist())
-    _, fit_loader = _loader(data_dir, fit_pos, cfg, 64)
+    _, fit_loader = _loader(data_dir, _fit_positions(splits, cfg, max_fit), cfg, 64)
     return float(fit_threshold(fit_loader))
 
 
+def fit_model_postprocess(model, data_dir, splits: dict, cfg, device, stats, max_fit: int = 512) -> dict[str, Any]:
+    """The model's mask threshold and open/close choice, made on the same validation samples as the baseline's."""
+    from .calibrate import fit_postprocess
+
+    _, fit_loader = _loader(data_dir, _fit_positions(splits, cfg, max_fit), cfg, 64)
+    batches = ((out["mask"], t["mask"], [m.get("bg_id") for m in b["meta"]])  # backgrounds: the unit of evidence
+               for b, _, t, out in predict_loader(model, fit_loader, device, stats))
+    return fit_postprocess(batches)
+
+
+def free_baseline(data_dir, splits: dict, cfg, threshold: float | None, max_fit: int = 512):
+    """The no-learning predictor scored beside the model: the mask threshold given, plus (for runs with a depth task)
+    the mean depth label of up to max_fit seeded *training* samples; a depth-only run still fits a threshold to paste
+    the object's mask into that map."""
+    from .baseline import FreeBaseline, fit_mean_depth
+
+    if "depth" not in cfg.tasks:
+        return FreeBaseline(threshold)
+    if threshold is None:
+        threshold = fit_baseline_threshold(data_dir, splits, cfg, max_fit)
+    train = list(splits["train"])
+    if not train:
+        raise EvaError(f"{data_dir}: the training split is empty, so the depth baseline cannot be fitted")
+    rng = np.random.default_rng(cfg.seed)
+    fit_pos = sorted(rng.choice(train, size=min(max_fit, len(train)), replace=False).tolist())
+    _, fit_loader = _loader(data_dir, fit_pos, cfg, 64)
+    return FreeBaseline(threshold, fit_mean_depth(fit_loader))
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, split: str = "test", which: str = "best",
-                 device: str | None = None, batch_size: int = 32, figure: bool = True) -> dict[str, Any]:
+                 device: str | None = None, batch_size: int = 32, figure: bool = True,
+                 progress: bool = True) -> dict[str, Any]:
     """Score a run folder's checkpoint on a split; write metrics.json and the best/worst figure; return the metrics."""
+    from .calibrate import postprocess, save_calibration
     from .metrics import MetricAccumulator
     from .train import load_run
 
@@ -74,15 +110,26 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         raise EvaError(f"{data_dir}: the {split} split is empty (too few backgrounds for held-out splits)")
     ds, loader = _loader(data_dir, splits[split], cfg, batch_size)
     threshold = fit_baseline_threshold(data_dir, splits, cfg) if "mask" in cfg.tasks else None
-    acc = MetricAccumulator(cfg.tasks, baseline_threshold=threshold)
+    calib = fit_model_postprocess(model, data_dir, splits, cfg, dev, stats) if "mask" in cfg.tasks else None
+    acc = MetricAccumulator(cfg.tasks, baseline=free_baseline(data_dir, splits, cfg, threshold))
     n, t0 = 0, time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ds), desc=f"eval {split}", unit="img", disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
+        bar.update(x.shape[0])
+        if calib is not None:  # the accumulator cuts logits at 0: hand it the post-processed decision as +-1
+            outputs["mask"] = postprocess(outputs["mask"], calib["threshold"], calib["morph"]).float() * 2 - 1
         acc.update(outputs, targets, bg=batch["bg"], fg_bg=batch["fg_bg"])  # raw uint8 images for the baseline
         n += x.shape[0]
+    bar.close()
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {k: float(v) for k, v in acc.compute().items()}
     if threshold is not None:
         metrics["baseline_threshold"] = threshold
+    if calib is not None:
+        save_calibration(run_dir, calib)
+        metrics.update(mask_threshold=calib["threshold"], mask_morph=calib["morph"], mask_val_iou=calib["val_iou"])
     metrics["train_images_per_s"] = training_speed(run_dir)
     metrics.update({
         "split": split, "checkpoint": which, "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),

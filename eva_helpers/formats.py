@@ -7,6 +7,8 @@ Layout of a dataset folder::
                                   one row per input: {"kind": "bg", bg_id, file, sha256, bytes, width, height,
                                   depth_min, depth_max} and {"kind": "fg", fg_id, ...}: filter on "kind"
     shards/shard-NNNNN.zip        fg_bg/<sid>.jpg, mask/<sid>.png, depth/<sid>.png, index.jsonl
+    index.npz                     every index.jsonl record as columns (index.py), listed in the manifest's `index`
+                                  entry (file, sha256, bytes, identity); optional: rebuilt into the cache if absent
 
 Conventions:
 - sample id `sid` is the global sample index, zero-padded to 8 digits; shard k holds indices
@@ -14,10 +16,12 @@ Conventions:
 - mask PNG: 8-bit grayscale, exactly the alpha placed on the background (0..255, soft edges kept);
   readers binarise at 128 for the training target.
 - depth PNG: 16-bit grayscale of *relative inverse depth* (disparity-like): **near = bright**.
-  value = round(d * 65535) with d in [0, 1] the teacher output min-max normalised per background
-  (layered mode) or per composite (per-composite mode). The raw teacher range is recorded in the
-  index as `depth_min`/`depth_max`, so raw = depth_min + d * (depth_max - depth_min). Units are the
-  teacher's (relative, not metres).
+  value = round(d * 65535) with d in [0, 1] the teacher's map of the clean background min-max
+  normalised per background, in every labelling mode: layered and hybrid labels keep it exactly off the
+  object; per-composite (and hybrid object) pixels are the teacher's composite map aligned to it by
+  scale and shift fitted outside the object, clipped to [0, 1]. The background's raw teacher range is
+  recorded in the index as `depth_min`/`depth_max`, so raw = depth_min + d * (depth_max - depth_min).
+  Units are the teacher's (relative, not metres).
 - mask and depth PNGs use fixed PNG filters chosen for encoding speed; any PNG decoder reads them.
 - Zip members are written in a fixed order with a fixed timestamp and ZIP_STORED (JPEG/PNG are compressed
   already), so the same seed gives byte-identical shards.
@@ -194,6 +198,8 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise BadInputError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BadInputError(f"{path}: not a dataset manifest (a JSON object expected); fetch or rebuild the dataset")
     if manifest.get("schema") != SCHEMA:
         raise BadInputError(f"{path}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
     return manifest

@@ -5,29 +5,37 @@ Conventions (the tests pin them):
   (2 TP + FP + FN). An empty prediction on an empty target scores IoU = Dice = 1 (nothing to find, nothing
   found); a non-empty prediction on an empty target scores 0. Pixel accuracy is reported but flatters: on a 5 %
   foreground mask, predicting nothing scores 0.95 with IoU 0; read it beside IoU and the baseline.
-- Depth (in [0, 1], near = 1): RMSE over all pixels; AbsRel = mean |p - t| / t and delta1 = fraction with
-  max(p / t, t / p) < 1.25, both over pixels with t > DEPTH_EPS = 0.01 only (the dataset's depth is normalised so
-  its farthest pixel is 0, where relative error is undefined; a 16-bit step is 1.5e-5, so 0.01 excludes just the
-  far end). A prediction <= 0 fails delta1. An image with no valid pixel gives NaN and is left out of that mean.
-  SSIM uses the loss's window (Gaussian 11x11, sigma 1.5, data_range 1, valid windows only).
-- Aligned variants (`*_aligned`): the prediction is first fitted to the target per image by least-squares scale
-  and shift (fair to relative-depth models), then clamped to [0, 1] (the target's range: clamping can only move a
-  value closer to any target in [0, 1]).
+- Depth labels are relative inverse depth (disparity-like) in [0, 1], near = 1, min-max normalised per background:
+  the farthest pixel is 0, so AbsRel or delta on the raw labels would divide by ~0 and a uniform +0.02 offset
+  would score AbsRel ~0.3. Two families of numbers, per image:
+  * On the labels as they are (no fitting): `depth_rmse` (RMSE) and `depth_ssim` (SSIM with the loss's window:
+    Gaussian 11x11, sigma 1.5, data_range 1, valid windows only). These see absolute errors, offsets included.
+  * The relative-depth protocol of MiDaS (Ranftl et al. 2020) and Depth Anything (Yang et al. 2024): fit scale s
+    and shift t per image by least squares in disparity space (s * pred + t ~ target over all pixels), with
+    s >= 0 (a map upside-down in depth is wrong, not a relative-depth variant: a negative fit becomes s = 0, i.e.
+    the flat mean); convert both maps to depth as 1 / max(disparity, 1 / DEPTH_CAP), so depth lies in
+    [1, DEPTH_CAP] with the cap DEPTH_CAP = 10 (the farthest tenth of the disparity range, sky and far walls,
+    all read as depth 10, as MiDaS caps its evaluation depth); then `depth_absrel` = mean |D_p - D_t| / D_t,
+    `depth_delta1/2/3` = fraction of pixels with max(D_p / D_t, D_t / D_p) < 1.25, 1.25^2, 1.25^3, and
+    `depth_rmse_ssi` = RMSE of D_p - D_t (depth units, 1 = the nearest pixel). A uniform offset or a rescaled
+    map costs nothing here; a flipped or flat map costs a lot.
+- A baseline (any callable `(bg, fg_bg) -> {"mask": bool, "depth": [0, 1]}` predictions, see baseline.py) can be
+  scored on the same images: its keys get a `baseline_` prefix.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .errors import EvaError
-from .losses import align_scale_shift, ssim_per_image
+from .losses import ssim_per_image
 
-DEPTH_EPS = 0.01
+DEPTH_CAP = 10.0  # depth = 1 / max(disparity, 1 / DEPTH_CAP): depth in [1, DEPTH_CAP]
 MASK_KEYS = ("mask_iou", "mask_dice", "mask_pixel_acc")
-DEPTH_BASE = ("depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim")
-DEPTH_KEYS = DEPTH_BASE + tuple(k + "_aligned" for k in DEPTH_BASE)
+DEPTH_KEYS = ("depth_rmse", "depth_ssim", "depth_absrel", "depth_delta1", "depth_delta2", "depth_delta3",
+              "depth_rmse_ssi")
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -56,57 +64,62 @@ def mask_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
 
 
 # ----------------------------------------------------------------------------------------------- depth
-def _masked_mean(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Mean of v over m per image (B,); NaN where an image has no valid pixel."""
-    n = m.sum(1)
-    return torch.where(n > 0, (v * m).sum(1) / n.clamp_min(1), torch.full_like(n, math.nan))
+def fit_disparity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image least-squares s * pred + t ~ target with s >= 0 (B, N) -> (B, N); a flat or anti-correlated
+    prediction gets s = 0, i.e. the target's mean."""
+    mp, mt = pred.mean(1, keepdim=True), target.mean(1, keepdim=True)
+    dp = pred - mp
+    var, cov = (dp * dp).mean(1, keepdim=True), (dp * (target - mt)).mean(1, keepdim=True)
+    s = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.zeros_like(var)).clamp_min(0.0)
+    return s * dp + mt  # = s * pred + (mt - s * mp)
 
 
-def depth_pixel_metrics(pred: torch.Tensor, target: torch.Tensor, eps: float = DEPTH_EPS) -> dict[str, torch.Tensor]:
-    """Per-image RMSE, AbsRel, delta1 (each (B,)) for depth (B, 1, H, W) in [0, 1]."""
-    pred, target = pred.double(), target.double()
+def to_depth(disparity: torch.Tensor, cap: float = DEPTH_CAP) -> torch.Tensor:
+    """Depth 1 / max(disparity, 1 / cap): in [1 / max(disparity), cap]."""
+    return 1.0 / disparity.clamp_min(1.0 / cap)
+
+
+def depth_pixel_metrics(pred: torch.Tensor, target: torch.Tensor, cap: float = DEPTH_CAP) -> dict[str, torch.Tensor]:
+    """Per-image label RMSE and the protocol's AbsRel, delta1..3, RMSE (each (B,)); depth (B, 1, H, W) in [0, 1]."""
     b = pred.shape[0]
-    p, t = pred.reshape(b, -1), target.reshape(b, -1)  # (B, N)
-    valid = (t > eps).double()
-    t_safe = t.clamp_min(eps)
-    ratio = torch.where(p > 0, torch.maximum(p / t_safe, t_safe / p.clamp_min(1e-12)), torch.full_like(p, math.inf))
-    return {
-        "depth_rmse": ((p - t) ** 2).mean(1).sqrt(),
-        "depth_absrel": _masked_mean((p - t).abs() / t_safe, valid),
-        "depth_delta1": _masked_mean((ratio < 1.25).double(), valid),
-    }
+    p, t = pred.double().reshape(b, -1), target.double().reshape(b, -1)  # (B, N)
+    dp, dt = to_depth(fit_disparity(p, t), cap), to_depth(t, cap)
+    ratio = torch.maximum(dp / dt, dt / dp)
+    out = {"depth_rmse": ((p - t) ** 2).mean(1).sqrt(), "depth_absrel": ((dp - dt).abs() / dt).mean(1)}
+    for k in (1, 2, 3):
+        out[f"depth_delta{k}"] = (ratio < 1.25 ** k).double().mean(1)
+    out["depth_rmse_ssi"] = ((dp - dt) ** 2).mean(1).sqrt()
+    return out
 
 
-def depth_metrics(pred: torch.Tensor, target: torch.Tensor, eps: float = DEPTH_EPS) -> dict[str, torch.Tensor]:
-    """Per-image RMSE, AbsRel, delta1 and SSIM (each (B,)); images need at least 11x11 pixels for SSIM."""
-    out = depth_pixel_metrics(pred, target, eps)
+def depth_metrics(pred: torch.Tensor, target: torch.Tensor, cap: float = DEPTH_CAP) -> dict[str, torch.Tensor]:
+    """Every DEPTH_KEYS metric per image (each (B,)); images need at least 11x11 pixels for SSIM."""
+    out = depth_pixel_metrics(pred, target, cap)
     out["depth_ssim"] = ssim_per_image(pred.double(), target.double(), data_range=1.0)
     return out
 
 
-def aligned_depth_metrics(pred: torch.Tensor, target: torch.Tensor, eps: float = DEPTH_EPS) -> dict[str, torch.Tensor]:
-    """depth_metrics after a per-image least-squares scale-and-shift fit, clamped to [0, 1]; keys end in _aligned."""
-    aligned = align_scale_shift(pred.double(), target.double()).clamp(0, 1)
-    return {k + "_aligned": v for k, v in depth_metrics(aligned, target, eps).items()}
-
-
 # ----------------------------------------------------------------------------------------------- accumulator
+Baseline = Callable[[torch.Tensor, torch.Tensor], dict]
+
+
 class MetricAccumulator:
     """Collects per-image metrics over batches; compute() gives the mean over images (NaNs left out).
 
     update(outputs, targets, bg=None, fg_bg=None, ids=None): outputs is the model's dict, targets the dict from
-    prepare_batch. When `baseline_threshold` is set and the *raw* images (uint8 or [0, 1], not normalised) are
-    given, the free |fg_bg - bg| baseline is scored on the same images (keys baseline_mask_iou, baseline_mask_dice).
+    prepare_batch. With a `baseline` callable (e.g. `baseline.FreeBaseline`) and the *raw* images (uint8 or
+    [0, 1], not normalised), its predictions `{"mask": bool (B, 1, H, W), "depth": (B, 1, H, W)}` are scored on the
+    same images under `baseline_` keys (mask: IoU and Dice; depth: every depth key).
     """
 
-    def __init__(self, tasks: Sequence[str], baseline_threshold: float | None = None, aligned: bool = True):
-        self.tasks, self.baseline_threshold, self.aligned = tuple(tasks), baseline_threshold, aligned
+    def __init__(self, tasks: Sequence[str], baseline: Baseline | None = None):
+        self.tasks, self.baseline = tuple(tasks), baseline
         self.per_image: dict[str, list[float]] = {}
         self.ids: list = []
 
-    def _add(self, values: dict[str, torch.Tensor]) -> None:
+    def _add(self, values: dict[str, torch.Tensor], prefix: str = "") -> None:
         for k, v in values.items():
-            self.per_image.setdefault(k, []).extend(v.detach().double().cpu().tolist())
+            self.per_image.setdefault(prefix + k, []).extend(v.detach().double().cpu().tolist())
 
     @torch.no_grad()
     def update(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -114,21 +127,19 @@ class MetricAccumulator:
         missing = [t for t in self.tasks if t not in outputs or t not in targets]
         if missing:
             raise EvaError(f"metrics for tasks {list(self.tasks)}: outputs/targets lack {missing}")
+        base = self.baseline(bg, fg_bg) if self.baseline is not None and bg is not None and fg_bg is not None else {}
         n = None
         if "mask" in self.tasks:
             self._add(mask_metrics(outputs["mask"].float(), targets["mask"]))
             n = outputs["mask"].shape[0]
-            if self.baseline_threshold is not None and bg is not None and fg_bg is not None:
-                from .baseline import bg_difference_mask
-
-                pred = bg_difference_mask(bg, fg_bg, self.baseline_threshold)
-                self._add({"baseline_" + k: v for k, v in binary_mask_metrics(pred, targets["mask"]).items()
-                           if k != "mask_pixel_acc"})
+            if "mask" in base:
+                m = binary_mask_metrics(base["mask"].to(targets["mask"].device), targets["mask"])
+                self._add({k: v for k, v in m.items() if k != "mask_pixel_acc"}, "baseline_")
         if "depth" in self.tasks:
             pred, target = outputs["depth"].float(), targets["depth"]
             self._add(depth_metrics(pred, target))
-            if self.aligned:
-                self._add(aligned_depth_metrics(pred, target))
+            if "depth" in base:
+                self._add(depth_metrics(base["depth"].to(target.device).float(), target), "baseline_")
             n = pred.shape[0]
         self.ids.extend(ids if ids is not None else [None] * (n or 0))
 

@@ -36,15 +36,18 @@ def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np
 
 @torch.no_grad()
 def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dict | None = None,
-                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """(H, W, 3) uint8 bg and fg_bg -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1]} at the input size."""
+                 device: str | torch.device = "cpu", calib: dict | None = None) -> dict[str, np.ndarray]:
+    """(H, W, 3) uint8 bg and fg_bg -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1]} at the input size.
+
+    `calib` is the run's mask post-processing chosen on validation (calibrate.load_calibration); None = a 0.5 cut.
+    """
     from .loaders import prepare_batch
 
     if bg.shape != fg_bg.shape:
         raise BadInputError(f"bg is {bg.shape[1]}x{bg.shape[0]} but fg_bg is {fg_bg.shape[1]}x{fg_bg.shape[0]}: "
                             "they must be the same photo, same size")
     h, w = bg.shape[:2]
-    ims = [torch.from_numpy(np.ascontiguousarray(_resize(a, (size, size)))).permute(2, 0, 1)[None] for a in (bg, fg_bg)]
+    ims = [torch.from_numpy(np.array(_resize(a, (size, size)))).permute(2, 0, 1)[None] for a in (bg, fg_bg)]  # a copy: inputs may be read-only
     zeros = torch.zeros(1, 1, size, size)
     batch = {"bg": ims[0], "fg_bg": ims[1], "mask": zeros, "depth": zeros, "meta": [{}]}
     model.eval()
@@ -52,8 +55,15 @@ def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dic
     out = model(x)
     result: dict[str, np.ndarray] = {}
     if "mask" in out:
-        prob = out["mask"].float().sigmoid()[0, 0].cpu().numpy()
-        result["mask"] = (_resize(prob, (w, h)) > 0.5).astype(np.uint8) * 255
+        calib = calib or {"threshold": 0.5, "morph": False}
+        if calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
+            from .calibrate import postprocess
+
+            m = postprocess(out["mask"], calib["threshold"], True)[0, 0].cpu().numpy().astype(np.uint8)
+            result["mask"] = _resize(m, (w, h), nearest=True) * 255
+        else:
+            prob = out["mask"].float().sigmoid()[0, 0].cpu().numpy()
+            result["mask"] = (_resize(prob, (w, h)) > calib["threshold"]).astype(np.uint8) * 255
     if "depth" in out:
         result["depth"] = np.clip(_resize(out["depth"].float()[0, 0].cpu().numpy(), (w, h)), 0, 1).astype(np.float32)
     return result
@@ -75,7 +85,9 @@ def predict_files(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Pa
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
     stats = load_run_stats(Path(run_dir), Path(cfg.data))
-    pred = predict_pair(model, bg, fg_bg, cfg.size, stats, dev)
+    from .calibrate import load_calibration
+
+    pred = predict_pair(model, bg, fg_bg, cfg.size, stats, dev, calib=load_calibration(run_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

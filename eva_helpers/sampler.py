@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -30,13 +31,18 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ epoch) ^ index) & 0xFFFFFFFF
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """The global order of one epoch (before sharding)."""
+def epoch_order_array(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The global order of one epoch (before sharding) as an (n,) int64 array: 8 bytes a sample, not a list of ints."""
     if not shuffle:
-        return list(range(n))
+        return np.arange(n, dtype=np.int64)
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF)
-    return torch.randperm(n, generator=g).tolist()
+    return torch.randperm(n, generator=g).numpy()
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The global order of one epoch (before sharding)."""
+    return epoch_order_array(n, seed, epoch, shuffle).tolist()
 
 
 class ResumableSampler(Sampler):
@@ -75,21 +81,23 @@ class ResumableSampler(Sampler):
         """Skip `consumed` samples of the global order, however many ranks consumed them."""
         self.set_start(consumed // self.world_size)
 
-    def rank_order(self) -> list[int]:
+    def rank_order_array(self) -> np.ndarray:
         """This rank's full share of the current epoch (padded by wrapping around, like DistributedSampler)."""
-        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)
+        order = epoch_order_array(self.n, self.seed, self.epoch, self.shuffle)
         if self.drop_last:
             order = order[: self.total_size]
-        else:
-            pad = self.total_size - len(order)
-            while pad > 0:  # n < world_size needs more than one wrap
-                order += order[:pad]
-                pad = self.total_size - len(order)
+        elif self.total_size > len(order):  # n < world_size needs more than one wrap
+            order = np.resize(order, self.total_size)  # repeats the order cyclically
         return order[self.rank: self.total_size: self.world_size]
 
+    def rank_order(self) -> list[int]:
+        return self.rank_order_array().tolist()
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.rank_order()[self.start:]:
-            yield i, sample_seed(self.seed, self.epoch, i)
+        order = self.rank_order_array()[self.start:]
+        for c in range(0, len(order), 4096):  # Python ints made a chunk at a time, never the whole epoch
+            for i in order[c:c + 4096].tolist():
+                yield i, sample_seed(self.seed, self.epoch, i)
 
     def __len__(self) -> int:
         return self.num_samples - self.start

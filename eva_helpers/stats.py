@@ -50,17 +50,17 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
     ds = ShardDataset(data_dir)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     # a limit takes evenly spaced samples: the sample order is background-major, so a prefix would see few backgrounds
-    positions = np.linspace(0, len(ds) - 1, n).round().astype(int).tolist() if n < len(ds) else range(n)
+    positions = np.linspace(0, len(ds) - 1, n).round().astype(np.int64) if n < len(ds) else np.arange(n)
     fg_m, bg_m = _Moments(), _Moments()
-    bg_uses: dict[str, int] = {}
+    bg_names, bg_codes = ds.index.codes("bg_id")  # backgrounds repeat: count uses from the index column, decode once
+    uses = np.bincount(np.asarray(bg_codes)[positions], minlength=len(bg_names))
+    bg_uses = {bg_names[c]: int(u) for c, u in enumerate(uses) if u}
     depth_hist = np.zeros(depth_bins, np.int64)
     frac_hist = np.zeros(fraction_bins, np.int64)
     frac_sum, frac_min, frac_max = 0.0, 1.0, 0.0
     for i in tqdm(positions, desc="stats", unit="sample", disable=not progress):
         s = ds.load(i)  # in record order: shard by shard, each zip read sequentially
         fg_m.add(s["fg_bg"])
-        bid = str(s["meta"]["bg_id"])
-        bg_uses[bid] = bg_uses.get(bid, 0) + 1  # backgrounds repeat: count uses, decode each once
         depth_hist += np.histogram(s["depth"], bins=depth_bins, range=(0.0, 1.0))[0]
         f = float(s["mask"].mean())
         frac_sum, frac_min, frac_max = frac_sum + f, min(frac_min, f), max(frac_max, f)

@@ -2,7 +2,11 @@
 
 `get_teacher("geometric")` needs no weights and no torch/transformers (offline default, tests, embedded sample);
 `"depth-anything-v2-small"` runs Depth Anything V2 Small through `transformers` (Colab default);
-`"midas-small"` runs MiDaS small through `torch.hub`. The deep teachers import their libraries lazily.
+`"midas-small"` runs MiDaS small through `torch.hub`. The deep teachers import their libraries lazily and say which
+square `input_size` they were made for (518 and 256 px): the build feeds them backgrounds (and composites) prepared
+at that size from the full-resolution photo, then resizes their maps down to the build size.
+
+How objects enter the labels (the geometric layer, the contrast guard, hybrid alignment) lives in labels.py.
 """
 from __future__ import annotations
 
@@ -11,18 +15,29 @@ from typing import Any
 import numpy as np
 
 from .errors import EvaError
+from .formats import MASK_THRESHOLD
+from .labels import MIN_CONTRAST, RELIEF, layer_object
 
 DEFAULT_TEACHER = "geometric"
 DA_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 
 class DepthTeacher:
-    """Interface: `predict(list of (H, W, 3) uint8 RGB) -> list of (H, W) float32 relative inverse depth`."""
+    """Interface: `predict(list of (H, W, 3) uint8 RGB) -> list of (H, W) float32 relative inverse depth`.
+
+    `input_size`: the square side the model was made for (None: any size, used as given). `predict_composites`
+    labels composites; it may use the object masks (the geometric teacher does: it cannot see objects in pixels).
+    """
 
     name = "base"
+    input_size: int | None = None
 
     def __init__(self, batch_size: int = 16):
         self.batch_size = int(batch_size)
+
+    def predict_composites(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Composites (H, W, 3) uint8 and their placed alphas (H, W) uint8 -> raw maps (H', W') float32."""
+        return self.predict(images)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -34,17 +49,28 @@ class DepthTeacher:
 
 
 class GeometricTeacher(DepthTeacher):
-    """A weight-free stand-in for a depth model: a ground plane seen by a level camera, plus an image-dependent term.
+    """A weight-free stand-in for a depth model: a ground plane seen by a level camera, an image-dependent term, and
+    pasted objects as upright rounded layers standing on that ground.
 
-    For an (H, W) image, with horizon row `hz = horizon * (H - 1)` (horizon = 0.4) and
+    Scene, for an (H, W) image, with horizon row `hz = horizon * (H - 1)` (horizon = 0.4) and
     t = max(0, (row - hz) / (H - 1 - hz)):
         plane(row) = far + (1 - far) * t          (far = 0.1: constant above the horizon, i.e. sky or walls)
         inverse_depth = plane + texture * L_blur  (texture = 0.1)
     where L_blur is the image's luminance (0..1, BT.601) blurred heavily (area-downscaled to 8x8 then bilinearly
     upscaled), so backgrounds differ smoothly but nothing object-shaped appears. Inverse depth rises linearly towards
     the bottom row because, for a flat ground and a pinhole camera, disparity is proportional to (row - horizon).
-    Units are arbitrary and relative, like a monocular model's. In layered mode the build pastes the object as a
-    constant layer at the value of its ground-contact row (see build.py); per-composite mode sees only pixels.
+    Units are arbitrary and relative, like a monocular model's.
+
+    Objects (`labels.layer_object`, used by every labelling mode: the teacher is told where the object is, since it
+    cannot see it in pixels): an upright object at the disparity of its ground contact (the background's mean value
+    along the mask's lowest row), plus a rounded bulge: an object about as thick as it is wide, whose centre is nearer
+    than its silhouette by RELIEF * (R / S) * d_contact (R = the mask's largest inscribed radius in px, S = the image
+    side as the focal length, d_contact floored at 0.25), shaped sqrt(1 - (1 - u)^2) with u = (dt - 0.5) / (R - 0.5)
+    over the distance transform dt (a circular cross-section). Then `labels.ensure_contrast`: an object whose mean
+    differs from the ring of background around it by less than MIN_CONTRAST (e.g. one whose bottom edge sits above
+    the horizon, where the plane is flat) is moved in front of that ring by the shortfall: a pasted object occludes
+    what is behind it, so it is nearer (moved back instead only where 1.0 would stop it short).
+    Values stay in the map's range; no object ever takes the background's value around it.
     """
 
     name = "geometric"
@@ -56,7 +82,8 @@ class GeometricTeacher(DepthTeacher):
 
     @property
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "horizon": self.horizon, "far": self.far, "texture": self.texture}
+        return {"name": self.name, "horizon": self.horizon, "far": self.far, "texture": self.texture,
+                "min_contrast": MIN_CONTRAST, "relief": RELIEF}
 
     def plane(self, h: int, w: int) -> np.ndarray:
         """(h, w) float32 ground-plane inverse depth."""
@@ -75,6 +102,14 @@ class GeometricTeacher(DepthTeacher):
             small = cv2.resize(lum, (8, 8), interpolation=cv2.INTER_AREA)
             blur = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
             out.append((self.plane(h, w) + self.texture * blur).astype(np.float32))
+        return out
+
+    def predict_composites(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The scene map of each composite with its object (alpha >= 128) inserted by `layer_object`."""
+        out = []
+        for raw, mask in zip(self.predict(images), masks):
+            d, lo, hi = normalise(raw)  # the layer is built in [0, 1], then mapped back to raw units
+            out.append((lo + layer_object(d, mask >= MASK_THRESHOLD) * (hi - lo)).astype(np.float32))
         return out
 
 
@@ -124,7 +159,7 @@ class HFDepthTeacher(DepthTeacher):
     name = "depth-anything-v2-small"
 
     def __init__(self, model_id: str = DA_V2_SMALL, model_dir: str | None = None, device: str | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, input_size: int | None = None):
         super().__init__(batch_size)
         try:
             import transformers  # noqa: F401
@@ -140,10 +175,15 @@ class HFDepthTeacher(DepthTeacher):
         except (OSError, ValueError) as e:  # missing folder, bad id, no connection
             raise EvaError(f"cannot load depth model {self.source!r} ({str(e).splitlines()[0]}); "
                            "check the id, your connection, or pass model_dir=<a local copy>") from None
+        # the side the processor resizes to (518 for Depth Anything V2); input_size overrides it (tests: tiny)
+        size = getattr(self.processor, "size", None) or {}
+        self.input_size = int(input_size or size.get("height") or size.get("shortest_edge") or 518)
+        if input_size:
+            self.processor.size = {"height": self.input_size, "width": self.input_size}
 
     @property
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source}
+        return {"name": self.name, "source": self.source, "input_size": self.input_size}
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -164,13 +204,19 @@ class MidasTeacher(DepthTeacher):
 
     name = "midas-small"
 
-    def __init__(self, device: str | None = None, batch_size: int = 16, repo: str = "intel-isl/MiDaS"):
+    def __init__(self, device: str | None = None, batch_size: int = 16, repo: str = "intel-isl/MiDaS",
+                 input_size: int = 256):
         super().__init__(batch_size)
         import torch
 
+        self.input_size = int(input_size)  # small_transform resizes to 256 anyway: inputs prepared there lose nothing
         self.device = _torch_device(device)
         self.model = torch.hub.load(repo, "MiDaS_small", trust_repo=True).to(self.device).eval()
         self.transform = torch.hub.load(repo, "transforms", trust_repo=True).small_transform
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "input_size": self.input_size}
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         import torch

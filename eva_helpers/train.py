@@ -20,7 +20,7 @@ from torch import nn
 from . import distributed as D
 from .atomic import atomic_write_text, remove_stale_temps
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import TrainConfig, result_changing_differences
+from .config import TrainConfig, is_extension, result_changing_differences
 from .errors import EvaError, IntegrityError
 from .sampler import ResumableSampler
 from .train_loop import Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, train_one_epoch
@@ -28,23 +28,47 @@ from .train_loop import Run, evaluate, live_plot, make_loader, open_tensorboard,
 FORMAT = "eva-ckpt/1"
 SUMMARY = "summary.json"
 HISTORY = "history.jsonl"
+EXTENSIONS = "extensions.json"  # [{"from_epochs", "to_epochs", "at_epoch", "global_step"}]: each time a run was extended
+
+
+def _dataset_identity(data: str | None) -> str | None:
+    """Content identity of the dataset at `data` (same bytes at any path -> same identity), None if there is none."""
+    if not data:
+        return None
+    from .formats import read_manifest
+    from .index import dataset_identity
+
+    try:
+        return dataset_identity(read_manifest(data))
+    except EvaError:
+        return None
 
 
 def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
-    """Refuse to resume a run folder whose recorded config differs in a field that changes the result."""
+    """Refuse to resume a run folder whose recorded config differs in a field that changes the result, or whose
+    dataset (by content identity, not path: the same dataset on Drive and in /content resumes) is another one."""
     path = run_dir / "config.json"
+    ident = _dataset_identity(cfg.data)
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except ValueError as e:
             raise EvaError(f"{path}: unreadable config ({e})") from e
+        if not isinstance(old, dict):
+            raise EvaError(f"{path}: not a config (a JSON object expected); use a new run_dir")
+        was = old.pop("dataset_identity", None)
+        if was and ident and was != ident:
+            raise EvaError(f"{path}: this run was trained on dataset {was[:12]} (at {old.get('data')}), but "
+                           f"{cfg.data} is dataset {ident[:12]}; give the run's dataset or use a new run_dir")
         diff = result_changing_differences(old, cfg.to_dict())
         if diff:
             changes = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff)
+            hint = "; a run can be extended to more epochs, not shortened" if "epochs" in diff else ""
             raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
-                           f"use a new run_dir or the same settings")
+                           f"use a new run_dir or the same settings{hint}")
     if is_main:
-        atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {})}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def seed_everything(seed: int) -> None:
@@ -85,10 +109,10 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     if not cfg.data:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
-    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.seed)
+    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.splits_seed)
     train_set = ShardDataset(cfg.data, indices=splits["train"],
                              transform=build_transforms("train", cfg.size, independent_jitter=cfg.independent_jitter,
-                                                        compact=True))  # uint8 mask, float16 depth out of workers
+                                                        crop_scale=tuple(cfg.crop_scale), compact=True))  # uint8 mask, float16 depth out of workers
     val_set = ShardDataset(cfg.data, indices=splits["val"], transform=build_transforms("val", cfg.size))
     return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
 
@@ -102,11 +126,41 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
 
 
 def _load_scheduler(sched, state: dict, steps_total: int, steps_left: int) -> None:
-    """Restore a schedule; a OneCycle saved under another world size is re-timed so it ends with this run's steps."""
+    """Restore a schedule; a OneCycle saved for another length (another world size, a run extended to more epochs) is
+    re-timed: this run's phases (built for `steps_total`), positioned at the steps already taken."""
+    phases = getattr(sched, "_schedule_phases", None)  # the fresh schedule's, for steps_total
     sched.load_state_dict(state)
     if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != steps_total:
-        sched.total_steps = steps_total
+        sched.total_steps, sched._schedule_phases = steps_total, phases
         sched.last_epoch = max(0, steps_total - steps_left)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # get_lr() outside step() warns
+            lrs = sched.get_lr()
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = list(lrs)
+
+
+def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads((Path(run_dir) / EXTENSIONS).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+def _record_extension(run_dir: Path, state: dict[str, Any], cfg: TrainConfig, is_main: bool) -> None:
+    """A checkpoint trained for fewer epochs than `cfg.epochs`: say so plainly and record it in extensions.json."""
+    old = state.get("config", {})
+    if not is_extension(old, cfg.to_dict()):
+        return
+    ext = {"from_epochs": int(old["epochs"]), "to_epochs": cfg.epochs, "at_epoch": int(state["epoch"]),
+           "global_step": int(state["global_step"])}
+    exts = read_extensions(run_dir)
+    if is_main:
+        if ext not in exts:  # a crash before the next checkpoint finds the same extension again
+            atomic_write_text(run_dir / EXTENSIONS, json.dumps(exts + [ext], indent=1) + "\n")
+        print(f"extending {run_dir.name} from {ext['from_epochs']} to {cfg.epochs} epochs ({ext['at_epoch']} done): "
+              f"the learning-rate schedule is re-timed to end with epoch {cfg.epochs}", flush=True)
 
 
 def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -116,7 +170,7 @@ def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "finished": bool(state.get("finished")), "global_step": int(state["global_step"]),
             "epochs_completed": len(history), "best": best, "best_metrics": best_row, "history": history,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.pt"),
-            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt")}
+            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir)}
 
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
@@ -159,7 +213,9 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         diff = result_changing_differences(state.get("config", {}), cfg.to_dict())
         if diff:
             raise EvaError(f"{ckm.loaded_from}: checkpoint was trained with other settings for {diff}")
-        if state.get("finished") or (cfg.max_steps and state["global_step"] >= cfg.max_steps):
+        _record_extension(run_dir, state, cfg, info.is_main)
+        if (state.get("finished") and int(state["epoch"]) >= cfg.epochs) or (
+                cfg.max_steps and state["global_step"] >= cfg.max_steps):
             return summary_of(state, run_dir)
 
     seed_everything(cfg.seed)
@@ -168,7 +224,11 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         val_set = built_val if val_set is None else val_set
         stats = built_stats if stats is None else stats
     stats = run_stats(run_dir, cfg, stats, info.is_main)
-    if model is None:
+    if model is None and state is not None and state.get("model_args"):
+        from .models import rebuild_model  # the architecture the checkpoint was trained with, whatever the defaults now
+
+        model = rebuild_model(state["model_args"])
+    elif model is None:
         from .models import build_model
 
         extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
@@ -176,7 +236,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     if criterion is None:
         from .losses import build_criterion
 
-        criterion = build_criterion(cfg.tasks, weighting=cfg.loss_weighting)
+        criterion = build_criterion(cfg.tasks, weighting=cfg.loss_weighting, weights=cfg.loss_weights or None)
     model_args = dict(getattr(model, "model_args", {}) or {})
     model.to(device)
     criterion.to(device)

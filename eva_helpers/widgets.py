@@ -1,11 +1,20 @@
-"""Browsers for samples, splits and predictions built from core ipywidgets only (Colab ships ipywidgets 7.7)."""
+"""Browsers for samples, splits and predictions built from core ipywidgets only (Colab ships ipywidgets 7.7).
+
+With $EVA_NO_WIDGETS set (the headless notebook tests) a browser returns the figure of its first item instead:
+nbclient can wait forever on a cell that opens widgets (jupyter/nbclient#312; it happened here under load).
+"""
 from __future__ import annotations
 
+import os
 from typing import Sequence
+
+NO_WIDGETS_ENV = "EVA_NO_WIDGETS"
 
 
 def _browser(n_items_for, render, options: Sequence[str]):
     """A dropdown of item lists + a slider over the chosen list + an Output that `render(option, k)` draws into."""
+    if os.environ.get(NO_WIDGETS_ENV):
+        return render(options[0], 0) if n_items_for(options[0]) else None
     import ipywidgets as W
     from IPython.display import display
 

@@ -48,12 +48,12 @@ class TinyDataset(torch.utils.data.Dataset):
 
 
 class TinyNet(nn.Module):
-    """6 -> width -> {"mask": logits (B,1,H,W), "depth": sigmoid (B,1,H,W)}; BatchNorm (buffers) and dropout (RNG)."""
+    """cat(bg, fg_bg, |diff|) (9) -> width -> {"mask": logits, "depth": sigmoid} (B,1,H,W); BatchNorm and dropout (RNG)."""
 
     def __init__(self, name: str = "tiny", tasks=("mask", "depth"), width: int = 8) -> None:
         super().__init__()
         self.model_args = {"name": name, "tasks": list(tasks), "width": width}
-        self.body = nn.Sequential(nn.Conv2d(6, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv2d(9, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                                   nn.Dropout2d(0.2),  # draws from torch's global RNG: resume must restore it
                                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
         self.heads = nn.ModuleDict({t: nn.Conv2d(width, 1, 1) for t in tasks})

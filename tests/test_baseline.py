@@ -1,9 +1,11 @@
-"""The |fg_bg - bg| baseline: near-perfect on a clean synthetic pair, threshold fitted on train only, morphology."""
+"""The free baselines: |fg_bg - bg| masks (threshold fitted on train only, morphology) and the mean-label depth."""
 import numpy as np
 import pytest
 import torch
 
-from eva_helpers.baseline import (bg_difference, bg_difference_mask, evaluate_baseline, fit_threshold, open_close)
+from eva_helpers.baseline import (FreeBaseline, bg_difference, bg_difference_mask, evaluate_baseline,
+                                  evaluate_depth_baseline, fit_mean_depth, fit_threshold, open_close,
+                                  paste_at_contact)
 from eva_helpers.errors import EvaError
 
 
@@ -83,3 +85,56 @@ def test_threshold_is_fitted_on_the_training_split():
         evaluate_baseline([as_batch(test)])
     with pytest.raises(EvaError, match="empty"):
         fit_threshold([])
+
+
+def with_depth(pairs, seed=0):
+    """Add ground-plane depth labels (near = 1 at the bottom) with each object as a layer at its contact row + 0.1."""
+    rng = np.random.default_rng(seed)
+    size = pairs[0]["mask"].shape[0]
+    plane = np.repeat(np.linspace(0, 1, size, dtype=np.float32)[:, None], size, 1)
+    for p in pairs:
+        d = np.clip(plane + rng.uniform(-0.02, 0.02, plane.shape).astype(np.float32), 0, 1)
+        rows = np.flatnonzero(p["mask"].any(1))
+        d[p["mask"] > 0] = min(1.0, plane[rows[-1], 0] + 0.1)
+        p["depth"] = d
+    return pairs
+
+
+def test_paste_at_contact_by_hand():
+    mean = torch.arange(4, dtype=torch.float32).view(1, 1, 4, 1).expand(1, 1, 4, 3) / 4  # rows 0, .25, .5, .75
+    mask = torch.zeros(2, 1, 4, 3, dtype=torch.bool)
+    mask[0, 0, 0:3, 1] = True  # lowest row 2 -> 0.5
+    got = paste_at_contact(mean, mask)
+    assert got.shape == (2, 1, 4, 3)
+    assert got[0, 0, :3, 1].tolist() == [0.5, 0.5, 0.5] and torch.equal(got[0, 0, :, 0], mean[0, 0, :, 0])
+    assert torch.equal(got[1], mean[0])  # an empty mask leaves the mean map
+
+
+def test_depth_baseline_fitted_on_train_scored_on_test():
+    train = with_depth(make_pairs(8, noise=0.02, seed=3), seed=3)
+    test = with_depth(make_pairs(4, noise=0.02, seed=4), seed=4)
+    mean = fit_mean_depth([as_batch_d(train[:5]), as_batch_d(train[5:])])
+    assert mean.shape == (1, 1, 48, 48)
+    # the training mean is about the plane: rows rise towards the bottom
+    assert mean[0, 0, -1].mean() > mean[0, 0, 0].mean() + 0.8
+    assert torch.allclose(fit_mean_depth(train), mean)  # dataset items work as well as batches
+    base = FreeBaseline(threshold=0.1, mean_depth=mean)
+    res = evaluate_depth_baseline([as_batch_d(test)], base)
+    assert res["baseline_n_images"] == 4
+    assert res["baseline_depth_rmse"] < 0.1 and res["baseline_depth_delta1"] > 0.7
+    # pasting the object is worth something: the mean map alone is worse on the labels
+    plain = evaluate_depth_baseline([as_batch_d(test)], FreeBaseline(threshold=1.0, mean_depth=mean))
+    assert plain["baseline_depth_rmse"] > res["baseline_depth_rmse"]
+    out = base(as_batch_d(test)["bg"], as_batch_d(test)["fg_bg"])
+    assert set(out) == {"mask", "depth"} and out["depth"].shape == (4, 1, 48, 48)
+    assert FreeBaseline()(as_batch_d(test)["bg"], as_batch_d(test)["fg_bg"]) == {}
+    with pytest.raises(EvaError, match="same image size"):
+        FreeBaseline(0.1, mean[..., :32, :32])(as_batch_d(test)["bg"], as_batch_d(test)["fg_bg"])
+    with pytest.raises(EvaError, match="empty"):
+        fit_mean_depth([])
+
+
+def as_batch_d(pairs):
+    b = as_batch(pairs)
+    b["depth"] = torch.from_numpy(np.stack([p["depth"] for p in pairs]))[:, None]
+    return b

@@ -20,6 +20,7 @@ from eva_helpers.build import BuildConflictError, build_dataset
 from eva_helpers.compose import placed_alpha
 from eva_helpers.errors import BadInputError
 from eva_helpers.images import load_sources
+from eva_helpers.labels import MIN_CONTRAST, layer_object, object_contrast
 
 pytestmark = pytest.mark.timeout(120)
 KW = dict(size=48, positions=2, seed=0, shard_size=10, workers=1, progress=False)  # 3*3*2*2 = 36 samples, 4 shards
@@ -48,7 +49,7 @@ def test_layout_counts_and_manifest_checksums(reference):
     for e in m["shards"] + [m["backgrounds"]]:
         p = reference / e["file"]
         assert sha256_file(p) == e["sha256"] and p.stat().st_size == e["bytes"]
-    assert sorted(p.name for p in reference.iterdir()) == ["backgrounds.zip", "manifest.json", "shards"]
+    assert sorted(p.name for p in reference.iterdir()) == ["backgrounds.zip", "index.npz", "manifest.json", "shards"]
     rows, zf = read_shard(reference / m["shards"][3]["file"])
     assert [r["index"] for r in rows] == list(range(30, 36))
     sid = formats.sample_id(30)
@@ -99,8 +100,9 @@ def test_labels_match_provenance(inputs, reference):
             n_far += int(far.sum())
             obj = mask >= formats.MASK_THRESHOLD
             assert np.array_equal(depth[~obj], bg_depth[~obj])
-            contact = np.round(bg_depth[y + h - 1, x:x + w] * formats.DEPTH_MAX).mean() / formats.DEPTH_MAX
-            assert np.allclose(depth[obj], contact, atol=1 / formats.DEPTH_MAX)  # one layer at the contact depth
+            # the object stands on the bg map as teachers.layer_object says, and never vanishes into it
+            assert np.allclose(depth[obj], layer_object(bg_depth, obj)[obj], atol=1 / formats.DEPTH_MAX)
+            assert abs(object_contrast(depth, obj)) >= MIN_CONTRAST - 1e-4
             assert r["depth_min"] < r["depth_max"]
     assert n_far > 1000  # the exact check above did run on real pixels
 
@@ -126,9 +128,16 @@ def test_per_composite_mode_and_limit(inputs, tmp_path):
     m = build_dataset(*inputs, tmp_path / "pc", **{**KW, "mode": "per-composite", "limit": 13})
     assert m["counts"]["samples"] == 13 and [e["samples"] for e in m["shards"]] == [10, 3]
     rows, zf = read_shard(tmp_path / "pc" / m["shards"][1]["file"])
+    bgz = zipfile.ZipFile(tmp_path / "pc" / formats.BACKGROUNDS)
+    bg_rows = {b["bg_id"]: b for b in formats.read_jsonl(bgz.read(formats.INDEX)) if b["kind"] == "bg"}
     for r in rows:
         d = formats.decode_depth(zf.read(formats.member("depth", r["id"])))
-        assert d.min() == 0.0 and d.max() == 1.0  # normalised per composite
+        obj = formats.decode_mask(zf.read(formats.member("mask", r["id"]))) >= formats.MASK_THRESHOLD
+        bg_d = formats.decode_depth(bgz.read(formats.member("bg_depth", r["bg_id"])))
+        # aligned to the background's map at build time: its normalisation, and close to it off the object
+        assert (r["depth_min"], r["depth_max"]) == (bg_rows[r["bg_id"]]["depth_min"], bg_rows[r["bg_id"]]["depth_max"])
+        assert np.abs(d[~obj] - bg_d[~obj]).mean() < 0.02
+        assert abs(object_contrast(d, obj)) >= MIN_CONTRAST - 1e-4
     # teacher batches of 3 inside shards of 10: same bytes (batching is not a build parameter)
     build_dataset(*inputs, tmp_path / "pc3", **{**KW, "mode": "per-composite", "limit": 13,
                                                "teacher_kwargs": {"batch_size": 3}})

@@ -1,14 +1,16 @@
-"""CheckpointManager: atomic files with checksums, fallback past damaged files, refusal of pickled objects, pruning."""
+"""CheckpointManager: fixed names (no Drive trash), atomic files with checksums, a valid file after a kill at any stage
+of a save, fallback past damaged files, local-only extras, refusal of pickled objects."""
 from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from eva_helpers.checkpoint import (BEST, CKPT_DIR, LAST, CheckpointManager, load_checkpoint, rng_state,
+from eva_helpers.checkpoint import (BEST, CKPT_DIR, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
                                     set_rng_state)
 from eva_helpers.errors import EvaError, IntegrityError
 
@@ -23,21 +25,26 @@ class NotPlain:  # a class weights_only=True cannot rebuild
         self.x = 1
 
 
-def test_save_writes_copies_and_sidecars_and_prunes(tmp_path):
+def test_fixed_names_no_deletions_one_upload_per_save(tmp_path):
     m = CheckpointManager(tmp_path, keep_last=2, interval_s=1e9)
     for step in (1, 2, 3):
         m.save(_state(step), best=step == 2)
     d = tmp_path / CKPT_DIR
-    assert sorted(p.name for p in d.glob("ckpt-*.pt")) == ["ckpt-000000002.pt", "ckpt-000000003.pt"]
-    assert not (d / "ckpt-000000001.pt.sha256").exists()  # pruned together with its file
-    for name in (LAST, BEST):
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        [BEST, BEST + ".sha256", LAST, LAST + ".sha256", PREV, PREV + ".sha256"])  # no ckpt-N: nothing to delete
+    for name in (LAST, PREV, BEST):
         p = d / name
         assert p.is_file() and not p.is_symlink()  # Drive: no symlinks, no hard links
         assert p.stat().st_nlink == 1
     assert load_checkpoint(d / LAST)["global_step"] == 3
+    assert load_checkpoint(d / PREV)["global_step"] == 2
     assert load_checkpoint(d / BEST)["global_step"] == 2
     assert json.loads((d / (LAST + ".sha256")).read_text())["global_step"] == 3
     assert m.load_latest()["global_step"] == 3
+    size = (d / LAST).stat().st_size
+    ckpt_bytes = m.bytes_written - sum(len((d / (n + ".sha256")).read_bytes()) for n in (LAST, PREV, BEST)) * 3
+    assert 4 * size <= ckpt_bytes + 3 * 200 and m.bytes_written < 4 * size + 2000  # 3 saves + 1 best: one copy each
+    assert m.bytes_dropped < 2 * size + 2000  # only prev.pt was replaced (once per save after the second)
 
 
 def test_maybe_save_respects_the_interval(tmp_path):
@@ -45,7 +52,8 @@ def test_maybe_save_respects_the_interval(tmp_path):
     calls = []
     assert m.maybe_save(lambda: calls.append(1) or _state(1)) is None and not calls  # state not even built
     m.interval_s = 0.0
-    assert m.maybe_save(lambda: _state(5)).name == "ckpt-000000005.pt"
+    assert m.maybe_save(lambda: _state(5)).name == LAST
+    assert load_checkpoint(tmp_path / CKPT_DIR / LAST)["global_step"] == 5
 
 
 def test_truncated_newest_is_skipped_with_a_warning(tmp_path):
@@ -53,9 +61,8 @@ def test_truncated_newest_is_skipped_with_a_warning(tmp_path):
     for step in (10, 20, 30):
         m.save(_state(step))
     d = tmp_path / CKPT_DIR
-    for name in (LAST, "ckpt-000000030.pt"):  # the newest state, in both places, cut short
-        data = (d / name).read_bytes()
-        (d / name).write_bytes(data[: len(data) // 2])
+    data = (d / LAST).read_bytes()
+    (d / LAST).write_bytes(data[: len(data) // 2])  # the newest state cut short
     with pytest.warns(UserWarning, match="truncated or corrupt"):
         state = CheckpointManager(tmp_path).load_latest()
     assert state["global_step"] == 20
@@ -67,12 +74,73 @@ def test_missing_sidecar_means_unfinished_write(tmp_path):
     m.save(_state(1))
     m.save(_state(2))
     d = tmp_path / CKPT_DIR
-    (d / "ckpt-000000002.pt.sha256").unlink()
     (d / (LAST + ".sha256")).unlink()
     with pytest.warns(UserWarning, match="no checksum"):
         assert m.load_latest()["global_step"] == 1
     with pytest.raises(IntegrityError):
         load_checkpoint(d / LAST)
+    m.save(_state(3))  # an unverified last.pt is not rotated into prev.pt: prev keeps the last good one
+    assert load_checkpoint(d / PREV)["global_step"] == 1 and m.load_latest()["global_step"] == 3
+
+
+KILL = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from eva_helpers.checkpoint import CheckpointManager
+m = CheckpointManager(sys.argv[1], keep_last=2, interval_s=1e9)
+for step in (1, 2, 3):
+    m.save({"global_step": step, "epoch": 0, "model": {"w": torch.full((64, 64), float(step))}}, best=step == 3)
+print("SURVIVED")
+"""
+
+
+@pytest.mark.parametrize("stage", ["local", "copy", "last", "rotate", "last-renamed", "best", "best-renamed"])
+def test_killed_at_any_stage_of_a_save_leaves_a_valid_checkpoint(tmp_path, stage):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "EVA_CKPT_FAULT": f"{stage}:{3 if stage in ('local', 'copy', 'last') else 1 if 'best' in stage else 2}"}
+    r = subprocess.run([sys.executable, "-c", KILL, str(tmp_path), root], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == -9 and "SURVIVED" not in r.stdout, r.stderr  # SIGKILLed mid-save
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = CheckpointManager(tmp_path).load_latest()
+    expect = {"local": 2, "copy": 2, "last": 2, "rotate": 2, "last-renamed": 1, "best": 3, "best-renamed": 3}[stage]
+    assert state is not None and state["global_step"] == expect
+    assert torch.equal(state["model"]["w"], torch.full((64, 64), float(expect)))
+    CheckpointManager(tmp_path)  # the next run clears the half-written temp file
+    assert not list((tmp_path / CKPT_DIR).glob(".tmp-*"))
+
+
+def test_extra_history_is_kept_only_locally(tmp_path):
+    local = tmp_path / "local"
+    m = CheckpointManager(tmp_path / "run", keep_last=4, interval_s=1e9, local_dir=local)
+    for step in (1, 2, 3, 4, 5):
+        m.save(_state(step))
+    assert sorted(p.name for p in local.glob("*.pt")) == ["ckpt-000000004.pt", "ckpt-000000005.pt"]
+    assert not list((tmp_path / "run" / CKPT_DIR).glob("ckpt-*"))
+    d = tmp_path / "run" / CKPT_DIR
+    for name in (LAST, PREV):  # both run-folder copies damaged: the local history still resumes
+        (d / name).write_bytes(b"damaged")
+    with pytest.warns(UserWarning):
+        assert CheckpointManager(tmp_path / "run", local_dir=local).load_latest()["global_step"] == 5
+
+
+def test_run_folder_of_the_older_layout_still_loads(tmp_path):
+    d = tmp_path / CKPT_DIR
+    d.mkdir()
+    for step in (7, 8):  # ckpt-N.pt files as older versions wrote them, no last.pt
+        torch.save(_state(step), d / f"ckpt-{step:09d}.pt")
+        data = (d / f"ckpt-{step:09d}.pt").read_bytes()
+        import hashlib
+
+        (d / f"ckpt-{step:09d}.pt.sha256").write_text(json.dumps(
+            {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "global_step": step}))
+    assert CheckpointManager(tmp_path).load_latest()["global_step"] == 8
 
 
 def test_stale_temp_files_are_removed(tmp_path):

@@ -68,3 +68,19 @@ def test_predict_size_mismatch_is_clear(tmp_path, trained_run):
             str(tmp_path / "b.png"), "--out", str(tmp_path / "pred"))
     assert r.returncode == 2 and "same size" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_flag_is_described_with_its_default(cmd):
+    import argparse
+
+    from eva_helpers.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+    text = sub.format_help()
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"eva {cmd} {action.option_strings or action.dest}: no help text"
+        if action.option_strings and not action.required:
+            assert f"(default: {action.default})" in " ".join(text.split()), f"{action.option_strings}: no default"

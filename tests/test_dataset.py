@@ -47,10 +47,13 @@ def test_handles_reopen_after_fork_and_pickle(syn):
     assert ds._handles  # opened lazily by the read
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._handles == {} and np.array_equal(clone[5]["fg_bg"], ds[5]["fg_bg"])
-    ds._pid = -1  # as if this object had been inherited by a forked worker
+    ds._pid = -1  # as if this object had been inherited by a forked worker: it drops (closes) its copies
     old = dict(ds._handles)
-    ds[1]
-    assert ds._pid == os.getpid() and all(ds._handles[k] is not v for k, v in old.items() if k in ds._handles)
+    ref = ds[1]["fg_bg"]
+    assert ds._pid == os.getpid() and ds._handles and np.array_equal(ref, clone[1]["fg_bg"])
+    for fd in set(old.values()) - set(ds._handles.values()):
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed, not leaked
 
 
 def test_subset_and_tuple_keys(syn):
@@ -112,9 +115,9 @@ def test_prepare_batch_normalises_images_once(syn):
     assert isinstance(batch["meta"], list) and batch["meta"][0]["index"] == 0
     stats = {"bg": {"mean": [0.5] * 3, "std": [0.25] * 3}, "fg_bg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
     x, t = prepare_batch(batch, "cpu", stats)
-    assert x.shape == (4, 6, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (4, 9, 32, 32) and x.dtype == torch.float32
     expect = (batch["fg_bg"].float() / 255 - 0.5) / 0.25
-    assert torch.allclose(x[:, 3:], expect)
+    assert torch.allclose(x[:, 3:6], expect)
     assert t["mask"].shape == (4, 1, 32, 32) and set(t["mask"].unique().tolist()) == {0.0, 1.0}
     assert 0 <= t["depth"].min() and t["depth"].max() <= 1 and t["depth"].max() > 0.99  # targets never normalised
 

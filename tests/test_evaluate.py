@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 REQUIRED = ["mask_iou", "mask_dice", "mask_pixel_acc", "baseline_mask_iou", "depth_rmse", "depth_absrel",
-            "depth_delta1", "depth_ssim"]
+            "depth_delta1", "depth_ssim", "baseline_depth_rmse", "baseline_depth_absrel", "baseline_depth_delta1",
+            "baseline_depth_ssim"]
 
 
 def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):

@@ -6,8 +6,8 @@ import torch
 
 from eva_helpers.errors import EvaError
 
-from eva_helpers.metrics import (MetricAccumulator, aligned_depth_metrics, binary_mask_metrics, depth_metrics,
-                                 depth_pixel_metrics, mask_metrics)
+from eva_helpers.metrics import (DEPTH_CAP, DEPTH_KEYS, MetricAccumulator, binary_mask_metrics, depth_metrics,
+                                 depth_pixel_metrics, fit_disparity, mask_metrics)
 
 BIG = 30.0
 
@@ -85,43 +85,73 @@ def test_accumulator_averages_per_image_not_pooled():
     assert acc2.compute() == {"n_images": 0}
 
 
-def test_depth_pixel_metrics_by_hand():
-    pred = m([[0.5, 0.5], [0.5, 0.5]])
-    target = m([[0.5, 1.0], [0.25, 0.005]])  # the last pixel is below DEPTH_EPS = 0.01: not valid for AbsRel/delta1
-    got = vals(depth_pixel_metrics(pred, target))
-    assert got["depth_rmse"] == pytest.approx(math.sqrt((0 + 0.25 + 0.0625 + 0.495 ** 2) / 4))
-    assert got["depth_absrel"] == pytest.approx((0 + 0.5 + 1.0) / 3)  # |p-t|/t = 0, 0.5, 1
-    assert got["depth_delta1"] == pytest.approx(1 / 3)  # ratios 1, 2, 2
-    # a non-positive prediction fails delta1 (a naive max(p/t, t/p) of negatives would pass it)
-    assert vals(depth_pixel_metrics(m([[-0.5]]), m([[0.5]])))["depth_delta1"] == 0
-    # no valid pixel: NaN, left out of the accumulator's mean
-    assert math.isnan(vals(depth_pixel_metrics(m([[0.5]]), m([[0.0]])))["depth_absrel"])
+def test_depth_metrics_by_hand():
+    # pred right up to scale and shift: the fit recovers the target exactly; labels 0 and 0.05 sit under 1 / cap
+    pred, target = m([[0.1, 0.2], [0.3, 0.6]]), m([[0.0, 0.05], [0.5, 1.0]])
+    got = vals(depth_pixel_metrics(2 * pred - 0.2, target))  # 2 * pred - 0.2 = [0, .2, .4, 1]
+    assert got["depth_rmse"] == pytest.approx(math.sqrt((0 + 0.15 ** 2 + 0.1 ** 2 + 0) / 4))  # on the labels as given
+    # fit of [0, .2, .4, 1] to [0, .05, .5, 1]: s = cov / var, t = mean_t - s mean_p, then depth = 1 / max(d, 0.1)
+    p, t = torch.tensor([0.0, 0.2, 0.4, 1.0]), torch.tensor([0.0, 0.05, 0.5, 1.0])
+    s = ((p - p.mean()) * (t - t.mean())).mean() / ((p - p.mean()) ** 2).mean()
+    fitted = s * p + t.mean() - s * p.mean()
+    dp, dt = 1 / fitted.clamp_min(0.1), 1 / t.clamp_min(0.1)
+    assert got["depth_absrel"] == pytest.approx(((dp - dt).abs() / dt).mean().item(), rel=1e-5)
+    assert got["depth_rmse_ssi"] == pytest.approx(((dp - dt) ** 2).mean().sqrt().item(), rel=1e-5)
+    ratio = torch.maximum(dp / dt, dt / dp)
+    for k in (1, 2, 3):
+        assert got[f"depth_delta{k}"] == pytest.approx((ratio < 1.25 ** k).float().mean().item())
+    assert DEPTH_CAP == 10.0 and dt.max() == pytest.approx(DEPTH_CAP)  # the farthest labels read as the cap
+    # an exact affine copy scores perfectly, and a negative-scale fit is refused (s >= 0): the flat mean instead
+    exact = vals(depth_pixel_metrics(0.5 * target + 0.3, target))
+    assert exact["depth_absrel"] == pytest.approx(0, abs=1e-6) and exact["depth_delta1"] == 1
+    flat_fit = fit_disparity(1 - target.flatten(1).double(), target.flatten(1).double())
+    assert torch.allclose(flat_fit, target.double().mean().expand(1, 4))
 
 
-def test_depth_ssim_and_aligned_variants():
-    g = torch.Generator().manual_seed(0)
-    target = torch.rand(2, 1, 16, 16, generator=g)
-    assert depth_metrics(target, target)["depth_ssim"].tolist() == pytest.approx([1.0, 1.0])
-    pred = 0.5 * target + 0.2  # right up to scale and shift
-    raw, al = vals(depth_metrics(pred[:1], target[:1])), vals(aligned_depth_metrics(pred[:1], target[:1]))
-    assert raw["depth_rmse"] > 0.05 and al["depth_rmse_aligned"] == pytest.approx(0.0, abs=1e-6)
-    assert al["depth_delta1_aligned"] == 1.0 and al["depth_ssim_aligned"] == pytest.approx(1.0, abs=1e-6)
+def _scene(b=3, size=32, seed=0):
+    """(B, 1, S, S) labels like ours: a ground plane (far third flat near 0) plus a raised object per image."""
+    g = torch.Generator().manual_seed(seed)
+    rows = ((torch.arange(size, dtype=torch.float32) - 0.4 * size) / (0.6 * size)).clamp(0, 1)
+    t = rows.view(1, 1, size, 1).expand(b, 1, size, size).clone() * 0.9 + 0.02 * torch.rand(b, 1, size, size, generator=g)
+    for i in range(b):
+        y, x = (int(v) for v in torch.randint(2, size // 2, (2,), generator=g))
+        t[i, 0, y:y + 10, x:x + 8] = t[i, 0, min(y + 9, size - 1), x] + 0.1
+    return (t - t.amin((2, 3), keepdim=True)) / (t.amax((2, 3), keepdim=True) - t.amin((2, 3), keepdim=True))
 
 
-def test_accumulator_joint_keys_and_nan_skipping():
+def test_a_small_uniform_offset_costs_little():
+    target = _scene()
+    off = vals({k: v.mean() for k, v in depth_metrics((target + 0.02).clamp(0, 1), target).items()})
+    assert off["depth_rmse"] < 0.021 and off["depth_ssim"] > 0.9  # SSIM on labels still sees the far offset
+    assert off["depth_absrel"] < 0.02 and off["depth_delta1"] > 0.98 and off["depth_delta2"] > 0.99
+    # the old raw protocol (AbsRel on labels with t > 0.01) scored this offset ~0.3: pin that it is not that
+    assert off["depth_rmse_ssi"] < 0.1
+
+
+@pytest.mark.parametrize("wrong", ["upside_down", "inverted", "flat"])
+def test_flipped_or_flat_maps_cost_a_lot(wrong):
+    target = _scene()
+    pred = {"upside_down": target.flip(-2), "inverted": 1 - target,
+            "flat": torch.full_like(target, 0.5)}[wrong]
+    got = vals({k: v.mean() for k, v in depth_metrics(pred, target).items()})
+    good = vals({k: v.mean() for k, v in depth_metrics((target + 0.02).clamp(0, 1), target).items()})
+    assert got["depth_absrel"] > 0.5 and got["depth_delta1"] < 0.5, got
+    assert got["depth_absrel"] > 20 * good["depth_absrel"] and got["depth_ssim"] < 0.6 and got["depth_rmse"] > 0.2
+
+
+def test_accumulator_joint_keys():
     g = torch.Generator().manual_seed(1)
     depth_t = torch.rand(2, 1, 16, 16, generator=g) * 0.5 + 0.5
-    depth_t[1] = 0  # an all-far image: no valid AbsRel pixel
+    depth_t[1] = 0  # an all-far image: still defined (depth = cap everywhere)
     outputs = {"mask": torch.randn(2, 1, 16, 16, generator=g), "depth": torch.rand(2, 1, 16, 16, generator=g)}
     targets = {"mask": (torch.rand(2, 1, 16, 16, generator=g) > 0.9).float(), "depth": depth_t}
     acc = MetricAccumulator(("mask", "depth"))
     acc.update(outputs, targets)
     out = acc.compute()
-    for k in ("mask_iou", "mask_dice", "mask_pixel_acc", "depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim",
-              "depth_rmse_aligned", "depth_absrel_aligned", "depth_delta1_aligned", "depth_ssim_aligned"):
+    for k in ("mask_iou", "mask_dice", "mask_pixel_acc") + DEPTH_KEYS:
         assert k in out and not math.isnan(out[k]), k
-    assert math.isnan(acc.per_image["depth_absrel"][1])
-    assert out["depth_absrel"] == pytest.approx(acc.per_image["depth_absrel"][0])  # the NaN image is left out
+    assert {"depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim"} <= set(DEPTH_KEYS)  # DESIGN section 5
+    assert not any(k.startswith("baseline_") for k in out)
     assert "mask_iou" not in MetricAccumulator(("depth",)).compute()
     with pytest.raises(EvaError, match="lack"):
         MetricAccumulator(("mask", "depth")).update({"mask": outputs["mask"]}, targets)
@@ -133,7 +163,20 @@ def test_accumulator_scores_the_baseline_beside_the_model():
     fg_bg[..., 2:6, 2:6] = 200
     target = torch.zeros(1, 1, 8, 8)
     target[..., 2:6, 2:6] = 1
-    acc = MetricAccumulator(("mask",), baseline_threshold=0.1)
+    from eva_helpers.baseline import FreeBaseline
+
+    acc = MetricAccumulator(("mask",), baseline=FreeBaseline(threshold=0.1))
     acc.update({"mask": torch.full((1, 1, 8, 8), -BIG)}, {"mask": target}, bg=bg, fg_bg=fg_bg)
     out = acc.compute()
     assert out["mask_iou"] == 0 and out["baseline_mask_iou"] == 1 and out["baseline_mask_dice"] == 1
+    assert "baseline_mask_pixel_acc" not in out
+
+
+def test_metrics_does_not_import_the_baseline():
+    """One-way dependency: baseline uses metrics, never the reverse (no import cycle)."""
+    import subprocess
+    import sys
+
+    code = "import sys, eva_helpers.metrics; print('eva_helpers.baseline' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

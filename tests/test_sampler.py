@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from eva_helpers.sampler import ResumableSampler, epoch_order, sample_seed
@@ -89,3 +90,28 @@ def test_global_position_converts_between_world_sizes():
     single.load_state_dict(ranks[0].state_dict())
     assert single.start == 12 and set(order[:12]) == consumed
     assert set(_indices(single)) == set(range(n)) - consumed  # the rest of the epoch, exactly once
+
+
+def _old_rank_order(n, seed, epoch, shuffle, rank, world, drop_last):
+    """The list-based order of the pre-columnar sampler (da5ac18), kept as the oracle for resumed runs."""
+    order = epoch_order(n, seed, epoch, shuffle)
+    total = (n // world if drop_last else -(-n // world)) * world
+    if drop_last:
+        order = order[:total]
+    else:
+        pad = total - len(order)
+        while pad > 0:
+            order += order[:pad]
+            pad = total - len(order)
+    return order[rank:total:world]
+
+
+@pytest.mark.parametrize("n,world,drop_last", [(10, 1, False), (10, 3, False), (10, 3, True), (2, 5, False)])
+def test_array_order_equals_the_list_order_of_existing_runs(n, world, drop_last):
+    for rank in range(world):
+        s = ResumableSampler(n, seed=4, rank=rank, world_size=world, drop_last=drop_last)
+        s.set_epoch(2)
+        want = _old_rank_order(n, 4, 2, True, rank, world, drop_last)
+        assert s.rank_order() == want and [i for i, _ in s] == want
+        s.set_start(1)
+        assert [i for i, _ in s] == want[1:] and all(type(i) is int for i, _ in s)

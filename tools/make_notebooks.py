@@ -1,15 +1,32 @@
 """Writes notebooks/01..05 from the cell sources below (run after editing; notebooks are committed without outputs).
 
 Usage: python tools/make_notebooks.py
+
+The notebooks are thin: every step is one call into eva_helpers (session, notebook, notebook_train, runs). The install
+cell embeds eva_helpers/colab_install.py verbatim (it must run before the package exists); the parameters' defaults
+come from TrainConfig, so a changed default reaches the notebooks by running this script.
 """
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import nbformat as nbf
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eva_helpers.config import RECIPE_LR, TrainConfig  # noqa: E402
+from eva_helpers.notebook import BUILD_RATE, DEFAULT_DATASET  # noqa: E402
+
 REPO = "eva-maskdepth/eva-maskdepth"
-OUT = Path(__file__).resolve().parents[1] / "notebooks"
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "eva_helpers" / "__init__.py").read_text()).group(1)
+REF = f"v{VERSION}"  # releases are tagged v<version>: a reconnect installs the same code
+OUT = ROOT / "notebooks"
+INSTALL_SCRIPT = (ROOT / "eva_helpers" / "colab_install.py").read_text()
+assert "'''" not in INSTALL_SCRIPT, "colab_install.py is embedded in r'''...''': it must not contain '''"
+D = TrainConfig()
 
 
 def badge(name: str) -> str:
@@ -17,22 +34,29 @@ def badge(name: str) -> str:
     return f'<a href="{url}" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>'
 
 
-INSTALL = '''#@title Install (keeps Colab's torch, torchvision and numpy)
-import importlib.metadata as md, importlib.util, subprocess, sys
+INSTALL = f'''#@title Install eva_helpers (never touches Colab's torch, torchvision or numpy)
+REPO_URL = "https://github.com/{REPO}"  #@param {{type:"string"}}
+REF = "{REF}"  #@param {{type:"string"}}
+DRIVE_COPY = "/content/drive/MyDrive/eva-maskdepth/install"  #@param {{type:"string"}}
+# REF pins a tag or commit, so a reconnect installs the same code. If pip cannot reach REPO_URL, a wheel, a zip of the
+# repository or the repository folder in DRIVE_COPY is installed instead; failing both, two ways forward are printed.
+import importlib.util
 if importlib.util.find_spec("eva_helpers") is None:
-    keep = {p: md.version(p) for p in ("torch", "torchvision", "numpy")}
-    # Our requirements are loose lower bounds that Colab already satisfies, so pip leaves these alone.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "eva-maskdepth @ git+https://github.com/''' + REPO + '''"], check=True)
-    changed = {p: (v, md.version(p)) for p, v in keep.items() if md.version(p) != v}
-    if changed:
-        print("WARNING: the install changed", changed, "- use Runtime > Restart session, then run all cells again.")
+    EVA_INSTALL = r\'\'\'{INSTALL_SCRIPT}\'\'\'
+    exec(compile(EVA_INSTALL, "colab_install.py", "exec"), ns := {{"__name__": "colab_install"}})
+    if not ns["ensure_installed"](REPO_URL, REF, DRIVE_COPY, mount=True):
+        raise SystemExit("eva_helpers is not installed: follow one of the two ways printed above")
 import eva_helpers
 print("eva_helpers", eva_helpers.__version__)'''
 
-MOUNT = '''from eva_helpers.paths import mount_drive
-paths = mount_drive()  # Colab: Google Drive (MyDrive/eva-maskdepth); elsewhere $EVA_HOME or ./eva_home
-print(paths)'''
+START_MD = ("## Environment and folders\nPrints the GPU, RAM, disk and library versions (check the GPU after a reconnect), "
+            "then mounts Google Drive: datasets and runs live in `MyDrive/eva-maskdepth`, fast copies in the local cache.")
+START = '''from eva_helpers.session import start, finish
+paths = start()'''
+FINISH_MD = ("## Save and flush\nDrive uploads late: this forces every file written above (checkpoints, metrics, stats) "
+             "onto Drive and unmounts it. Run it before closing the tab; run the first cells again to keep working.")
+FINISH = "finish(paths);"
+SMOKE_NOTE = "`SMOKE = True` runs everything on the embedded sample at tiny sizes in about a minute on a CPU."
 
 
 def notebook(name: str, title: str, intro: str, params: str, cells: list[tuple[str, str]]) -> None:
@@ -42,8 +66,10 @@ def notebook(name: str, title: str, intro: str, params: str, cells: list[tuple[s
     c = [nbf.v4.new_markdown_cell(f"{badge(name)}\n\n# {title}\n\n{intro}")]
     p = nbf.v4.new_code_cell(params)
     p.metadata["tags"] = ["parameters"]
-    c += [p, nbf.v4.new_code_cell(INSTALL), nbf.v4.new_code_cell(MOUNT)]
-    for kind, src in cells:
+    inst = nbf.v4.new_code_cell(INSTALL)
+    inst.metadata["cellView"] = "form"  # Colab shows the three fields, not the embedded script
+    c += [p, inst, nbf.v4.new_markdown_cell(START_MD), nbf.v4.new_code_cell(START)]
+    for kind, src in cells + [("md", FINISH_MD), ("code", FINISH)]:
         c.append(nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src))
     nb.cells = c
     for i, cell in enumerate(nb.cells):  # stable ids so regenerating gives the same file
@@ -52,215 +78,162 @@ def notebook(name: str, title: str, intro: str, params: str, cells: list[tuple[s
     nbf.write(nb, OUT / f"{name}.ipynb")
 
 
-SMOKE_NOTE = "`SMOKE = True` runs everything on the embedded sample at tiny sizes in about a minute on a CPU."
+DATASET_PARAM = (f'DATASET = "{DEFAULT_DATASET}"  #@param {{type:"string"}}\n'
+                 '# DATASET: the folder notebook 01 builds (in MyDrive/eva-maskdepth/data), a folder path, or a name in '
+                 'data_manifest.json ("sample" = the shipped 64 px sample)')
+minutes_400k = 400_000 / BUILD_RATE / 60
 
 notebook(
     "01_build_dataset", "01 · Build the dataset",
     "From a folder of background photos and a folder of transparent cut-outs to verified zip shards with masks and "
     "depth labels. Leave `BG_DIR`/`FG_DIR` empty to use the embedded sample (12 real photos, 16 real cut-outs). "
-    "The build is resumable: after a disconnect, run all cells again and finished shards are kept. " + SMOKE_NOTE,
-    '''#@title Parameters
-SMOKE = False  #@param {type:"boolean"}
-BG_DIR = ""  #@param {type:"string"}
-FG_DIR = ""  #@param {type:"string"}
-DATASET = "sample"  #@param {type:"string"}
-SIZE = 224  #@param {type:"integer"}
-POSITIONS = 20  #@param {type:"integer"}
-SEED = 0  #@param {type:"integer"}
+    "Notebooks 02-05 read the dataset this notebook writes (`DATASET`). The build is resumable: after a disconnect, "
+    "run all cells again and finished shards are kept. " + SMOKE_NOTE,
+    f'''#@title Parameters
+SMOKE = False  #@param {{type:"boolean"}}
+BG_DIR = ""  #@param {{type:"string"}}
+FG_DIR = ""  #@param {{type:"string"}}
+{DATASET_PARAM}
+SIZE = 224  #@param {{type:"integer"}}
+POSITIONS = 20  #@param {{type:"integer"}}
+SEED = 0  #@param {{type:"integer"}}
 TEACHER = "auto"  #@param ["auto", "geometric", "depth-anything-v2-small", "midas-small"]
 MODE = "layered"  #@param ["layered", "per-composite"]
-SCALE_MIN = 0.3  #@param {type:"number"}
-SCALE_MAX = 0.7  #@param {type:"number"}
-FLIPS = True  #@param {type:"boolean"}
-SHARD_SIZE = 1000  #@param {type:"integer"}''',
+SCALE_MIN = 0.3  #@param {{type:"number"}}
+SCALE_MAX = 0.7  #@param {{type:"number"}}
+FLIPS = True  #@param {{type:"boolean"}}
+SHARD_SIZE = 1000  #@param {{type:"integer"}}''',
     [
-        ("code", '''from pathlib import Path
-import torch
-from eva_helpers.paths import sample_assets
-if SMOKE:
-    SIZE, POSITIONS, TEACHER, DATASET, SHARD_SIZE = 48, 1, "geometric", DATASET + "-smoke", 200
-if TEACHER == "auto":  # the pretrained teacher needs the hub and is worth it on a GPU; the geometric one runs anywhere
-    TEACHER = "depth-anything-v2-small" if torch.cuda.is_available() else "geometric"
-bg_dir = Path(BG_DIR) if BG_DIR else sample_assets() / "bg"
-fg_dir = Path(FG_DIR) if FG_DIR else sample_assets() / "fg"
-out_dir = paths.data / DATASET
-print(f"bg: {bg_dir}\\nfg: {fg_dir}\\nout: {out_dir}\\nteacher: {TEACHER} ({MODE})")'''),
-        ("code", '''from eva_helpers.build import build_dataset
-manifest = build_dataset(bg_dir, fg_dir, out_dir, size=SIZE, positions=POSITIONS, seed=SEED, teacher=TEACHER,
-                         mode=MODE, scale_range=(SCALE_MIN, SCALE_MAX), flips=FLIPS, shard_size=SHARD_SIZE)
-manifest["counts"]'''),
+        ("md", "## What will be built\n`SMOKE` shrinks everything; `TEACHER = \"auto\"` keeps the teacher a started build "
+               "recorded (a reconnect to a CPU runtime does not switch it), else picks Depth Anything V2 Small on a GPU "
+               "and the geometric teacher on a CPU."),
+        ("code", '''from eva_helpers import notebook as nb
+plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET, size=SIZE, positions=POSITIONS,
+                     seed=SEED, teacher=TEACHER, mode=MODE, scale_range=(SCALE_MIN, SCALE_MAX), flips=FLIPS,
+                     shard_size=SHARD_SIZE)'''),
+        ("md", f"## Build\n**Time**: compositing runs at about {BUILD_RATE:,} composites/s on Colab's 2 vCPUs, so 100 bg "
+               f"x 100 fg x 2 flips x 20 positions (400k) takes about {minutes_400k:.0f} minutes, plus the upload of "
+               "the shards to Drive. `layered` runs the teacher once per background; `per-composite` runs it on every "
+               "composite (hours for 400k, GPU only). The embedded sample at the defaults takes well under a minute. "
+               "Interrupted? Run all again: verified shards are kept."),
+        ("code", "manifest = nb.build(plan)"),
         ("md", "## Look at the samples\nEach row: the background, the composite, the mask (exactly the pasted alpha) and the "
                "depth label (near = bright). Check that objects sit fully inside the frame and that depth makes sense."),
-        ("code", '''from eva_helpers.dataset import ShardDataset
-from eva_helpers.plots import show_samples, spread_indices
-ds = ShardDataset(out_dir)
-show_samples([ds[i] for i in spread_indices(len(ds), 6, SEED)]);'''),
-        ("md", "## Where the shards went\nCopy this folder (or add it to `data_manifest.json`) to use it in notebooks 02-05."),
-        ("code", '''print(out_dir)
-for s in manifest["shards"][:10]:
-    print(f'{s["file"]}  {s["samples"]:6d} samples  {s["bytes"] / 1e6:7.2f} MB  sha256 {s["sha256"][:12]}…')
-if len(manifest["shards"]) > 10:
-    print(f'… {len(manifest["shards"]) - 10} more shards')'''),
+        ("code", "nb.show_samples_of(plan.out_dir, 6, SEED);"),
+        ("md", "## Where the shards went\nNotebooks 02-05 find this dataset by its `DATASET` name. To fetch it elsewhere, "
+               "add it to `data_manifest.json` (README: Your own data)."),
+        ("code", "nb.shard_report(manifest, plan.out_dir);"),
     ],
 )
 
-DATA_CELL = '''from eva_helpers.locate import resolve_dataset
-data_dir = resolve_dataset(DATASET, paths)  # a folder, a dataset built by notebook 01, or a name in data_manifest.json
-print(data_dir)'''
+DATA_MD = ("## The dataset\nNeeds notebook 01's dataset (`DATASET`), or runs on the shipped sample with `SMOKE`. A dataset "
+           "on Drive is copied to the local disk once (verified), because reading zips through Drive is slow.")
+DATA_CELL = '''from eva_helpers import notebook as nb
+data_dir = nb.dataset_for(DATASET, paths, SMOKE)'''
 
 notebook(
     "02_explore_dataset", "02 · Explore the dataset",
     "Fetch (verified, cached on local disk), stats, sample grids, histograms, augmentation and the held-out splits. "
-    + SMOKE_NOTE,
-    '''#@title Parameters
-SMOKE = False  #@param {type:"boolean"}
-DATASET = "sample"  #@param {type:"string"}
+    "Runs after notebook 01 (or alone with `SMOKE`). " + SMOKE_NOTE,
+    f'''#@title Parameters
+SMOKE = False  #@param {{type:"boolean"}}
+{DATASET_PARAM}
 SPLIT_BY = "bg"  #@param ["bg", "fg", "bg+fg"]
-STATS_SAMPLES = 20000  #@param {type:"integer"}
-SEED = 0  #@param {type:"integer"}
-SIZE = 224  #@param {type:"integer"}''',
+STATS_SAMPLES = 20000  #@param {{type:"integer"}}
+SEED = 0  #@param {{type:"integer"}}
+SIZE = {D.size}  #@param {{type:"integer"}}''',
     [
-        ("code", '''if SMOKE:
-    DATASET, SIZE = DATASET + "-smoke", 48'''),
+        ("md", DATA_MD),
         ("code", DATA_CELL),
-        ("md", "## Stats\nPer-channel mean/std (used to normalise inputs, once), foreground fraction and depth histogram."),
-        ("code", '''from eva_helpers.stats import compute_stats
-from eva_helpers.plots import plot_stats
-stats = compute_stats(data_dir, limit=STATS_SAMPLES or None)  # evenly spaced samples; 0 = all (400k: ~10 min)
-for k in ("bg", "fg_bg"):
-    print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
-print("foreground fraction (mean):", round(stats["mask_fraction"]["mean"], 4))
-plot_stats(stats);'''),
-        ("md", "## Samples and augmentation\nThe same sample, augmented several times: mask and depth must move with the image."),
-        ("code", '''from eva_helpers.dataset import ShardDataset
-from eva_helpers.augment import build_transforms
-from eva_helpers.plots import show_samples, spread_indices
-raw = ShardDataset(data_dir)
-show_samples([raw[i] for i in spread_indices(len(raw), 4, SEED)])
-aug = ShardDataset(data_dir, transform=build_transforms("train", SIZE))
-show_samples([dict(aug[(0, s)], meta={"index": 0, "bg_id": f"seed {s}"}) for s in range(4)]);'''),
+        ("md", "## Stats\nPer-channel mean/std (used to normalise inputs, once), foreground fraction and depth histogram. "
+               "`stats.json` is written beside the dataset on Drive, where notebooks 03-05 read it. **Time**: 20,000 "
+               "evenly spaced samples take a minute or two; `STATS_SAMPLES = 0` reads all (400k: about 10 minutes)."),
+        ("code", "stats = nb.explore_stats(data_dir, STATS_SAMPLES)"),
+        ("md", "## Samples and augmentation\nFour samples, then one sample augmented four times: mask and depth must move "
+               "with the image."),
+        ("code", "nb.show_augmentation(data_dir, SIZE, SEED);"),
         ("md", "## Splits by background\nNo background is in two splits, so test numbers measure generalisation to new scenes."),
-        ("code", '''from eva_helpers.dataset import make_splits
-splits = make_splits(data_dir, by=SPLIT_BY, seed=SEED)
-for k in ("train", "val", "test"):
-    print(f"{k:5s} {len(splits[k]):6d} samples")
-print(splits["info"])'''),
-        ("code", '''from eva_helpers.widgets import sample_browser
-sample_browser(raw, splits)'''),
+        ("code", "splits = nb.show_splits(data_dir, SPLIT_BY, SEED)"),
+        ("code", "nb.sample_browser_for(data_dir, splits)"),
     ],
 )
 
-TRAIN_PARAMS = '''#@title Parameters
-SMOKE = False  #@param {type:"boolean"}
-DATASET = "sample"  #@param {type:"string"}
-MODEL = "unet_medium"  #@param ["unet_small", "unet_medium", "unet_large", "resnet18_unet", "resnet34_unet"]
-EPOCHS = 10  #@param {type:"integer"}
-BATCH_SIZE = 32  #@param {type:"integer"}
-SIZE = 224  #@param {type:"integer"}
-LR = 1e-3  #@param {type:"number"}
-SEED = 0  #@param {type:"integer"}
-RUN_NAME = ""  #@param {type:"string"}'''
-
-SMOKE_TRAIN = '''from eva_helpers.config import TrainConfig
-MAX_STEPS = None
-if SMOKE:
-    DATASET, MODEL, EPOCHS, BATCH_SIZE, SIZE, MAX_STEPS = DATASET + "-smoke", "unet_small", 1, 16, 32, 6'''
+TRAIN_PARAMS = f'''#@title Parameters
+SMOKE = False  #@param {{type:"boolean"}}
+{DATASET_PARAM}
+MODEL = ""  #@param ["", "unet_small", "unet_medium", "unet_large", "resnet18_unet", "resnet34_unet"] {{allow-input: true}}
+# MODEL: empty = TrainConfig's default ({D.model})
+EPOCHS = {D.epochs}  #@param {{type:"integer"}}
+BATCH_SIZE = {D.batch_size}  #@param {{type:"integer"}}
+SIZE = {D.size}  #@param {{type:"integer"}}
+LR = 0.0  #@param {{type:"number"}}
+# LR: 0 = the model family's recipe ({RECIPE_LR['unet']:g} for UNets, {RECIPE_LR['resnet']:g} for pretrained ResNets)
+SEED = {D.seed}  #@param {{type:"integer"}}
+RUN_NAME = ""  #@param {{type:"string"}}
+# RUN_NAME: empty = <task>-<model>-<size>px-<dataset> in MyDrive/eva-maskdepth/runs'''
 
 
-def train_cells(task: str) -> list[tuple[str, str]]:
+def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
     return [
-        ("code", SMOKE_TRAIN),
+        ("md", DATA_MD),
         ("code", DATA_CELL),
-        ("code", f'''run_dir = paths.runs / (RUN_NAME or f"{task}-{{MODEL}}-{{SIZE}}px")
-cfg = TrainConfig(task="{task}", data=str(data_dir), run_dir=str(run_dir), model=MODEL, epochs=EPOCHS,
-                  batch_size=BATCH_SIZE, size=SIZE, lr=LR, seed=SEED, max_steps=MAX_STEPS, live_plot=True,
-                  workers=0 if SMOKE else None)
+        ("md", "## Settings\nThe parameters over `TrainConfig`'s defaults. The run folder holds config, history, "
+               "checkpoints and metrics. Raise `EPOCHS` and run all again to **train a run longer**: it continues from "
+               "its last checkpoint and the learning-rate schedule is stretched to the new end."),
+        ("code", f'''from eva_helpers.runs import notebook_config
+cfg = notebook_config("{task}", data_dir, paths, SMOKE, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE, size=SIZE,
+                      lr=LR, seed=SEED, run_name=RUN_NAME{extra})
 cfg'''),
         ("md", "## The model"),
-        ("code", '''from eva_helpers.models import build_model, summary
-summary(build_model(cfg.model, tasks=cfg.tasks), cfg.size)'''),
+        ("code", '''from eva_helpers import notebook_train as nt
+nt.show_model(cfg)'''),
+        ("md", "## TensorBoard\nLoss curves from the run's local logs (Colab); a live plot also appears under the training cell."),
+        ("code", "nt.tensorboard(cfg);"),
         ("md", "## Train\nCheckpoints land in the run folder every few minutes and at each epoch end. After a disconnect, "
                "run all cells again: training resumes mid-epoch from the last checkpoint and ends exactly where an "
-               "uninterrupted run would."),
-        ("code", '''from eva_helpers.train import fit
-summary_ = fit(cfg)
-summary_'''),
-        ("md", "## Evaluate on held-out backgrounds, beside the no-learning baseline"),
-        ("code", '''from eva_helpers.evaluate import evaluate_run
-metrics = evaluate_run(run_dir, data_dir)
-{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}'''),
-        ("code", '''from IPython.display import Image, display
-display(Image(filename=str(run_dir / "eval_best_worst.png")))
-print("checkpoints:", sorted(p.name for p in (run_dir / "checkpoints").iterdir()))
-print("run folder:", run_dir)'''),
+               "uninterrupted run would. **Time**: the progress bar shows samples/s and the time left for the epoch; "
+               "multiply by `EPOCHS`. A finished run is not trained again (raise `EPOCHS` to extend it)."),
+        ("code", "summary = nt.train(cfg)"),
+        ("md", "## Evaluate on held-out backgrounds, beside the no-learning baseline\nWrites `metrics.json` and a "
+               "best/worst figure into the run folder (a progress bar counts the test images)."),
+        ("code", "metrics = nt.evaluate(cfg)"),
     ]
 
 
 notebook("03_train_mask", "03 · Train the mask model",
          "Mask-only training with checkpoints that survive disconnects, evaluated against the bg-difference baseline "
-         "(thresholded |fg_bg - bg|: a model must beat it). " + SMOKE_NOTE, TRAIN_PARAMS, train_cells("mask"))
+         "(thresholded |fg_bg - bg|: a model must beat it). Needs notebook 01's dataset (or `SMOKE`). " + SMOKE_NOTE,
+         TRAIN_PARAMS, train_cells("mask"))
 notebook("04_train_depth", "04 · Train the depth model",
-         "Depth-only training (L1 + SSIM + gradient loss) against the teacher's labels; RMSE, AbsRel, δ<1.25 and SSIM, "
-         "plus scale-and-shift aligned variants. " + SMOKE_NOTE, TRAIN_PARAMS, train_cells("depth"))
+         "Depth-only training (L1 + SSIM + gradient loss) against the teacher's labels; RMSE and SSIM on the labels, "
+         "AbsRel and δ<1.25 after a per-image scale-and-shift fit in disparity (the MiDaS protocol), beside the "
+         "mean-depth baseline. Needs notebook 01's dataset (or `SMOKE`). " + SMOKE_NOTE,
+         TRAIN_PARAMS, train_cells("depth"))
 
 JOINT_PARAMS = TRAIN_PARAMS.replace('RUN_NAME = ""  #@param {type:"string"}',
                                     'LOSS_WEIGHTING = "uncertainty"  #@param ["fixed", "uncertainty"]\n'
+                                    'TRAIN_MISSING = False  #@param {type:"boolean"}\n'
+                                    '# TRAIN_MISSING: train the mask-only and depth-only runs for the comparison here '
+                                    'when notebooks 03/04 have not (triples the time)\n'
                                     'RUN_NAME = ""  #@param {type:"string"}')
-joint_cells = train_cells("joint")
-joint_cells[2] = ("code", joint_cells[2][1].replace("workers=0 if SMOKE else None)",
-                                                   "workers=0 if SMOKE else None, loss_weighting=LOSS_WEIGHTING)"))
-joint_cells += [
-    ("md", "## Joint against single-task models and the baseline\nRuns of notebooks 03 and 04 with the same dataset and "
-           "size are picked up from the runs folder; missing ones are trained here with the same settings."),
-    ("code", '''import json
-from dataclasses import replace
-from eva_helpers.demo import results_table
-from IPython.display import Markdown
-results = {}
-for task in ("mask", "depth"):
-    other = paths.runs / f"{task}-{MODEL}-{SIZE}px"
-    if (other / "metrics.json").is_file():  # evaluated by notebook 03/04
-        m = json.loads((other / "metrics.json").read_text())
-    else:  # train it here with this notebook's settings (resumes if interrupted)
-        fit(replace(cfg, task=task, run_dir=str(other), loss_weighting="fixed", live_plot=False))
-        m = evaluate_run(other, data_dir)
-    results[f"{task}-only {MODEL}"] = m
-results[f"joint {MODEL}"] = metrics
-Markdown(results_table(results))'''),
-    ("md", "## Browse predictions"),
-    ("code", '''from eva_helpers.train import load_run
-from eva_helpers.dataset import ShardDataset
-from eva_helpers.augment import build_transforms
-from eva_helpers.evaluate import split_positions, load_run_stats
-from eva_helpers.widgets import prediction_browser
-model, run_cfg, _ = load_run(run_dir)
-splits = split_positions(run_cfg, data_dir)
-tf = build_transforms("test", run_cfg.size)
-prediction_browser(model, {s: ShardDataset(data_dir, indices=splits[s], transform=tf) for s in ("test", "val")},
-                   load_run_stats(run_dir, data_dir))'''),
-    ("md", "## Your own photos\nUpload a background photo and the same photo with an object in it (same size). "
-           "Outside Colab (or in SMOKE) a sample pair is used."),
-    ("code", '''import numpy as np
-from eva_helpers.predict import load_photo, predict_pair
-from eva_helpers.evaluate import load_run_stats
-from eva_helpers.plots import side_by_side
-try:
-    from google.colab import files
-    up = files.upload() if not SMOKE else {}
-except ImportError:
-    up = {}
-if len(up) >= 2:
-    (n1, b1), (n2, b2) = list(up.items())[:2]
-    open(n1, "wb").write(b1); open(n2, "wb").write(b2)
-    bg, fg_bg = load_photo(n1), load_photo(n2)
-else:
-    s = ShardDataset(data_dir)[0]
-    bg, fg_bg = s["bg"], s["fg_bg"]
-pred = predict_pair(model, bg, fg_bg, run_cfg.size, load_run_stats(run_dir, data_dir))
-side_by_side(bg, fg_bg, pred.get("mask"), pred.get("depth"));'''),
+joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
+    ("md", "## Joint against single-task models and the baseline\nThe mask-only and depth-only runs of notebooks 03 "
+           "and 04 with the same `DATASET`, `MODEL` and `SIZE` are picked up from the runs folder. A missing one is "
+           "trained here only with `TRAIN_MISSING = True` (**time**: about as long as the joint training, each); "
+           "otherwise the table shows what exists and says what is missing."),
+    ("code", "nt.comparison(cfg, metrics, TRAIN_MISSING)"),
+    ("md", "## Browse predictions\nTest and validation samples: targets against predictions."),
+    ("code", "nt.browse_predictions(cfg)"),
+    ("md", "## Your own photos\n**Step 1**: upload the background alone. **Step 2**: upload the same photo with the "
+           "object in it (same size, same framing). Each step takes exactly one photo and says what is wrong otherwise. "
+           "Outside Colab (or with `SMOKE`) a sample pair of the dataset is used."),
+    ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE)'),
+    ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg)'),
+    ("code", "nt.predict_photos(cfg, bg, fg_bg);"),
 ]
 notebook("05_train_joint", "05 · Train mask and depth together",
          "One shared encoder, a decoder per task, fixed or learned (uncertainty) loss weights; compared honestly with "
-         "the mask-only and depth-only models and with the no-learning baseline on held-out backgrounds. " + SMOKE_NOTE,
+         "the mask-only and depth-only models and with the no-learning baseline on held-out backgrounds. Needs "
+         "notebook 01's dataset (or `SMOKE`); notebooks 03 and 04 provide the comparison runs. " + SMOKE_NOTE,
          JOINT_PARAMS, joint_cells)
 print("wrote", sorted(p.name for p in OUT.glob("*.ipynb")))

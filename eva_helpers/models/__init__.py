@@ -1,6 +1,7 @@
 """Model registry: a plain dict of name -> (builder, preset kwargs), and `build_model`, whose error lists the names.
 
-Every model takes (B, in_channels, H, W) = cat(bg, fg_bg) and returns {"mask": logits} and/or {"depth": [0, 1]}.
+Every model takes prepare_batch's (B, 9, H, W) = cat(bg, fg_bg, |fg_bg - bg|) (models/inputs.py says which slice each
+input representation reads) and returns {"mask": logits} and/or {"depth": [0, 1]}.
 `model.model_args` is a JSON-able dict: `build_model(**model.model_args)` rebuilds the architecture (checkpoints
 store it; models are never pickled). `rebuild_model(model_args)` does the same without downloading weights.
 """
@@ -12,12 +13,15 @@ from torch import nn
 
 from ..errors import EvaError
 from .blocks import check_size, check_tasks
+from .inputs import ENCODER_IN, INPUTS, MASK_HEADS, X_CHANNELS, check_inputs
 from .resnet_unet import build_resnet_unet, expand_first_conv
 from .unet import build_unet
 
 # name -> (builder, preset kwargs); parameter counts are for mask-only (joint adds one decoder), see bench/models.py
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
-    "unet_small": (build_unet, {"widths": [10, 20, 40, 80, 160]}),  # ~0.8M
+    # 16 channels at full resolution (where mask edges are decided) and one decoder shared by both tasks' heads: more
+    # mask IoU and depth SSIM than [10, ...] with a decoder per task, for 24 % fewer joint FLOPs (bench/quality.py)
+    "unet_small": (build_unet, {"widths": [16, 20, 40, 80, 160], "decoder": "shared"}),  # ~0.8M
     "unet_medium": (build_unet, {"widths": [24, 48, 96, 192, 384]}),  # ~4.4M
     "unet_large": (build_unet, {"widths": [40, 80, 160, 320, 640], "upsample": "transpose"}),  # ~12M
     "resnet18_unet": (build_resnet_unet, {"arch": "resnet18"}),  # ~14M
@@ -29,31 +33,56 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, tasks: Sequence[str] = ("mask",), in_channels: int = 6, **kwargs: Any) -> nn.Module:
+# What a model record from before presets were stored means: the first round's presets, concat input, plain head.
+LEGACY = {"unet_small": {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}}
+LEGACY_DEFAULTS = {"inputs": "concat", "mask_head": "plain"}
+
+# The representation and mask head new models get: chosen by bench/quality.py (rows in bench/RESULTS.md).
+DEFAULT_INPUTS = "diff"
+DEFAULT_MASK_HEAD = "residual"
+
+
+def build_model(name: str, tasks: Sequence[str] = ("mask",), inputs: str = DEFAULT_INPUTS,
+                mask_head: str = DEFAULT_MASK_HEAD, in_channels: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model; kwargs override the preset (e.g. widths, upsample, decoder, pretrained).
 
     Args:
         name: one of list_models().
         tasks: ("mask",), ("depth",) or ("mask", "depth") (joint: shared encoder, decoder="per_task"|"shared").
-        in_channels: 6 for cat(bg, fg_bg).
+        inputs: "concat", "diff" or "siamese" (models/inputs.py).
+        mask_head: "plain" or "residual" (the thresholded difference as a learned prior, the net adds corrections).
+        in_channels: the encoder's input channels; only checked (it follows from `inputs`; checkpoints record it).
     """
     if name not in MODELS:
         raise EvaError(f"unknown model {name!r}: valid names are {', '.join(list_models())}")
     builder, preset = MODELS[name]
     tasks = check_tasks(tasks)
+    check_inputs(inputs)
+    if mask_head not in MASK_HEADS:
+        raise EvaError(f"mask_head={mask_head!r} is not valid: choose one of {list(MASK_HEADS)}")
+    if in_channels is not None and int(in_channels) != ENCODER_IN[inputs]:
+        raise EvaError(f"in_channels={in_channels} does not match inputs={inputs!r} ({ENCODER_IN[inputs]} channels)")
     args = {**preset, **kwargs}
     try:
-        model = builder(tasks=tasks, in_channels=int(in_channels), **args)
+        model = builder(tasks=tasks, inputs=inputs, mask_head=mask_head, **args)
     except TypeError as e:  # an option this family does not have
         raise EvaError(f"model {name!r}: bad option ({e})") from None
-    model.model_args = {"name": name, "tasks": list(tasks), "in_channels": int(in_channels),
-                        **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+    # the whole preset is recorded, so a later change of a preset never changes what an old checkpoint rebuilds
+    model.model_args = {"name": name, "tasks": list(tasks), "inputs": inputs, "mask_head": mask_head,
+                        "in_channels": ENCODER_IN[inputs],
+                        **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}}
     return model
 
 
 def rebuild_model(model_args: dict[str, Any]) -> nn.Module:
-    """Rebuild from a checkpoint's model_args without fetching pretrained weights (the state_dict replaces them)."""
+    """Rebuild from a checkpoint's model_args without fetching pretrained weights (the state_dict replaces them).
+
+    Records from before the input choice existed have no "inputs"/"mask_head": they were 6-channel concat models
+    with a plain head and the first round's presets (LEGACY), and are rebuilt as such.
+    """
     args = dict(model_args)
+    if "inputs" not in args:
+        args = {**LEGACY_DEFAULTS, **LEGACY.get(args.get("name", ""), {}), **args}
     if "pretrained" in args:
         args["pretrained"] = False
     model = build_model(**args)
@@ -69,7 +98,7 @@ def summary(model: nn.Module, size: int = 224, in_channels: int | None = None) -
     """Print torchsummary's layer table on CPU (for the notebooks); the dict output is fine: the top level is not hooked."""
     from torchsummary import summary as _summary
 
-    c = in_channels or getattr(model, "model_args", {}).get("in_channels", 6)
+    c = in_channels or X_CHANNELS  # every model reads prepare_batch's 9-channel tensor
     was_training, device = model.training, next(model.parameters()).device
     model.cpu()
     try:
@@ -79,4 +108,5 @@ def summary(model: nn.Module, size: int = 224, in_channels: int | None = None) -
 
 
 __all__ = ["MODELS", "build_model", "rebuild_model", "list_models", "count_parameters", "summary",
-           "expand_first_conv", "check_size"]
+           "expand_first_conv", "check_size", "INPUTS", "MASK_HEADS", "X_CHANNELS", "DEFAULT_INPUTS",
+           "DEFAULT_MASK_HEAD"]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import EvaError
+from .inputs import MASK_HEADS, BaselinePrior, SiameseEncoder, check_inputs, select_inputs
 
 UPSAMPLE_MODES = ("bilinear", "transpose")
 DECODER_MODES = ("per_task", "shared")
@@ -101,21 +102,34 @@ class UNetDecoder(nn.Module):
 class MultiTaskNet(nn.Module):
     """encoder -> decoder(s) -> 1x1 head per task; returns {"mask": logits, "depth": sigmoid in [0, 1]}.
 
-    decoder="per_task": one decoder per task (the joint default); "shared": one decoder, a head per task.
+    Takes prepare_batch's (B, 9, H, W) tensor and reads the slice `inputs` names (models/inputs.py); with
+    inputs="siamese" the encoder is wrapped to run on bg and fg_bg separately, which doubles the channels each skip
+    hands the decoder. decoder="per_task": one decoder per task (the joint default); "shared": one decoder, a head per
+    task. mask_head="residual": the mask logits are the baseline prior plus the network's correction (head zero-init).
     """
 
     def __init__(self, encoder: nn.Module, enc_channels: Sequence[int], dec_channels: Sequence[int],
-                 tasks: Sequence[str], divisor: int, decoder: str = "per_task", upsample: str = "bilinear"):
+                 tasks: Sequence[str], divisor: int, decoder: str = "per_task", upsample: str = "bilinear",
+                 inputs: str = "concat", mask_head: str = "plain"):
         super().__init__()
         if decoder not in DECODER_MODES:
             raise EvaError(f"decoder={decoder!r} is not valid: choose one of {list(DECODER_MODES)}")
+        if mask_head not in MASK_HEADS:
+            raise EvaError(f"mask_head={mask_head!r} is not valid: choose one of {list(MASK_HEADS)}")
         self.tasks = check_tasks(tasks)
+        self.inputs = check_inputs(inputs)
         self.divisor = divisor
+        if inputs == "siamese":
+            encoder, enc_channels = SiameseEncoder(encoder), [2 * c for c in enc_channels]
         self.encoder = encoder
         n_dec = len(self.tasks) if decoder == "per_task" else 1
         self.decoders = nn.ModuleList(UNetDecoder(enc_channels, dec_channels, upsample) for _ in range(n_dec))
         c = self.decoders[0].out_channels
         self.heads = nn.ModuleDict({t: nn.Conv2d(c, 1, 1) for t in self.tasks})
+        self.prior = BaselinePrior() if mask_head == "residual" and "mask" in self.tasks else None
+        if self.prior is not None:  # start exactly at the prior: the network learns corrections
+            nn.init.zeros_(self.heads["mask"].weight)
+            nn.init.zeros_(self.heads["mask"].bias)
         self.model_args: dict = {}  # filled by build_model
 
     def check_input_size(self, h: int, w: int) -> None:
@@ -123,12 +137,13 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input_size(x.shape[-2], x.shape[-1])
-        feats = self.encoder(x)  # list shallow -> deep, feats[0] at (H, W)
+        feats = self.encoder(select_inputs(x, self.inputs))  # list shallow -> deep, feats[0] at (H, W)
         out: dict[str, torch.Tensor] = {}
         shared = self.decoders[0](*feats) if len(self.decoders) == 1 else None
         for i, task in enumerate(self.tasks):
             y = shared if shared is not None else self.decoders[i](*feats)  # (B, C, H, W)
             y = self.heads[task](y)  # (B, 1, H, W)
+            if task == "mask" and self.prior is not None:
+                y = y + self.prior(x)
             out[task] = torch.sigmoid(y) if task == "depth" else y
         return out
-

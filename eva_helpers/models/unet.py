@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import EvaError
 from .blocks import DoubleConv, MultiTaskNet
+from .inputs import ENCODER_IN, check_inputs
 
 
 STEMS = ("concat", "two")
@@ -54,14 +55,17 @@ class UNetEncoder(nn.Module):
         return feats
 
 
-def build_unet(tasks: Sequence[str], in_channels: int = 6, widths: Sequence[int] = (16, 32, 64, 128, 256),
-               upsample: str = "bilinear", decoder: str = "per_task", stem: str = "concat") -> MultiTaskNet:
+def build_unet(tasks: Sequence[str], inputs: str = "diff", widths: Sequence[int] = (16, 32, 64, 128, 256),
+               upsample: str = "bilinear", decoder: str = "per_task", stem: str = "concat",
+               mask_head: str = "plain") -> MultiTaskNet:
     """A UNet whose decoder mirrors the encoder widths; `upsample` "bilinear" or "transpose" (learned x2);
-    `stem` "concat" (one stem over cat(bg, fg_bg)) or "two" (a stem per image, then concatenated)."""
+    `stem` "concat" (one stem over the input) or "two" (a stem per image, inputs="concat" only)."""
     widths = [int(w) for w in widths]
     if len(widths) < 2 or min(widths) < 2:
         raise EvaError(f"widths {widths} are not valid: give at least two positive channel counts")
-    encoder = UNetEncoder(in_channels, widths, stem)
+    if stem == "two" and check_inputs(inputs) != "concat":
+        raise EvaError(f"stem='two' splits a 6-channel concat input: use it with inputs='concat', not {inputs!r}")
+    encoder = UNetEncoder(ENCODER_IN[check_inputs(inputs)], widths, stem)
     dec = list(reversed(widths[:-1]))  # deep -> shallow
     return MultiTaskNet(encoder, widths, dec, tasks, divisor=2 ** (len(widths) - 1),
-                        decoder=decoder, upsample=upsample)
+                        decoder=decoder, upsample=upsample, inputs=inputs, mask_head=mask_head)

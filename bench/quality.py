@@ -1,0 +1,233 @@
+"""Model quality: every candidate design trained under one fixed CPU budget, several seeds, held-out backgrounds.
+
+    python bench/quality.py                       # every candidate, seeds 0 1 2, the demo's data and budget
+    python bench/quality.py --only joint-diff-residual --seeds 0
+    python bench/quality.py --write               # also replace the quality section of bench/RESULTS.md
+    python bench/quality.py --lr-range joint-diff-residual   # lr range test (Smith 2017) for one candidate
+
+The data, split and budget are `eva demo`'s (DemoConfig: the embedded sample at 64 px, 4 positions, 2 held-out
+backgrounds for validation and 2 for the test, 15 epochs of batch 32): a row here is what the demo would report for
+that design. Seeds vary the initialisation, the sample order and the augmentation; the held-out backgrounds stay the
+demo's (split_seed = 0). Each run is `fit` + `evaluate_run`, so thresholds are chosen on validation exactly as in the
+product; the baseline rows are scored on the same test images. Runs resume, so an interrupted bench picks up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> (task, model kwargs, TrainConfig overrides). The recipe (TrainConfig's defaults: lr 1e-2 for UNets, no crop)
+# and the unet_small preset (widths 16.., one decoder shared by the heads) apply to every row unless the row overrides
+# them; FIRST_ROUND and NARROW are the first round's recipe and preset.
+FIRST_ROUND = {"lr": 1e-3, "crop_scale": [0.6, 1.0]}
+NARROW = {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}  # the first round's unet_small preset
+DIFF_RES = {"inputs": "diff", "mask_head": "residual"}
+CANDIDATES: dict[str, tuple[str, dict, dict]] = {
+    "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
+    "joint-diff-residual-lr1e-3": ("joint", DIFF_RES, {"lr": 1e-3}),
+    "joint-diff-residual-crop0.6": ("joint", DIFF_RES, {"crop_scale": [0.6, 1.0]}),
+    "joint-diff-residual-narrow": ("joint", {**DIFF_RES, **NARROW}, {}),
+    "joint-diff-residual-uncertainty": ("joint", DIFF_RES, {"loss_weighting": "uncertainty"}),
+    "mask-concat": ("mask", {"inputs": "concat", "mask_head": "plain"}, {}),
+    "mask-diff": ("mask", {"inputs": "diff", "mask_head": "plain"}, {}),
+    "mask-diff-residual": ("mask", DIFF_RES, {}),
+    "mask-siamese": ("mask", {"inputs": "siamese", "mask_head": "plain"}, {}),
+    "joint-concat": ("joint", {"inputs": "concat", "mask_head": "plain"}, {}),
+    "joint-diff": ("joint", {"inputs": "diff", "mask_head": "plain"}, {}),
+    "joint-siamese-residual": ("joint", {"inputs": "siamese", "mask_head": "residual"}, {}),
+    "joint-diff-residual": ("joint", DIFF_RES, {}),
+    "depth-diff": ("depth", {"inputs": "diff"}, {}),
+}
+LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
+          "joint-diff-residual-narrow": "joint-diff-residual, first-round preset (widths 10.., decoder per task)",
+          "joint-diff-residual": "**joint-diff-residual (the default)**"}
+KEYS = ("mask_iou", "mask_dice", "depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim", "train_images_per_s")
+BASELINE_KEYS = ("baseline_mask_iou", "baseline_mask_dice", "baseline_depth_rmse", "baseline_depth_absrel",
+                 "baseline_depth_delta1", "baseline_depth_ssim")
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def train_config(name: str, seed: int, data: Path, out: Path, demo, lr: float | None, epochs: int | None,
+                 sets: dict | None = None):
+    from eva_helpers.config import TrainConfig
+
+    task, model_kwargs, overrides = CANDIDATES[name]
+    sets = dict(sets or {})
+    model_kwargs = {**model_kwargs, **sets.pop("model_kwargs", {})}
+    overrides = {**overrides, **sets}
+    tag = (f"{name}-lr{lr:g}" if lr else name) + "".join(f"-{k}={v}" for k, v in sorted(sets.items()))
+    tag += "".join(f"-{k}={v}" for k, v in sorted(model_kwargs.items()) if CANDIDATES[name][1].get(k) != v)
+    fields = dict(task=task, data=str(data), run_dir=str(out / "runs" / f"{tag}-e{epochs or demo.epochs}-s{seed}"),
+                  model="unet_small", model_kwargs=dict(model_kwargs), epochs=epochs or demo.epochs,
+                  batch_size=demo.batch_size, size=demo.size, seed=seed, split_seed=demo.seed, workers=demo.workers,
+                  val_fraction=demo.val_fraction, test_fraction=demo.test_fraction, checkpoint_interval_s=600.0,
+                  progress=False)
+    fields.update({**demo.train_overrides, **overrides})
+    if lr:
+        fields["lr"] = lr
+    return TrainConfig(**fields)
+
+
+def run_one(cfg) -> dict:
+    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.train import fit
+
+    t0 = time.perf_counter()
+    fit(cfg)
+    train_s = time.perf_counter() - t0
+    metrics_path = Path(cfg.run_dir) / "metrics.json"
+    if metrics_path.is_file():
+        m = json.loads(metrics_path.read_text())
+    else:
+        m = evaluate_run(cfg.run_dir, cfg.data, figure=False)
+        m["wall_train_s"] = train_s
+        metrics_path.write_text(json.dumps(m, indent=1, sort_keys=True, default=str) + "\n")
+    return m
+
+
+def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-5, hi: float = 1e-1) -> list[tuple]:
+    """Train `steps` batches with the lr rising geometrically lo -> hi; returns (lr, smoothed loss) pairs."""
+    import torch
+
+    from eva_helpers.losses import build_criterion
+    from eva_helpers.models import build_model
+    from eva_helpers.train import build_data, prepare, seed_everything
+    from eva_helpers.train_loop import make_loader
+    from eva_helpers.sampler import ResumableSampler
+
+    cfg = train_config(name, 0, data, Path("/tmp"), demo, None, None)
+    seed_everything(0)
+    train_set, _, stats = build_data(cfg)
+    model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)
+    crit = build_criterion(cfg.tasks, weighting=cfg.loss_weighting)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(crit.parameters()), lr=lo, weight_decay=cfg.weight_decay)
+    loader = make_loader(train_set, cfg.batch_size, sampler=ResumableSampler(len(train_set), seed=0),
+                         workers=cfg.workers, seed=0)
+    out, avg, step = [], None, 0
+    while step < steps:
+        for batch in loader:
+            lr = lo * (hi / lo) ** (step / (steps - 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, t = prepare(batch, "cpu", stats, False)
+            loss, _ = crit(model(x), t)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or 1e9)
+            opt.step()
+            avg = float(loss) if avg is None else 0.9 * avg + 0.1 * float(loss)
+            out.append((lr, avg))
+            step += 1
+            if step >= steps or not math.isfinite(avg) or avg > 4 * min(a for _, a in out):
+                return out
+        loader.sampler.set_epoch(loader.sampler.epoch + 1)
+    return out
+
+
+def fmt(vals: list[float], nd: int = 3) -> str:
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.{nd}f}"
+    return f"{statistics.mean(vals):.{nd}f} ± {statistics.stdev(vals):.{nd}f}"
+
+
+def table(rows: dict[str, list[dict]]) -> str:
+    head = ("| candidate | seeds | mask IoU | min IoU | mask Dice | depth RMSE | AbsRel | δ<1.25 | depth SSIM | "
+            "train img/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for name, ms in rows.items():
+        col = lambda k: [m.get(k) for m in ms]
+        ious = [v for v in col("mask_iou") if v is not None]
+        lines.append(f"| {name} | {len(ms)} | {fmt(col('mask_iou'))} | {min(ious):.3f} | {fmt(col('mask_dice'))} | "
+                     if ious else f"| {name} | {len(ms)} | – | – | – | ")
+        lines[-1] += (f"{fmt(col('depth_rmse'))} | {fmt(col('depth_absrel'))} | {fmt(col('depth_delta1'))} | "
+                      f"{fmt(col('depth_ssim'))} | {fmt(col('train_images_per_s'), 0)} |")
+    every = [m for ms in rows.values() for m in ms]
+    mb = [m for m in every if "baseline_mask_iou" in m]
+    if mb:
+        lines.append(f"| bg-difference baseline (no learning; threshold chosen on validation) | – | "
+                     f"{fmt([mb[0]['baseline_mask_iou']])} | – | {fmt([mb[0]['baseline_mask_dice']])} | – | – | – | – | – |")
+    db = [m for m in every if "baseline_depth_rmse" in m]
+    if db:
+        b = db[0]
+        lines.append(f"| free depth baseline (no learning) | – | – | – | – | {fmt([b['baseline_depth_rmse']])} | "
+                     f"{fmt([b.get('baseline_depth_absrel')])} | {fmt([b.get('baseline_depth_delta1')])} | "
+                     f"{fmt([b.get('baseline_depth_ssim')])} | – |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_results(text: str) -> None:
+    path = ROOT / "bench" / "RESULTS.md"
+    old = path.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}{END}"
+    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S) if BEGIN in old \
+        else old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help="candidates to run (default: all)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--lr", type=float, default=None, help="override the peak learning rate (sweeps)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                    help="TrainConfig overrides, e.g. batch_size=16 loss_weighting='\"uncertainty\"'")
+    ap.add_argument("--out", default=str(ROOT / "bench_output" / "quality"))
+    ap.add_argument("--write", action="store_true", help="replace the quality section of bench/RESULTS.md")
+    ap.add_argument("--lr-range", default=None, metavar="CANDIDATE", help="run an lr range test instead")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1 on a shared machine: 2 threads stall each other when a core is busy)")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from eva_helpers.demo import DemoConfig, build_sample, ensure_stats
+
+    demo = DemoConfig(out=args.out)
+    data = build_sample(demo)
+    ensure_stats(data)
+    if args.lr_range:
+        for lr, loss in lr_range_test(args.lr_range, data, demo)[::5]:
+            print(f"lr {lr:.2e}  loss {loss:.4f}")
+        return
+    sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    names = args.only or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        sys.exit(f"unknown candidate(s) {unknown}: choose from {list(CANDIDATES)}")
+    rows: dict[str, list[dict]] = {}
+    for name in names:
+        for seed in args.seeds:
+            cfg = train_config(name, seed, data, Path(args.out), demo, args.lr, args.epochs, sets)
+            m = run_one(cfg)
+            label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in (("lr", args.lr), *sets.items()) if v is not None)
+            rows.setdefault(label, []).append(m)
+            print(json.dumps({"candidate": name, "seed": seed, **{k: m.get(k) for k in KEYS + BASELINE_KEYS},
+                              "mask_threshold": m.get("mask_threshold"), "mask_morph": m.get("mask_morph")}),
+                  flush=True)
+    text = (f"`python bench/quality.py {' '.join(sys.argv[1:])}`: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}; test split = the demo's 2 held-out backgrounds; mean ± sample std over "
+            f"seeds {args.seeds}.\n\n" + table(rows))
+    print(text)
+    if args.write:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()

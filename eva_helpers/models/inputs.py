@@ -1,0 +1,94 @@
+"""What a model sees of the (bg, fg_bg) pair: the input representations, the Siamese wrapper, the baseline prior.
+
+`loaders.prepare_batch` always hands models one (B, 9, H, W) tensor:
+    channels 0-2  bg, normalised with the run's stats
+    channels 3-5  fg_bg, normalised with the run's stats
+    channels 6-8  |fg_bg - bg| per channel, from the raw uint8 images (before normalisation), divided by 0.225
+                  (ImageNet's typical std) so a difference is in the same units as a normalised image.
+Each model takes the slice its `inputs` names, so one data pipeline serves every representation:
+- "concat":  the 6 normalised channels (the first round's input; a network must learn subtraction itself, and with
+             8 training backgrounds it fits appearance instead: it loses to the free baseline, bench/quality.py);
+- "diff":    all 9 channels: the difference is handed over, computed exactly from the raw pixels;
+- "siamese": one shared-weight encoder runs on bg and on fg_bg (3 channels each); each scale passes
+             cat(f(fg_bg), |f(fg_bg) - f(bg)|) to the decoder (FC-Siam-diff): the comparison is built into the
+             architecture, and a pretrained RGB encoder keeps its first layer untouched.
+A model records `inputs` in its model_args, so checkpoints, `load_run`, eval and predict rebuild the same thing;
+a checkpoint without the key predates the choice and is "concat".
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import EvaError
+
+INPUTS = ("concat", "diff", "siamese")
+X_CHANNELS = 9  # what prepare_batch produces
+DIFF_SCALE = 1.0 / 0.225  # raw |fg_bg - bg| in [0, 1] -> ImageNet std units
+ENCODER_IN = {"concat": 6, "diff": 9, "siamese": 3}  # channels the encoder's first layer sees (per stream)
+MASK_HEADS = ("plain", "residual")
+
+
+def check_inputs(inputs: str) -> str:
+    if inputs not in INPUTS:
+        raise EvaError(f"inputs={inputs!r} is not valid: choose one of {list(INPUTS)}")
+    return inputs
+
+
+def select_inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
+    """The slice of prepare_batch's (B, 9, H, W) tensor a model of this representation reads."""
+    need = 9 if inputs == "diff" else 6
+    if x.shape[1] < need:
+        raise EvaError(f"a model with inputs={inputs!r} needs {need} input channels (bg, fg_bg"
+                       f"{', |fg_bg - bg|' if need == 9 else ''}) but got {x.shape[1]}: build batches with "
+                       "loaders.prepare_batch")
+    return x[:, :need]
+
+
+def max_difference(x: torch.Tensor) -> torch.Tensor:
+    """max_c |fg_bg - bg| in raw [0, 1] units (B, 1, H, W), recovered from prepare_batch's difference channels."""
+    if x.shape[1] < 9:
+        raise EvaError("the residual mask head needs the |fg_bg - bg| channels of prepare_batch (9 channels)")
+    return x[:, 6:9].amax(1, keepdim=True) / DIFF_SCALE
+
+
+class SiameseEncoder(nn.Module):
+    """Run one encoder on bg and fg_bg (a single batched call: shared weights, shared BatchNorm statistics) and fuse
+    each scale as cat(f_fg, |f_fg - f_bg|): (B, 2 C_i, H_i, W_i)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b = x.shape[0]
+        feats = self.encoder(torch.cat([x[:, :3], x[:, 3:6]], 0))  # (2B, C_i, H_i, W_i): bg first, then fg_bg
+        return [torch.cat([f[b:], (f[b:] - f[:b]).abs()], 1) for f in feats]
+
+
+class BaselinePrior(nn.Module):
+    """The free baseline as a logit prior: s * (max_c |fg_bg - bg| - t), with s > 0 and t >= T_MIN learned.
+
+    Added to a zero-initialised mask head, the model's first prediction *is* the thresholded difference (without the
+    open/close), so training corrects the baseline instead of rediscovering it: it starts at the baseline's quality.
+    t is kept above T_MIN: where the two images agree the prior must say "background". Left free, t drifted below 0
+    (the prior then calls every pixel object and the network learns to veto by appearance, which fails on an unseen
+    background: 0.53-0.61 IoU on one held-out background in two screening runs, bench/RESULTS.md).
+    """
+
+    T_MIN = 0.01  # above JPEG noise in |fg_bg - bg| (q95, 4:4:4)
+
+    def __init__(self, threshold: float = 0.05, sharpness: float = 40.0):
+        super().__init__()
+        # t = T_MIN + softplus(raw): positive by construction, starts at `threshold`
+        self.raw_threshold = nn.Parameter(torch.tensor(math.log(math.expm1(threshold - self.T_MIN))))
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(sharpness)))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.T_MIN + nn.functional.softplus(self.raw_threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_sharpness.exp() * (max_difference(x) - self.threshold)  # (B, 1, H, W) logits

@@ -1,0 +1,218 @@
+"""One call per notebook step: what used to be 10-20 lines of notebook code (SMOKE overrides, teacher choice, dataset
+lookup, stats kept on Drive, figures, uploads) lives here, so the five notebooks stay thin and the logic is tested.
+
+SMOKE (every notebook): the dataset notebook 01 built with SMOKE when it exists, else the shipped 64 px sample, so
+each notebook runs on its own. Without SMOKE, notebooks 02-05 use the dataset notebook 01 builds (`DEFAULT_DATASET`)
+and say so plainly when it is not there yet.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EvaError
+from .paths import Paths
+
+DEFAULT_DATASET = "my-dataset"  # the folder notebook 01 builds under <paths.data>
+SAMPLE = "sample"  # the shipped 64 px sample (data_manifest.json)
+ORIGIN = ".eva-origin"  # in a cached copy: the folder (on Drive) it was copied from
+SMOKE_BUILD = {"size": 48, "positions": 1, "teacher": "geometric", "shard_size": 200}
+BUILD_RATE = 1100  # composites/s, layered mode, 2 CPU cores (bench/RESULTS.md): the time estimates use it
+
+
+# ---- 01: build ------------------------------------------------------------------------------------------------------
+@dataclass
+class BuildPlan:
+    bg_dir: Path
+    fg_dir: Path
+    out_dir: Path
+    size: int
+    positions: int
+    seed: int
+    teacher: str
+    mode: str
+    scale_range: tuple[float, float]
+    flips: bool
+    shard_size: int
+
+    def __str__(self) -> str:
+        return (f"bg:      {self.bg_dir}\nfg:      {self.fg_dir}\nout:     {self.out_dir}\n"
+                f"teacher: {self.teacher} ({self.mode})\nsize:    {self.size} px, {self.positions} positions per "
+                f"(bg, fg{', flip' if self.flips else ''}), seed {self.seed}")
+
+
+def resolve_teacher(teacher: str, out_dir: Path) -> str:
+    """"auto": the teacher a started build recorded (a reconnect to a CPU runtime must not switch teachers), else
+    Depth Anything V2 Small on a GPU and the geometric teacher on a CPU."""
+    import torch
+
+    if teacher != "auto":
+        return teacher
+    try:
+        recorded = json.loads((Path(out_dir) / "manifest.json").read_text())["params"]["teacher"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded:
+        if recorded != "geometric" and not torch.cuda.is_available():
+            print(f"{out_dir} was started with the {recorded} teacher, which is slow without a GPU: "
+                  "Runtime > Change runtime type > GPU, then run all cells again")
+        return recorded
+    return "depth-anything-v2-small" if torch.cuda.is_available() else "geometric"
+
+
+def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: str = "",
+               dataset: str = DEFAULT_DATASET, size: int = 224, positions: int = 20, seed: int = 0,
+               teacher: str = "auto", mode: str = "layered", scale_range: tuple[float, float] = (0.3, 0.7),
+               flips: bool = True, shard_size: int = 1000) -> BuildPlan:
+    """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher."""
+    from .paths import sample_assets
+
+    if smoke:
+        size, positions, teacher, shard_size = (SMOKE_BUILD[k] for k in ("size", "positions", "teacher", "shard_size"))
+        dataset += "-smoke"
+    out = paths.data / dataset
+    plan = BuildPlan(Path(bg_dir) if bg_dir else sample_assets() / "bg", Path(fg_dir) if fg_dir else sample_assets() / "fg",
+                     out, size, positions, seed, resolve_teacher(teacher, out), mode, tuple(scale_range), flips,
+                     shard_size)
+    print(plan)
+    return plan
+
+
+def build(plan: BuildPlan) -> dict[str, Any]:
+    """Build (or resume) the dataset of `plan`; returns its manifest."""
+    from .build import build_dataset
+
+    return build_dataset(plan.bg_dir, plan.fg_dir, plan.out_dir, size=plan.size, positions=plan.positions,
+                         seed=plan.seed, teacher=plan.teacher, mode=plan.mode, scale_range=plan.scale_range,
+                         flips=plan.flips, shard_size=plan.shard_size)
+
+
+def shard_report(manifest: dict[str, Any], out_dir: str | Path, max_rows: int = 10) -> str:
+    """Where the shards are: one line per shard (first `max_rows`), then totals."""
+    shards = manifest["shards"]
+    lines = [str(out_dir)] + [f'{s["file"]}  {s["samples"]:6d} samples  {s["bytes"] / 1e6:7.2f} MB  '
+                              f'sha256 {s["sha256"][:12]}…' for s in shards[:max_rows]]
+    if len(shards) > max_rows:
+        lines.append(f"… {len(shards) - max_rows} more shards")
+    lines.append(f"{manifest['counts']['samples']} samples, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB in "
+                 f"{len(shards)} shards")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def show_samples_of(data_dir: str | Path, k: int = 6, seed: int = 0):
+    """k random samples of a dataset: bg | fg_bg | mask | depth."""
+    from .dataset import ShardDataset
+    from .plots import show_samples, spread_indices
+
+    ds = ShardDataset(data_dir)
+    return show_samples([ds[i] for i in spread_indices(len(ds), k, seed)])
+
+
+# ---- 02-05: which dataset ---------------------------------------------------------------------------------------------
+def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
+    """The local dataset folder a notebook reads (Drive datasets are copied to the local cache, stats.json too).
+
+    SMOKE: notebook 01's SMOKE build of `dataset` when complete, else the shipped sample. Otherwise: a folder path, a
+    dataset notebook 01 built under `paths.data`, or a name in data_manifest.json; none of these is a clear error.
+    """
+    from .fetch import load_data_manifest
+    from .formats import MANIFEST
+    from .locate import resolve_dataset
+
+    name = dataset or DEFAULT_DATASET
+    if smoke:
+        built = paths.data / f"{name}-smoke"
+        name = str(built) if _complete(built) else SAMPLE
+    else:
+        own = paths.data / name
+        if (own / MANIFEST).is_file() and not _complete(own):
+            raise EvaError(f"{own}: the build is not finished; run notebook 01 again with DATASET = {name!r} "
+                           "(it resumes where it stopped)")
+        known = name in load_data_manifest().get("datasets", {})
+        if not (Path(name).expanduser() / MANIFEST).is_file() and not (own / MANIFEST).is_file() and not known:
+            raise EvaError(f"no dataset {name!r}: run notebook 01 first (it builds {own}; about "
+                           f"{estimate_build_minutes(400_000):.0f} min of CPU work for 400k composites at 224 px), "
+                           f"or set DATASET = {SAMPLE!r} for the shipped 64 px sample, or give a folder path")
+    data_dir = resolve_dataset(name, paths)
+    origin = Path(name) if Path(name).is_absolute() else paths.data / name
+    if (origin / MANIFEST).is_file() and origin.resolve() != Path(data_dir).resolve():
+        from .atomic import atomic_write_text
+
+        atomic_write_text(Path(data_dir) / ORIGIN, str(origin.resolve()))  # where stats.json must go back to
+        _sync_stats(origin, data_dir)
+    print(f"dataset: {data_dir}" + ("  (the shipped 64 px sample)" if name == SAMPLE else ""))
+    return data_dir
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "manifest.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _sync_stats(origin: Path, data_dir: Path) -> None:
+    """stats.json computed earlier (kept on Drive beside the dataset) follows the dataset into the local cache."""
+    from .atomic import atomic_copy
+
+    src, dst = origin / "stats.json", Path(data_dir) / "stats.json"
+    if src.is_file() and src.resolve() != dst.resolve() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
+        atomic_copy(src, dst)
+
+
+def estimate_build_minutes(samples: int, rate: float = BUILD_RATE) -> float:
+    return samples / rate / 60.0
+
+
+# ---- 02: explore -----------------------------------------------------------------------------------------------------
+def explore_stats(data_dir: str | Path, limit: int | None = None) -> dict[str, Any]:
+    """Compute stats.json, print the table, keep a copy beside the Drive dataset (the cache is lost), plot."""
+    from .atomic import atomic_copy
+    from .plots import plot_stats
+    from .stats import compute_stats
+
+    stats = compute_stats(data_dir, limit=limit or None)
+    for k in ("bg", "fg_bg"):
+        print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
+    print("foreground fraction (mean):", round(stats["mask_fraction"]["mean"], 4))
+    try:
+        origin = Path((Path(data_dir) / ORIGIN).read_text().strip())
+    except OSError:
+        origin = None  # not a copy: stats.json was written in the dataset folder itself
+    if origin is not None and (origin / "manifest.json").is_file():
+        atomic_copy(Path(data_dir) / "stats.json", origin / "stats.json")
+        print(f"stats.json kept at {origin} (notebooks 03-05 normalise with it)")
+    plot_stats(stats)
+    return stats
+
+
+def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4):
+    """k raw samples, then one sample augmented k times: mask and depth must move with the image."""
+    from .augment import build_transforms
+    from .dataset import ShardDataset
+    from .plots import show_samples
+
+    show_samples_of(data_dir, k, seed)
+    aug = ShardDataset(data_dir, transform=build_transforms("train", size))
+    return show_samples([dict(aug[(0, s)], meta={"index": 0, "bg_id": f"seed {s}"}) for s in range(k)])
+
+
+def show_splits(data_dir: str | Path, by: str = "bg", seed: int = 0) -> dict:
+    from .dataset import make_splits
+
+    splits = make_splits(data_dir, by=by, seed=seed)
+    for k in ("train", "val", "test"):
+        print(f"{k:5s} {len(splits[k]):6d} samples")
+    print(splits["info"])
+    return splits
+
+
+def sample_browser_for(data_dir: str | Path, splits: dict):
+    from .dataset import ShardDataset
+    from .widgets import sample_browser
+
+    return sample_browser(ShardDataset(data_dir), splits)

@@ -1,0 +1,90 @@
+"""Run folders as the notebooks, the demo and notebook 05's comparison see them: names, configs, up-to-date metrics.
+
+One naming rule (`run_folder`) lets notebook 05 find the runs notebooks 03 and 04 trained; `current_metrics` reuses a
+run's metrics.json only while it is newer than its best checkpoint; `compare_runs` never trains a missing comparison
+run unless asked to (it would triple the runtime) and says what is missing instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+# SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
+SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}
+
+
+def run_folder(runs: str | Path, task: str, model: str, size: int, data: str | Path, name: str = "") -> Path:
+    """`<runs>/<name>`, or `<task>-<model>-<size>px-<dataset folder name>` (a run folder is never shared by datasets)."""
+    return Path(runs) / (name or f"{task}-{model}-{size}px-{Path(str(data)).name}")
+
+
+def notebook_config(task: str, data_dir: str | Path, paths, smoke: bool = False, *, model: str = "",
+                    epochs: int | None = None, batch_size: int | None = None, size: int | None = None,
+                    lr: float | None = None, seed: int = 0, run_name: str = "", **fields: Any) -> TrainConfig:
+    """The TrainConfig of a training notebook: its parameters over TrainConfig's defaults (empty/0 = the default).
+
+    SMOKE replaces model, epochs, batch size, size and steps by `SMOKE_TRAIN`. The run folder is named by
+    `run_folder` under `paths.runs` unless `run_name` is given. TensorBoard logs are on when tensorboard is installed.
+    """
+    given = {"model": model or None, "epochs": epochs or None, "batch_size": batch_size or None, "size": size or None,
+             "lr": lr or None}
+    over = {k: v for k, v in given.items() if v is not None}
+    if smoke:
+        over.update(SMOKE_TRAIN)
+    over.setdefault("tensorboard", importlib.util.find_spec("tensorboard") is not None)
+    cfg = TrainConfig(task=task, data=str(data_dir), seed=seed, live_plot=True, **{**over, **fields})
+    return replace(cfg, run_dir=str(run_folder(paths.runs, task, cfg.model, cfg.size, data_dir, run_name)))
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
+    """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
+    from .evaluate import evaluate_run
+
+    run_dir = Path(run_dir)
+    path, best = run_dir / "metrics.json", run_dir / "checkpoints" / "best.pt"
+    if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
+        metrics = json.loads(path.read_text())
+    else:
+        metrics = evaluate_run(run_dir, data_dir, **eval_kw)
+    metrics["run_dir"] = str(run_dir)
+    return metrics
+
+
+def compare_runs(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: bool = False,
+                 tasks: tuple[str, ...] = ("mask", "depth")) -> dict[str, dict]:
+    """{row name: metrics} for the single-task runs beside `cfg`'s joint run (same dataset, model, size).
+
+    A finished single-task run is evaluated (or its fresh metrics reused). A missing or unfinished one is trained here
+    only when `train_missing`; otherwise it is reported as missing, with what to run instead.
+    """
+    from .train import fit
+
+    runs = Path(cfg.run_dir).parent
+    results: dict[str, dict] = {}
+    for task in tasks:
+        other = run_folder(runs, task, cfg.model, cfg.size, cfg.data)
+        summary = read_summary(other) or {}
+        done = summary.get("finished") or (cfg.max_steps and summary.get("global_step", 0) >= cfg.max_steps)
+        if not done:
+            if not train_missing:
+                print(f"no finished {task}-only run at {other}: run notebook 0{3 if task == 'mask' else 4} with the "
+                      f"same DATASET, MODEL and SIZE, or set TRAIN_MISSING = True to train it here (about as long as "
+                      f"this notebook's training)")
+                continue
+            print(f"training the missing {task}-only run in {other} (resumes if interrupted)")
+            fit(replace(cfg, task=task, run_dir=str(other), loss_weighting="fixed", live_plot=False))
+        results[f"{task}-only {cfg.model}"] = current_metrics(other, cfg.data)
+    results[f"joint {cfg.model}"] = joint_metrics
+    return results

@@ -1,0 +1,161 @@
+"""Difference-aware inputs: the |fg_bg - bg| channels, each input representation through a checkpoint, the residual
+mask head, and the mask post-processing chosen on validation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _synthetic import write_synthetic_dataset
+from eva_helpers.augment import build_transforms
+from eva_helpers.calibrate import fit_postprocess, load_calibration, postprocess
+from eva_helpers.dataset import ShardDataset
+from eva_helpers.loaders import collate, prepare_batch
+from eva_helpers.models import build_model, rebuild_model
+from eva_helpers.models.inputs import DIFF_SCALE, max_difference
+
+WEIRD = {"bg": {"mean": [0.1, 0.9, 0.3], "std": [0.05, 0.5, 2.0]},
+         "fg_bg": {"mean": [0.7, 0.2, 0.5], "std": [0.3, 0.01, 0.2]}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("syn") / "ds", n_bg=3, n_fg=2, positions=2, size=48)
+
+
+def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augmentation(syn):
+    ds = ShardDataset(syn, transform=build_transforms("train", 40))
+    batch = collate([ds[(i, 100 + i)] for i in range(len(ds))])
+    raw = (batch["fg_bg"].float() - batch["bg"].float()).abs() / 255  # (B, 3, H, W) from the augmented uint8 images
+    for stats in (None, WEIRD):  # normalisation never reaches the difference channels
+        x, t = prepare_batch(batch, "cpu", stats)
+        assert x.shape[1] == 9
+        assert torch.allclose(x[:, 6:9] / DIFF_SCALE, raw, atol=1e-6)
+    # aligned: the difference lights up on the (augmented) object and nowhere else
+    diff = max_difference(x)  # (B, 1, H, W) in [0, 1]
+    mask = t["mask"]
+    inner = -F.max_pool2d(-mask, 3, 1, 1)  # eroded: off the resampled edge
+    outer = F.max_pool2d(mask, 3, 1, 1)  # dilated
+    assert inner.sum() > 100 and (1 - outer).sum() > 1000
+    assert diff[inner > 0].min() > 0.15
+    assert diff[outer == 0].max() < 0.08
+
+
+@pytest.mark.parametrize("inputs,head", [("concat", "plain"), ("diff", "residual"), ("siamese", "residual")])
+def test_each_input_representation_round_trips_through_a_checkpoint(sample_dataset, tmp_path, inputs, head):
+    from eva_helpers.config import TrainConfig
+    from eva_helpers.train import fit, load_run
+
+    cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / inputs), model="unet_small",
+                      model_kwargs={"inputs": inputs, "mask_head": head}, epochs=1, batch_size=8, size=32, seed=0,
+                      workers=0, max_steps=2, progress=False)
+    fit(cfg)
+    model, cfg2, ckpt = load_run(cfg.run_dir, which="last")
+    assert ckpt["model_args"]["inputs"] == inputs and ckpt["model_args"]["mask_head"] == head
+    assert model.inputs == inputs and (model.prior is not None) == (head == "residual")
+    twin = build_model("unet_small", tasks=("mask", "depth"), inputs=inputs, mask_head=head)
+    twin.load_state_dict(ckpt["model"])
+    twin.eval()
+    x = torch.randn(2, 9, 32, 32)
+    with torch.no_grad():
+        a, b = model(x), twin(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_from_before_the_choice_rebuilds_as_concat():
+    old_args = {"name": "unet_small", "tasks": ["mask"], "in_channels": 6}  # first-round model_args
+    m = rebuild_model(old_args)
+    assert m.inputs == "concat" and m.prior is None and m.model_args == old_args
+    assert m.encoder.stem[0][0].in_channels == 6
+    x = torch.randn(1, 9, 32, 32)  # prepare_batch's tensor: the concat model reads its first 6 channels
+    assert torch.equal(m.eval()(x)["mask"], m(x[:, :6])["mask"])
+
+
+def test_the_residual_head_starts_at_the_thresholded_difference():
+    torch.manual_seed(0)
+    m = build_model("unet_small", tasks=("mask", "depth"), inputs="diff", mask_head="residual").eval()
+    bg = torch.randint(0, 200, (2, 3, 32, 32), dtype=torch.uint8)
+    fg = bg.clone()
+    fg[:, :, 8:20, 10:24] += 50  # the object
+    fg[:, 1, 0, 0] += 5  # a speck below the threshold
+    x, _ = prepare_batch({"bg": bg, "fg_bg": fg}, "cpu")
+    with torch.no_grad():
+        pred = m(x)["mask"] > 0
+    expect = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    expect[:, :, 8:20, 10:24] = True
+    assert torch.equal(pred, expect)
+
+
+def test_post_processing_is_chosen_by_validation_iou():
+    target = torch.zeros(4, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    logits = (target * 2 - 1) + 1.5  # over-confident: a 0.5 cut marks every pixel as object
+    assert postprocess(logits).all()
+    calib = fit_postprocess([(logits, target)])
+    assert calib["threshold"] > torch.sigmoid(torch.tensor(0.5)).item() and calib["val_iou"] == 1.0
+    assert postprocess(logits, calib["threshold"], calib["morph"]).eq(target > 0).all()
+    speckled = logits.clone()
+    speckled[:, :, 0, 0] = 10.0  # an isolated false pixel: only the open/close removes it
+    assert fit_postprocess([(speckled, target)])["morph"] is True
+
+
+def test_a_small_validation_gain_does_not_move_the_threshold():
+    """One image of twenty gains from a lower cut: the best grid point on validation, but not a clear gain."""
+    target = torch.zeros(20, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    logits = torch.where(target > 0, 3.0, -3.0)
+    target[0, :, 3, 4:12] = 1  # a row of object pixels the model is unsure about (p = 0.45) in one image only
+    logits[0, :, 3, 4:12] = -0.2
+    calib = fit_postprocess([(logits, target)])
+    assert calib["best_on_val"]["threshold"] < 0.45 and calib["best_on_val"]["val_iou"] > calib["val_iou_plain"]
+    assert calib["threshold"] == 0.5 and calib["morph"] is False  # kept: the gain is ~1 standard error
+
+
+def test_backgrounds_not_images_are_the_unit_of_evidence():
+    """Every image of two backgrounds gains from a lower cut: with images as the unit that is overwhelming, with
+    backgrounds as the unit (1 degree of freedom) it is not, unless both backgrounds gain almost exactly alike."""
+    target = torch.zeros(40, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    logits = torch.where(target > 0, 3.0, -3.0)
+    target[:, :, 3, 4:12] = 1
+    logits[:20, :, 3, 4:12] = -0.2  # background "a": 8 unsure object pixels per image
+    logits[20:, :, 3, 4:10] = -0.2  # background "b": 6 of them, the other 2 stay missed at any threshold
+    logits[20:, :, 3, 10:12] = -9.0
+    groups = ["a"] * 20 + ["b"] * 20
+    assert fit_postprocess([(logits, target)])["threshold"] < 0.45  # 40 "independent" images: moved
+    calib = fit_postprocess([(logits, target, groups)])
+    assert calib["n_groups"] == 2 and calib["threshold"] == 0.5 and calib["best_on_val"]["t_needed"] > 12
+
+
+def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained_run, sample_dataset, tmp_path):
+    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.predict import predict_files
+
+    metrics = evaluate_run(trained_run, sample_dataset, figure=False)
+    calib = load_calibration(trained_run)
+    saved = json.loads((trained_run / "calibration.json").read_text())
+    assert saved["chosen_on"] == "val" and calib["threshold"] == metrics["mask_threshold"]
+    # predict reads the same file: a threshold of 1.0 can never be exceeded, so the mask comes out empty
+    (trained_run / "calibration.json").write_text(json.dumps({**saved, "threshold": 1.0, "morph": False}))
+    bg = np.full((32, 32, 3), 90, np.uint8)
+    fg = bg.copy()
+    fg[8:24, 8:24] = 250
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "bg.png"), bg)
+    cv2.imwrite(str(tmp_path / "fg.png"), fg)
+    predict_files(trained_run, tmp_path / "bg.png", tmp_path / "fg.png", tmp_path / "out")
+    mask = cv2.imread(str(tmp_path / "out" / "mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (32, 32) and mask.max() == 0
+    (trained_run / "calibration.json").write_text(json.dumps(saved))
