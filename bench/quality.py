@@ -26,31 +26,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> (task, model kwargs, TrainConfig overrides). The recipe (TrainConfig's defaults: lr 1e-2 for UNets, no crop)
+# name -> (task, model kwargs, TrainConfig overrides), in table order. The recipe (TrainConfig's defaults: lr 1e-2 for UNets, no crop)
 # and the unet_small preset (widths 16.., one decoder shared by the heads) apply to every row unless the row overrides
 # them; FIRST_ROUND and NARROW are the first round's recipe and preset.
 FIRST_ROUND = {"lr": 1e-3, "crop_scale": [0.6, 1.0]}
 NARROW = {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}  # the first round's unet_small preset
+DIFF = {"inputs": "diff", "mask_head": "plain"}
 DIFF_RES = {"inputs": "diff", "mask_head": "residual"}
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
-    "joint-diff-residual-lr1e-3": ("joint", DIFF_RES, {"lr": 1e-3}),
-    "joint-diff-residual-crop0.6": ("joint", DIFF_RES, {"crop_scale": [0.6, 1.0]}),
-    "joint-diff-residual-narrow": ("joint", {**DIFF_RES, **NARROW}, {}),
-    "joint-diff-residual-uncertainty": ("joint", DIFF_RES, {"loss_weighting": "uncertainty"}),
+    "joint-diff-lr1e-3": ("joint", DIFF, {"lr": 1e-3}),
+    "joint-diff-crop0.6": ("joint", DIFF, {"crop_scale": [0.6, 1.0]}),
+    "joint-diff-narrow": ("joint", {**DIFF, **NARROW}, {}),
+    "joint-diff-uncertainty": ("joint", DIFF, {"loss_weighting": "uncertainty"}),
     "mask-concat": ("mask", {"inputs": "concat", "mask_head": "plain"}, {}),
     "mask-diff": ("mask", {"inputs": "diff", "mask_head": "plain"}, {}),
     "mask-diff-residual": ("mask", DIFF_RES, {}),
     "mask-siamese": ("mask", {"inputs": "siamese", "mask_head": "plain"}, {}),
     "joint-concat": ("joint", {"inputs": "concat", "mask_head": "plain"}, {}),
-    "joint-diff": ("joint", {"inputs": "diff", "mask_head": "plain"}, {}),
-    "joint-siamese-residual": ("joint", {"inputs": "siamese", "mask_head": "residual"}, {}),
+    "joint-siamese": ("joint", {"inputs": "siamese", "mask_head": "plain"}, {}),
     "joint-diff-residual": ("joint", DIFF_RES, {}),
+    "joint-diff": ("joint", DIFF, {}),
     "depth-diff": ("depth", {"inputs": "diff"}, {}),
 }
 LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
-          "joint-diff-residual-narrow": "joint-diff-residual, first-round preset (widths 10.., decoder per task)",
-          "joint-diff-residual": "**joint-diff-residual (the default)**"}
+          "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",
+          "joint-diff-lr1e-3": "joint-diff, lr 1e-3", "joint-diff-crop0.6": "joint-diff, crop 0.6",
+          "joint-diff-uncertainty": "joint-diff, uncertainty loss weighting",
+          "joint-diff": "**joint-diff (the default)**"}
 KEYS = ("mask_iou", "mask_dice", "depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim", "train_images_per_s")
 BASELINE_KEYS = ("baseline_mask_iou", "baseline_mask_dice", "baseline_depth_rmse", "baseline_depth_absrel",
                  "baseline_depth_delta1", "baseline_depth_ssim")

@@ -214,7 +214,11 @@ def _check_out_dir(out: Path, params: dict, sources_sha: str) -> dict | None:
     """Existing manifest if it is this very build (resume), None if the folder is free; refuse anything else."""
     if (out / formats.MANIFEST).is_file():
         old = formats.read_manifest(out)
-        if old.get("eva_helpers") != __version__:
+        if "generator" in old and old["generator"] != formats.GENERATOR:
+            raise BuildConflictError(f"{out}: built by sample generator {old['generator']} (eva_helpers "
+                                     f"{old.get('eva_helpers')}), this is generator {formats.GENERATOR}: samples would "
+                                     "differ, so build into a new folder")
+        if "generator" not in old and old.get("eva_helpers") != __version__:  # a manifest from before the generator
             raise BuildConflictError(f"{out}: built by eva_helpers {old.get('eva_helpers')}, this is {__version__}; "
                                      "samples could differ, so build into a new folder")
         if old.get("params") != params:
@@ -295,7 +299,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     (out / formats.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     remove_stale_temps(out / formats.SHARD_DIR)
-    head = {"schema": formats.SCHEMA, "eva_helpers": __version__, "params": params, "sources_sha256": sources_sha}
+    head = {"schema": formats.SCHEMA, "generator": formats.GENERATOR, "eva_helpers": __version__, "params": params,
+            "sources_sha256": sources_sha}
     if old is None:  # claim the folder first: from here on a killed build is recognised as ours and resumed
         formats.write_manifest(out, {**head, "complete": False, "shards": []})
 

@@ -150,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stem", choices=["concat", "two"], default=None,
                    help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image (--inputs concat only)")
     t.add_argument("--inputs", choices=["concat", "diff", "siamese"], default=None,
-                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (default: diff), or a shared two-stream encoder")
+                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (None: the default, diff), or a shared two-stream "
+                        "encoder")
     t.add_argument("--mask-head", choices=["plain", "residual"], default=None,
-                   help="residual (default): the thresholded |fg_bg - bg| as a learned prior the network corrects")
+                   help="plain head (None: the default, plain) or residual: the thresholded |fg_bg - bg| as a learned "
+                        "prior the network corrects")
     t.add_argument("--epochs", type=int, default=10,
                    help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
     t.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (per process under torchrun)")

@@ -19,7 +19,8 @@ DEMO_RUNS = (("mask", "unet_small"), ("depth", "unet_small"), ("joint", "unet_sm
 
 @dataclass
 class DemoConfig:
-    """Sizes chosen so the whole demo takes about 10 minutes on 2 CPU cores."""
+    """Sizes chosen so the whole demo takes about 5 minutes on 2 CPU cores (bench/RESULTS.md); the models and recipe
+    are the defaults, so the demo shows what a user gets."""
 
     out: str = "demo_output"
     size: int = 64

@@ -37,6 +37,11 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "eva-dataset/1"
+# The version of the code that turns (parameters, seed, i) into a sample's bytes (compositing, teachers, labels, codecs).
+# Bumped whenever the same parameters would give other bytes; a resumed build compares this, not the package version,
+# so an upgrade that leaves samples alone (a fix in training, a new notebook) still resumes a half-built dataset.
+# 2: objects in depth labels with relief and a contrast guard (labels.py), hybrid mode, teachers at their own size.
+GENERATOR = 2
 MANIFEST = "manifest.json"
 BACKGROUNDS = "backgrounds.zip"
 SHARD_DIR = "shards"

@@ -260,3 +260,23 @@ def test_sigkill_mid_build_then_resume_is_byte_identical(inputs, tmp_path):
     build_dataset(*inputs, out, **kw)
     assert all_bytes(out) == all_bytes(ref)
     assert not [p for p in out.rglob(".tmp-*")]  # stale temp files cleaned
+
+
+def test_an_upgrade_that_keeps_the_sample_generator_resumes(inputs, reference, tmp_path):
+    """The package version changes with every release; only the sample generator decides whether a build resumes."""
+    import json
+    import shutil
+
+    from eva_helpers import formats
+
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"] == formats.GENERATOR
+    (out / "shards" / "shard-00002.zip").unlink()  # a half-built dataset, as a disconnect leaves it
+    (out / "manifest.json").write_text(json.dumps({**manifest, "eva_helpers": "0.0.1"}))  # built by an older release
+    build_dataset(*inputs, out, **KW)
+    assert sha256_file(out / "shards" / "shard-00002.zip") == sha256_file(reference / "shards" / "shard-00002.zip")
+    (out / "manifest.json").write_text(json.dumps({**manifest, "generator": formats.GENERATOR - 1}))
+    with pytest.raises(BuildConflictError, match="sample generator 1 .*this is generator 2"):
+        build_dataset(*inputs, out, **KW)

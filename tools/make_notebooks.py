@@ -232,7 +232,7 @@ joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("code", "nt.predict_photos(cfg, bg, fg_bg);"),
 ]
 notebook("05_train_joint", "05 · Train mask and depth together",
-         "One shared encoder, a decoder per task, fixed or learned (uncertainty) loss weights; compared honestly with "
+         "One shared encoder (unet_small: also one shared decoder) with a head per task, fixed or learned (uncertainty) loss weights; compared honestly with "
          "the mask-only and depth-only models and with the no-learning baseline on held-out backgrounds. Needs "
          "notebook 01's dataset (or `SMOKE`); notebooks 03 and 04 provide the comparison runs. " + SMOKE_NOTE,
          JOINT_PARAMS, joint_cells)
