@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
 from .atomic import atomic_write_text

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import TMP_PREFIX, atomic_copy, atomic_open, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
+from .atomic import TMP_PREFIX, atomic_copy, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
 from .errors import EvaError, IntegrityError
 
 CKPT_DIR = "checkpoints"
@@ -56,17 +56,6 @@ def _fault(stage: str) -> None:
     _fault_counts[stage] = _fault_counts.get(stage, 0) + 1
     if _fault_counts[stage] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _copy(src: Path, dst: Path, stage: str) -> None:
-    """Atomic copy (temp name beside dst, fsync, rename) with a fault point halfway through the bytes."""
-    size = src.stat().st_size
-    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
-        fout.write(fin.read(size // 2))
-        fout.flush()
-        _fault(stage)
-        while chunk := fin.read(1 << 22):
-            fout.write(chunk)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

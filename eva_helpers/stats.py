@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from . import formats
 from .atomic import atomic_write_text
 
 STATS = "stats.json"
