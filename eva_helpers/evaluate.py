@@ -156,9 +156,11 @@ def load_run_stats(run_dir: Path, data_dir: Path) -> dict | None:
     """Normalisation stats the run trained with: the run folder's copy first, then the dataset's."""
     from .loaders import load_stats
 
+    from .stats import read_stats_file
+
     p = Path(run_dir) / "stats.json"
     if p.is_file():
-        return json.loads(p.read_text())
+        return read_stats_file(p)
     return load_stats(str(data_dir))
 
 

@@ -39,6 +39,39 @@ class _Moments:
         return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in np.sqrt(var)]}
 
 
+def check_stats(stats: dict[str, Any], source: str) -> dict[str, Any]:
+    """Refuse normalisation stats that would make every input NaN or infinite: a std of 0 (e.g. computed on a build
+    killed before its first shard, or on one flat image) or a non-finite mean/std. Returns the stats unchanged."""
+    from .errors import EvaError
+
+    try:
+        values = {f"{k}.{m}": [float(v) for v in stats[k][m]] for k in ("bg", "fg_bg") for m in ("mean", "std")}
+    except (KeyError, TypeError, ValueError) as e:
+        raise EvaError(f"{source}: not normalisation stats ({type(e).__name__}: {e}); delete it and run "
+                       "`eva stats --data DATASET` again") from None
+    bad = [k for k, vs in values.items() if len(vs) != 3 or not all(np.isfinite(vs))
+           or (k.endswith("std") and min(vs) <= 0)]
+    if bad:
+        raise EvaError(f"{source}: unusable normalisation stats ({', '.join(f'{k}={values[k]}' for k in bad)}): a std "
+                       "of 0 or a non-finite value would turn every input into NaN; run `eva stats --data DATASET` "
+                       "on a complete dataset (more than one distinct image)")
+    return stats
+
+
+def read_stats_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's frozen stats.json, checked: unreadable JSON or unusable values are one-line errors naming the file."""
+    from .errors import EvaError
+
+    try:
+        stats = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvaError(f"{path}: unreadable normalisation stats ({type(e).__name__}: {e}); restore it from the "
+                       "dataset's stats.json (the run was normalised with those)") from None
+    if not isinstance(stats, dict):
+        raise EvaError(f"{path}: not normalisation stats (a JSON object expected)")
+    return check_stats(stats, str(path))
+
+
 def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, depth_bins: int = 32,
                   fraction_bins: int = 20, progress: bool = True, write: bool = True) -> dict[str, Any]:
     """Stream over the dataset (or `limit` evenly spaced samples) and write stats.json atomically."""
@@ -78,6 +111,7 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
         "depth_hist": {"counts": depth_hist.tolist(), "edges": np.linspace(0, 1, depth_bins + 1).round(6).tolist()},
         "dataset_schema": ds.manifest.get("schema"),
     }
+    check_stats(stats, f"{data_dir} (stats of {n} samples)")  # before anything is written
     if write:
         atomic_write_text(Path(data_dir) / STATS, json.dumps(stats, indent=1) + "\n")
     return stats
@@ -90,4 +124,6 @@ def load_stats(data_dir: str | os.PathLike) -> dict[str, Any] | None:
         stats = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return stats if stats.get("schema") == STATS_SCHEMA else None
+    if not isinstance(stats, dict) or stats.get("schema") != STATS_SCHEMA:
+        return None
+    return check_stats(stats, str(path))

@@ -88,12 +88,14 @@ def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool
     how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
     2,000 samples) rather than silently falling back to ImageNet's.
     """
+    from .stats import check_stats, compute_stats, read_stats_file
+
     path = Path(run_dir) / "stats.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_stats_file(path)
+    if stats is not None:
+        check_stats(stats, "the stats given to fit")
     if stats is None and cfg.data:
-        from .stats import compute_stats
-
         stats = compute_stats(cfg.data, limit=2000, progress=cfg.progress and is_main, write=is_main)
     if stats is not None and is_main:
         atomic_write_text(path, json.dumps(stats, indent=1) + "\n")

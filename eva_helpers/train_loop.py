@@ -16,6 +16,7 @@ from torch import nn
 from . import distributed as D
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
+from .errors import EvaError
 from .sampler import ResumableSampler
 
 @dataclass
@@ -84,12 +85,16 @@ def train_one_epoch(run: Run) -> bool:
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
             loss, _ = run.criterion(out, targets)
+        if not run.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself: those are not errors
+            _check_finite(run, loss, batch, "loss")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         D.average_gradients(run.criterion.parameters(), info)  # DDP averages the model's only
         if cfg.grad_clip:
             run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+            if not run.scaler.is_enabled():  # a finite loss can still give infinite gradients: never step on them
+                _check_finite(run, norm, batch, "gradient norm")
         run.scaler.step(run.optimizer)
         run.scaler.update()
         if onecycle and run.scheduler.last_epoch < run.scheduler.total_steps:
@@ -118,6 +123,23 @@ def train_one_epoch(run: Run) -> bool:
             t_last = time.perf_counter()
     bar.close()
     return False
+
+
+class NonFiniteLossError(EvaError):
+    """Training diverged: raised before the optimizer step, so the weights and the last checkpoint stay good."""
+
+
+def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None:
+    """Stop with one line naming the step, the batch's samples and the likely causes when `value` is NaN or inf."""
+    if bool(torch.isfinite(value.detach()).all()):
+        return
+    ids = [m.get("id", m.get("index")) for m in batch.get("meta", [])][:8]
+    last = run.run_dir / "checkpoints" / "last.pt"
+    kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint was written"
+    raise NonFiniteLossError(
+        f"step {run.global_step + 1} (epoch {run.epoch + 1}): the {what} is {float(value.detach().float().max())} on "
+        f"samples {ids}; likely causes: a learning rate too high for this model (lr={run.cfg.lr:g}: try 3x lower), "
+        f"normalisation stats with a tiny std ({run.run_dir / 'stats.json'}), or a damaged sample; {kept}")
 
 
 @torch.no_grad()
