@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-TMP_PREFIX = ".tmp-"
+# Every temp file or folder the package writes starts with this, and only names that start with it are ever removed as
+# stale: a user's own ".tmp-notes" in an output or run folder is never touched (issue 11 item 4).
+TMP_PREFIX = ".eva-tmp-"
 _CHUNK = 1 << 20
 
 

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import formats
-from .atomic import atomic_write_text, fsync_dir, sha256_file
+from .atomic import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
 from .errors import EvaError, IntegrityError
 
 MARKER = ".eva-extracted.json"
@@ -129,7 +129,7 @@ def extract_dataset(dataset_dir: str | os.PathLike, target_dir: str | os.PathLik
     for z in zips:
         budget -= check_archive(z, budget, max_ratio)  # raises on the first unsafe member or bomb
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-extract-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "extract-", dir=target.parent))
     try:
         for z in tqdm(zips, desc="extract", unit="zip", disable=not progress):
             sub = tmp / ("shard-index" if z.name != formats.BACKGROUNDS else "bg-index")

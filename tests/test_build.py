@@ -15,7 +15,7 @@ import pytest
 
 from _build_helpers import all_bytes, folder_state, read_shard, sample_inputs
 from eva_helpers import formats
-from eva_helpers.atomic import sha256_file
+from eva_helpers.atomic import TMP_PREFIX, sha256_file
 from eva_helpers.build import BuildConflictError, build_dataset
 from eva_helpers.compose import placed_alpha
 from eva_helpers.errors import BadInputError
@@ -201,7 +201,7 @@ def test_resume_skips_verified_and_rebuilds_damaged(inputs, reference, tmp_path)
     shard1.write_bytes(bytes(data))  # damaged
     (out / "shards" / "shard-00003.zip").unlink()  # missing
     keep = (out / "shards" / "shard-00000.zip").stat().st_mtime_ns
-    (out / "shards" / ".tmp-shard-00002.zip.abc123").write_bytes(b"half a shard")
+    (out / "shards" / f"{TMP_PREFIX}shard-00002.zip.abc123").write_bytes(b"half a shard")
     build_dataset(*inputs, out, **KW)
     assert all_bytes(out) == all_bytes(reference)
     assert (out / "shards" / "shard-00000.zip").stat().st_mtime_ns == keep  # verified, not rewritten
@@ -259,7 +259,7 @@ def test_sigkill_mid_build_then_resume_is_byte_identical(inputs, tmp_path):
     assert mid_build >= 1, "no kill landed mid-build: the test did not test anything"
     build_dataset(*inputs, out, **kw)
     assert all_bytes(out) == all_bytes(ref)
-    assert not [p for p in out.rglob(".tmp-*")]  # stale temp files cleaned
+    assert not [p for p in out.rglob(TMP_PREFIX + "*")]  # stale temp files cleaned
 
 
 def test_an_upgrade_that_keeps_the_sample_generator_resumes(inputs, reference, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from eva_helpers.atomic import TMP_PREFIX
 from eva_helpers.checkpoint import (BEST, CKPT_DIR, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
                                     set_rng_state)
 from eva_helpers.errors import EvaError, IntegrityError
@@ -113,7 +114,7 @@ def test_killed_at_any_stage_of_a_save_leaves_a_valid_checkpoint(tmp_path, stage
     assert state is not None and state["global_step"] == expect
     assert torch.equal(state["model"]["w"], torch.full((64, 64), float(expect)))
     CheckpointManager(tmp_path)  # the next run clears the half-written temp file
-    assert not list((tmp_path / CKPT_DIR).glob(".tmp-*"))
+    assert not list((tmp_path / CKPT_DIR).glob(TMP_PREFIX + "*"))
 
 
 def test_extra_history_is_kept_only_locally(tmp_path):
@@ -146,9 +147,9 @@ def test_run_folder_of_the_older_layout_still_loads(tmp_path):
 def test_stale_temp_files_are_removed(tmp_path):
     d = tmp_path / CKPT_DIR
     d.mkdir()
-    (d / ".tmp-last.pt.abc").write_bytes(b"half a checkpoint")
+    (d / f"{TMP_PREFIX}last.pt.abc").write_bytes(b"half a checkpoint")
     CheckpointManager(tmp_path)
-    assert not list(d.glob(".tmp-*"))
+    assert not list(d.glob(TMP_PREFIX + "*"))
 
 
 def test_pickled_object_is_refused(tmp_path):

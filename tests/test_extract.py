@@ -14,6 +14,7 @@ from eva_helpers.atomic import sha256_file
 from eva_helpers.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
 from eva_helpers.extract import MARKER, UnsafeArchiveError, extract_dataset
+from eva_helpers.atomic import TMP_PREFIX
 
 
 @pytest.fixture()
@@ -22,7 +23,7 @@ def syn(tmp_path):
 
 
 def _nothing_left(parent: Path, target: Path) -> bool:
-    return not target.exists() and not any(p.name.startswith(".tmp-") for p in parent.iterdir())
+    return not target.exists() and not any(p.name.startswith(TMP_PREFIX) for p in parent.iterdir())
 
 
 def _add_member(ds: Path, info: zipfile.ZipInfo | str, data: bytes, shard: int = 1) -> None:

@@ -14,6 +14,7 @@ from _synthetic import write_synthetic_dataset
 from eva_helpers import fetch as F
 from eva_helpers.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
+from eva_helpers.atomic import TMP_PREFIX
 
 QUOTA_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
               b"<p class=\"uc-error-subcaption\">Too many users have viewed or downloaded this file recently. "
@@ -98,7 +99,7 @@ def _entry(syn, kind="repo_path", base=None):
 
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*")
-                  if p.name.endswith((".part", ".gdown")) or p.name.startswith(".tmp-"))
+                  if p.name.endswith((".part", ".gdown")) or p.name.startswith(TMP_PREFIX))
 
 
 def test_copy_fetch_verifies_and_skips(syn, tmp_path):

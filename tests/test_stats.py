@@ -9,6 +9,7 @@ import pytest
 from _synthetic import write_synthetic_dataset
 from eva_helpers.dataset import ShardDataset
 from eva_helpers.stats import STATS, compute_stats, load_stats
+from eva_helpers.atomic import TMP_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -38,4 +39,4 @@ def test_stats_match_a_direct_computation(syn):
 def test_limit_and_no_write(syn, tmp_path):
     st = compute_stats(syn, limit=4, progress=False, write=False)
     assert st["samples"] == 4 and st["of_samples"] == 12 and sum(st["depth_hist"]["counts"]) == 4 * 32 * 32
-    assert not any(p.name.startswith(".tmp-") for p in syn.iterdir())
+    assert not any(p.name.startswith(TMP_PREFIX) for p in syn.iterdir())

@@ -17,6 +17,7 @@ import torch
 from eva_helpers.checkpoint import load_checkpoint, read_sidecar
 from eva_helpers.config import TrainConfig
 from eva_helpers.errors import EvaError
+from eva_helpers.atomic import TMP_PREFIX
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import TinyNet, run_tiny  # noqa: E402
@@ -83,7 +84,7 @@ def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: ra
                 break
         elif fault is not None:
             assert proc.returncode == -signal.SIGKILL, f"fault {fault} did not fire:\n{out}"
-    assert not list((run_dir / "checkpoints").glob(".tmp-*")), "stale temp files left behind"
+    assert not list((run_dir / "checkpoints").glob(TMP_PREFIX + "*")), "stale temp files left behind"
     return log
 
 
