@@ -94,7 +94,9 @@ def run_one(cfg) -> dict:
     else:
         m = evaluate_run(cfg.run_dir, cfg.data, figure=False)
         m["wall_train_s"] = train_s
-        metrics_path.write_text(json.dumps(m, indent=1, sort_keys=True, default=str) + "\n")
+        from eva_helpers.atomic import atomic_write_text
+
+        atomic_write_text(metrics_path, json.dumps(m, indent=1, sort_keys=True, default=str) + "\n")
     return m
 
 

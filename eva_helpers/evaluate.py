@@ -96,6 +96,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
                  device: str | None = None, batch_size: int = 32, figure: bool = True,
                  progress: bool = True) -> dict[str, Any]:
     """Score a run folder's checkpoint on a split; write metrics.json and the best/worst figure; return the metrics."""
+    from tqdm.auto import tqdm
+
     from .calibrate import postprocess, save_calibration
     from .metrics import MetricAccumulator
     from .train import load_run
@@ -113,8 +115,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     calib = fit_model_postprocess(model, data_dir, splits, cfg, dev, stats) if "mask" in cfg.tasks else None
     acc = MetricAccumulator(cfg.tasks, baseline=free_baseline(data_dir, splits, cfg, threshold))
     n, t0 = 0, time.perf_counter()
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(ds), desc=f"eval {split}", unit="img", disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
         bar.update(x.shape[0])
