@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .errors import EvaError, WriteError, os_error_line
+
 # Every temp file or folder the package writes starts with this, and only names that start with it are ever removed as
 # stale: a user's own ".tmp-notes" in an output or run folder is never touched (issue 11 item 4).
 TMP_PREFIX = ".eva-tmp-"
@@ -41,10 +43,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
-    """Open a temp file beside `path`; on clean exit fsync and rename it onto `path`, else delete it."""
+    """Open a temp file beside `path`; on clean exit fsync and rename it onto `path`, else delete it.
+
+    An OSError while creating, writing or renaming (a full disk, a read-only folder) is an EvaError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {os_error_line(e, path)}") from e
     try:
         try:
             os.fchmod(fd, _file_mode())
@@ -56,12 +64,26 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {os_error_line(e, path)}") from e
         raise
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse, before anything is written, an output folder that is a file or lies under a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EvaError(f"{path}: is a file, not a folder; give a folder for the {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EvaError(f"{parent}: is a file, so {path} cannot be created; choose another folder")
+            break
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

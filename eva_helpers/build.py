@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, formats
-from .atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temps, sha256_bytes, sha256_file
+from .atomic import (TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes,
+                     sha256_file)
 from .compose import Compositor, place_cutout, prepare_background
 from .errors import EvaError
 from .images import load_sources
@@ -210,6 +211,42 @@ def build_shard(ctx: _Ctx, k: int) -> dict[str, Any]:
             "samples": stop - start, "first_index": start}
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_build_options(*, size: int, positions: int, seed: int, mode: str, scale_range, shard_size: int,
+                        jpeg_quality: int, workers: int | None, on_bad: str, limit: int | None, teacher: str,
+                        teacher_kwargs: dict | None) -> None:
+    """Every option range-checked before anything is read or written: a mistyped flag must not claim the output folder
+    (the corrected command would then be refused as a build with different parameters)."""
+    from .teachers import TEACHERS
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise EvaError(f"build option {what}")
+
+    need(mode in MODES, f"mode={mode!r}: choose one of {', '.join(MODES)}")
+    need(teacher in TEACHERS, f"teacher={teacher!r} is unknown: choose one of {', '.join(TEACHERS)}")
+    need(_is_int(size) and 8 <= size <= 4096, f"size={size!r}: give a side in pixels from 8 to 4096, e.g. 224")
+    need(_is_int(positions) and positions >= 1, f"positions={positions!r}: give 1 or more placements per pair")
+    need(_is_int(seed) and seed >= 0, f"seed={seed!r}: give a whole number >= 0")
+    need(_is_int(shard_size) and shard_size >= 1, f"shard_size={shard_size!r}: give 1 or more samples per shard")
+    need(_is_int(jpeg_quality) and 1 <= jpeg_quality <= 100, f"jpeg_quality={jpeg_quality!r}: give 1 to 100")
+    need(workers is None or (_is_int(workers) and workers >= 1), f"workers={workers!r}: give 1 or more (or none)")
+    need(limit is None or (_is_int(limit) and limit >= 1), f"limit={limit!r}: give 1 or more samples (or none)")
+    need(on_bad in ("error", "skip"), f"on_bad={on_bad!r}: choose 'error' or 'skip'")
+    try:
+        lo, hi = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    need(0 < lo <= hi <= 1, f"scale_range={tuple(scale_range) if hasattr(scale_range, '__iter__') else scale_range}: "
+                            "give LO,HI with 0 < LO <= HI <= 1 (object height as a fraction of the background)")
+    tis = (teacher_kwargs or {}).get("input_size")
+    need(tis is None or (_is_int(tis) and 8 <= tis <= 4096),
+         f"teacher input size={tis!r}: give a side in pixels from 8 to 4096 (or none: the teacher's own)")
+
+
 def _check_out_dir(out: Path, params: dict, sources_sha: str) -> dict | None:
     """Existing manifest if it is this very build (resume), None if the folder is free; refuse anything else."""
     if (out / formats.MANIFEST).is_file():
@@ -276,11 +313,11 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     """
     from tqdm.auto import tqdm
 
-    if mode not in MODES:
-        raise EvaError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
-    if shard_size < 1 or size < 8 or not 1 <= jpeg_quality <= 100:
-        raise EvaError(f"bad build options: shard_size={shard_size}, size={size}, jpeg_quality={jpeg_quality}")
+    check_build_options(size=size, positions=positions, seed=seed, mode=mode, scale_range=scale_range,
+                        shard_size=shard_size, jpeg_quality=jpeg_quality, workers=workers, on_bad=on_bad, limit=limit,
+                        teacher=teacher, teacher_kwargs=teacher_kwargs)
     out = Path(out_dir)
+    check_output_folder(out, "dataset")
     teacher_kwargs = dict(teacher_kwargs or {})
     bg_srcs, bg_list = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, size))
     fg_srcs, fg_list = load_sources(fg_dir, "fg", on_bad)
@@ -296,6 +333,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     sources_sha = sha256_bytes(json.dumps([[s.id, s.sha256] for s in bg_srcs] + [["|"]]
                                           + [[s.id, s.sha256] for s in fg_srcs]).encode())
     old = _check_out_dir(out, params, sources_sha)
+    tm = get_teacher(teacher, **teacher_kwargs)  # before the claim: a teacher that cannot load claims nothing
     (out / formats.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     remove_stale_temps(out / formats.SHARD_DIR)
@@ -311,7 +349,6 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         s.array = None  # the compositor keeps its own compact copy (mip chain); free the full-size pixels
     total = len(comp) if limit is None else max(0, min(int(limit), len(comp)))
     n_shards = -(-total // shard_size)
-    tm = get_teacher(teacher, **teacher_kwargs)
     teacher_bgs = None  # the teacher's own input size, prepared again from the full-resolution photos
     if tm.input_size and tm.input_size != size:
         t_srcs, _ = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, tm.input_size))

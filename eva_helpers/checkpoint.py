@@ -59,10 +59,12 @@ def _fault(stage: str) -> None:
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The checksum sidecar of a checkpoint, or None when it is missing or damaged (not JSON, not an object)."""
     try:
-        return json.loads(Path(str(path) + SIDECAR).read_text())
+        meta = json.loads(Path(str(path) + SIDECAR).read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, verify: bool = True) -> dict[str, Any]:
@@ -79,7 +81,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, verif
     if verify:
         meta = read_sidecar(path)
         if meta is None:
-            raise IntegrityError(f"{path}: no checksum file {path.name}{SIDECAR} (the write was interrupted?)")
+            raise IntegrityError(f"{path}: its checksum file {path.name}{SIDECAR} is missing or damaged (the write "
+                                 "was interrupted?)")
         if len(data) != meta.get("bytes") or _sha256(data) != meta.get("sha256"):
             raise IntegrityError(f"{path}: size or sha256 does not match {path.name}{SIDECAR} (truncated or corrupt)")
     try:

@@ -1,6 +1,8 @@
 """`eva build | fetch | stats | train | eval | predict | demo`: the same functions the notebooks call.
 
-User errors (EvaError) print one line and exit 2; no tracebacks for them. Heavy imports happen per command.
+User errors print one line naming the file or flag at fault and exit 2, with no traceback: EvaError, OSError (a full
+disk, a permission refused, a path through a file), the same re-raised from a DataLoader worker, and a command line
+argparse cannot read. Heavy imports happen per command.
 """
 from __future__ import annotations
 
@@ -8,14 +10,25 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import EvaError
+from .errors import UsageError, user_message
 
 
 def _pair(text: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in text.split(","))
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers, e.g. 0.3,0.7)") from None
     return lo, hi
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (UsageError), not a usage block and SystemExit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def cmd_build(a: argparse.Namespace) -> None:
@@ -101,7 +114,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eva", description="eva-maskdepth: masks and depth from (bg, fg_bg) pairs.")
+    p = _Parser(prog="eva", description="eva-maskdepth: masks and depth from (bg, fg_bg) pairs.")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = {"formatter_class": _Help}
 
@@ -199,12 +212,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar an error interrupted, so the error starts on its own line instead of after the bar."""
+    tqdm = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"eva: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # a warning is one line too
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = saved
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"eva: error: {e}", file=sys.stderr)
+        return 2
     try:
         args.func(args)
-    except EvaError as e:
-        print(f"eva {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - user errors become one line; anything else is a bug and keeps its traceback
+        line = user_message(e)
+        if line is None:
+            raise
+        _close_progress_bars()
+        print(f"eva {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"eva {args.command}: interrupted (run the same command again to resume)", file=sys.stderr)

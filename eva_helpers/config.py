@@ -6,6 +6,8 @@ keys so a typo in a notebook cell or an old config file is reported instead of s
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,6 +16,8 @@ from .errors import EvaError
 TASKS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
 SCHEDULES = ("onecycle", "plateau", "none")
 WEIGHTINGS = ("fixed", "uncertainty")
+SPLIT_BY = ("bg", "fg", "bg+fg")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
 # the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
@@ -77,10 +81,31 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        """Every value range-checked here, before `fit` creates or claims a run folder."""
         if self.lr is None:
             self.lr = recipe_lr(self.model)
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+        if not (_number(self.lr) and 0 < self.lr < 1):
             raise EvaError(f"lr={self.lr!r} is not valid: give a peak learning rate in (0, 1), e.g. 1e-3")
+        ints = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1), "size": (self.size, 8),
+                "seed": (self.seed, 0), "keep_last": (self.keep_last, 1)}
+        for name, (v, lo) in ints.items():
+            if not (_int(v) and v >= lo):
+                raise EvaError(f"{name}={v!r} is not valid: give a whole number >= {lo}")
+        if self.split_seed is not None and not (_int(self.split_seed) and self.split_seed >= 0):
+            raise EvaError(f"split_seed={self.split_seed!r} is not valid: give a whole number >= 0 (or None: seed)")
+        if self.workers is not None and not (_int(self.workers) and self.workers >= 0):
+            raise EvaError(f"workers={self.workers!r} is not valid: give 0 (load in the main process) or more, or None")
+        if not (_number(self.checkpoint_interval_s) and self.checkpoint_interval_s >= 0):
+            raise EvaError(f"checkpoint_interval_s={self.checkpoint_interval_s!r} is not valid: give seconds >= 0, "
+                           "e.g. 300 (0: after every step)")
+        if not (_number(self.weight_decay) and 0 <= self.weight_decay < 1):
+            raise EvaError(f"weight_decay={self.weight_decay!r} is not valid: give a number in [0, 1), e.g. 1e-4")
+        if self.grad_clip is not None and not (_number(self.grad_clip) and self.grad_clip > 0):
+            raise EvaError(f"grad_clip={self.grad_clip!r} is not valid: give a norm > 0, or None for no clipping")
+        if not (isinstance(self.device, str) and DEVICE_RE.fullmatch(self.device)):
+            raise EvaError(f"device={self.device!r} is not valid: give auto, cpu, mps, cuda or cuda:N")
+        if self.split_by not in SPLIT_BY:
+            raise EvaError(f"split_by={self.split_by!r} is not one of {list(SPLIT_BY)}")
         self.crop_scale = [float(v) for v in self.crop_scale]  # a list, as config.json gives it back
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise EvaError(f"crop_scale={self.crop_scale} is not valid: give [lo, hi] with 0 < lo <= hi <= 1")
@@ -90,11 +115,10 @@ class TrainConfig:
             raise EvaError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.loss_weighting not in WEIGHTINGS:
             raise EvaError(f"loss_weighting={self.loss_weighting!r} is not one of {list(WEIGHTINGS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.size < 1:
-            raise EvaError(f"epochs, batch_size and size must be >= 1 (got {self.epochs}, {self.batch_size}, {self.size})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise EvaError(f"max_steps must be >= 1 or None (got {self.max_steps})")
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+        if self.max_steps is not None and not (_int(self.max_steps) and self.max_steps >= 1):
+            raise EvaError(f"max_steps={self.max_steps!r} is not valid: give 1 or more, or None (no limit)")
+        if not (_number(self.val_fraction) and _number(self.test_fraction) and 0 <= self.val_fraction < 1
+                and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise EvaError(f"val_fraction + test_fraction must be in [0, 1) (got {self.val_fraction}, {self.test_fraction})")
 
     @property
@@ -121,6 +145,14 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .errors import EvaError
 
 # (task, model) trained by the demo; the joint model shares one encoder between a mask and a depth decoder.
 DEMO_RUNS = (("mask", "unet_small"), ("depth", "unet_small"), ("joint", "unet_small"))
@@ -159,6 +160,15 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
 
 def run_demo(out: str | Path = "demo_output", minutes: float = 10.0, seed: int = 0, **overrides) -> Path:
     """The README's main job. `minutes` scales the epochs of the three trainings (10 = the default sizes)."""
+    import math
+
+    from .atomic import check_output_folder
+
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise EvaError(f"minutes={minutes!r} is not valid: give a CPU time budget > 0, e.g. 10")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise EvaError(f"seed={seed!r} is not valid: give a whole number >= 0")
+    check_output_folder(out, "demo")
     cfg = DemoConfig(out=str(out), seed=seed, **overrides)
     cfg.epochs = max(1, round(cfg.epochs * minutes / 10.0))
     data = build_sample(cfg)

@@ -28,9 +28,24 @@ class DistInfo:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA when there is a GPU; a named device that is not here is a one-line error, not a crash later."""
+    from .errors import EvaError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise EvaError(f"device={name!r} is not valid: give auto, cpu, mps, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvaError(f"device={name!r}: no CUDA GPU is visible here; use device auto or cpu (on Colab: Runtime > "
+                       "Change runtime type > GPU)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EvaError(f"device={name!r}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 .. "
+                       f"cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise EvaError(f"device={name!r}: Apple's MPS is not available here; use device auto or cpu")
+    return dev
 
 
 def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:

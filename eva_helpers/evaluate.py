@@ -104,7 +104,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
 
     run_dir = Path(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
+    model, cfg, ckpt = load_run(run_dir, which=which, device=str(dev))
     data_dir = Path(data_dir or cfg.data)
     stats = load_run_stats(run_dir, data_dir)
     splits = split_positions(cfg, data_dir)
@@ -132,7 +132,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         metrics.update(mask_threshold=calib["threshold"], mask_morph=calib["morph"], mask_val_iou=calib["val_iou"])
     metrics["train_images_per_s"] = training_speed(run_dir)
     metrics.update({
-        "split": split, "checkpoint": which, "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),
+        "split": split, "checkpoint": which, "checkpoint_file": Path(ckpt["loaded_from"]).name,
+        "checkpoint_step": int(ckpt.get("global_step", -1)), "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),
         "parameters": int(sum(p.numel() for p in model.parameters())), "model": cfg.model, "task": cfg.task,
         "device": str(dev), "held_out_backgrounds": splits["info"].get("bg_ids", {}).get(split),
     })

@@ -11,11 +11,12 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import atomic_write_text, fsync_dir, sha256_file
+from .atomic import atomic_write_text, check_output_folder, fsync_dir, sha256_file
 from .errors import EvaError, IntegrityError
+from .paths import safe_name, safe_relpath
 
 DATA_MANIFEST_SCHEMA = "eva-data-manifest/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,29 +63,36 @@ def load_data_manifest(data_manifest: str | os.PathLike | dict | None = None) ->
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise FetchError(f"{path}: cannot read the data manifest ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets", {}), dict):
+        raise FetchError(f"{path}: not a data manifest (a JSON object with a 'datasets' object expected); restore "
+                         "the repository's data_manifest.json or fix the file")
     if doc.get("schema") != DATA_MANIFEST_SCHEMA:
         raise FetchError(f"{path}: schema {doc.get('schema')!r}, expected {DATA_MANIFEST_SCHEMA!r}")
     # repo paths of the default manifest are relative to the repo root (site-packages when installed)
     doc["_base"] = str(REPO_ROOT if data_manifest is None else path.parent)
+    doc["_path"] = str(path)  # named by errors about its entries
     return doc
 
 
-def _safe_rel(file: str) -> str:
-    p = PurePosixPath(file)
-    if p.is_absolute() or ".." in p.parts or ":" in file or not p.parts:
-        raise FetchError(f"data manifest file name {file!r} must be a relative path inside the dataset folder")
-    return str(p)
-
-
-def _files_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _files_of(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The entry's file specs, each checked to become a path inside the dataset folder (`where` names the entry)."""
+    if not isinstance(entry.get("dataset_manifest"), dict):
+        raise FetchError(f"{where}: the entry lacks 'dataset_manifest'")
     files = [entry["dataset_manifest"]]
     if entry.get("backgrounds"):
         files.append(entry["backgrounds"])
     files.extend(entry.get("shards", []))
     for f in files:
         for key in ("file", "sha256", "bytes", "source"):
-            if key not in f:
-                raise FetchError(f"data manifest entry for {f.get('file', '?')!r} lacks {key!r}")
+            if not isinstance(f, dict) or key not in f:
+                name = f.get("file", "?") if isinstance(f, dict) else "?"
+                raise FetchError(f"{where}: the entry for {name!r} lacks {key!r}")
+    # manifest.json and backgrounds.zip sit at the top of the dataset folder: plain names; shards may be in sub-folders
+    safe_name(files[0]["file"], what="dataset_manifest file", source=where)
+    if entry.get("backgrounds"):
+        safe_name(files[1]["file"], what="backgrounds file", source=where)
+    for f in entry.get("shards", []):
+        safe_relpath(f["file"], what="shard file", source=where)
     return files
 
 
@@ -287,26 +295,35 @@ def fetch_dataset(name_or_entry: str | dict[str, Any], *, data_manifest: str | o
 
     from .paths import default_cache
 
+    cache_dir = Path(cache if cache is not None else default_cache())
+    check_output_folder(cache_dir, "cache")
     base = None
     if isinstance(name_or_entry, str):
         doc = load_data_manifest(data_manifest)
         datasets = doc.get("datasets", {})
+        source = doc.get("_path", "data manifest")
         if name_or_entry not in datasets:
-            raise FetchError(f"unknown dataset {name_or_entry!r}; data_manifest.json lists: {sorted(datasets)}")
+            raise FetchError(f"unknown dataset {name_or_entry!r}; {source} lists: {sorted(datasets)}")
         name, entry, base = name_or_entry, datasets[name_or_entry], doc.get("_base")
+        if not isinstance(entry, dict):
+            raise FetchError(f"{source}: dataset {name!r} is not an entry (a JSON object expected); fix the file")
     else:
         entry = name_or_entry
-        name = entry.get("name") or "dataset-" + entry["dataset_manifest"]["sha256"][:12]
-    files = _files_of(entry)
+        name = entry.get("name") or "dataset-" + str(entry["dataset_manifest"]["sha256"])[:12]
+        source = "data manifest entry"
+    safe_name(name, what="dataset name", source=source)  # it becomes <cache>/<name>: nothing is written before this
+    files = _files_of(entry, f"{source}: dataset {name!r}")
     if not entry.get("shards"):
         raise FetchError(f"dataset {name!r} lists no shards in the data manifest (placeholder entry?)")
-    dest = Path(cache if cache is not None else default_cache()) / name
+    dest = cache_dir / name
     for spec in tqdm(files, desc=f"fetch {name}", unit="file", disable=not progress):
-        fetch_file(spec, dest / _safe_rel(spec["file"]), base=entry.get("base", base), retries=retries,
+        fetch_file(spec, dest / spec["file"], base=entry.get("base", base), retries=retries,
                    backoff=backoff, progress=progress)
     from . import formats
 
-    missing = [s["file"] for s in formats.read_manifest(dest).get("shards", []) if not (dest / s["file"]).is_file()]
+    listed = [safe_relpath(s.get("file"), what="shard file", source=dest / formats.MANIFEST)
+              for s in formats.read_manifest(dest).get("shards", [])]
+    missing = [f for f in listed if not (dest / f).is_file()]
     if missing:
         raise FetchError(f"dataset {name!r}: data manifest entry lacks {len(missing)} shard(s) of its manifest.json "
                          f"(first {missing[0]}); regenerate the entry with manifest_entry_for()")

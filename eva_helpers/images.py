@@ -7,6 +7,8 @@ naming the file, or with `on_bad="skip"` are skipped and reported.
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,10 @@ from .errors import BadInputError
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
 MIN_BOX = 4  # px: a cut-out's alpha box smaller than this is degenerate (nothing useful to paste)
+# Decoded images larger than this are refused before decoding (a decompression bomb: a small file claiming gigapixels).
+# PIL's own default limit: ~9500 x 9500, above any phone photo (50 MP); build and predict share it.
+MAX_PIXELS = 89_478_485
+_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 @dataclass
@@ -78,19 +84,27 @@ def list_images(folder: str | Path) -> Listing:
 
 def _open(path: Path, data: bytes):
     """Decode fully (so truncated files fail here, not later); returns an EXIF-upright PIL image."""
-    from PIL import Image, ImageFile, ImageOps
+    from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
     if not data:
         raise BadInputError(f"{path}: empty file (0 bytes)")
     saved = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG/PNG must fail, not come back half grey
     try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-        im = ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
+            im = Image.open(io.BytesIO(data))
+            _check_pixels(path, im.width * im.height)
+            im.load()
+            im = ImageOps.exif_transpose(im)
     except BadInputError:
         raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except UnidentifiedImageError:  # its message names the BytesIO, not the file
+        raise BadInputError(f"{path}: is not an image (or not a format PIL reads: use JPEG, PNG or WebP)") from None
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: refused inside Image.open
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadInputError(_too_large(path, int(n.group(1)) if n else None)) from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadInputError(f"{path}: unreadable image ({msg})") from None
     finally:
@@ -98,23 +112,49 @@ def _open(path: Path, data: bytes):
     return im
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """16/32-bit integer pixels -> uint8 (16-bit PNGs load as mode I/I;16 with values up to 65535)."""
+def _check_pixels(path: Path, pixels: int) -> None:
+    if pixels > MAX_PIXELS:
+        raise BadInputError(_too_large(path, pixels))
+
+
+def _too_large(path: Path, pixels: int | None) -> str:
+    return (f"{path}: {pixels or 'too many'} pixels, over the limit of {MAX_PIXELS} (a decompression bomb, or a huge "
+            "scan): resize it below ~9000 x 9000 px")
+
+
+def _to_uint8(arr: np.ndarray, mode: str = "") -> np.ndarray:
+    """16/32-bit integer or float pixels -> uint8. 16-bit modes (I;16*: 16-bit PNGs) scale by their bit depth, so a
+    dark 16-bit photo stays dark; 32-bit "I" and float "F" carry no depth, so their range is inferred."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype.kind == "f":
         return np.clip(np.round(arr * 255.0 if arr.max() <= 1.0 else arr), 0, 255).astype(np.uint8)
-    top = 65535 if arr.max() > 255 else 255
+    top = 65535 if mode in _16BIT or arr.max() > 255 else 255
     return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
 def decode_background(path: str | Path, data: bytes) -> np.ndarray:
     """Any mode (CMYK, 16-bit, palette, grayscale, RGBA) -> (H, W, 3) uint8 RGB; alpha is dropped."""
     im = _open(Path(path), data)
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        gray = _to_uint8(np.asarray(im))
+    if im.mode in ("I", "F") + _16BIT:
+        gray = _to_uint8(np.asarray(im), im.mode)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A photo file -> (H, W, 3) uint8 RGB, decoded exactly as `eva build` decodes a background (`eva predict` and the
+    notebooks read photos through here); every failure is a BadInputError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a folder, not an image file") from None
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_background(path, data)
 
 
 def decode_cutout(path: str | Path, data: bytes) -> np.ndarray:

@@ -114,17 +114,19 @@ class VerifyRecord:
             self.dirty = False
             if new:
                 _prune(self.path.parent, keep=256)
-        except OSError as e:  # a read-only cache costs a re-hash next time, nothing else
+        except OSError as e:  # a read-only or full cache costs a re-hash next time, nothing else
             warnings.warn(f"{self.path}: cannot record verified files ({e}); they will be hashed again next time")
 
 
 def verify_file(data_dir: Path, entry: dict[str, Any], record: VerifyRecord | None, what: str) -> Path:
     """Check one manifest-listed file: present, recorded size, sha256 (hashed only when the record cannot vouch)."""
     from .atomic import sha256_file
+    from .paths import path_problem
 
     rel = entry.get("file")
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise BadInputError(f"{data_dir / formats.MANIFEST}: {what} entry has a bad file name {rel!r}; "
+    problem = path_problem(rel)  # the file must stay inside the dataset folder
+    if problem:
+        raise BadInputError(f"{data_dir / formats.MANIFEST}: {what} entry has a bad file name {rel!r} ({problem}); "
                             "the manifest is damaged: fetch or rebuild the dataset")
     path = data_dir / rel
     try:

@@ -67,8 +67,9 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                teacher: str = "auto", mode: str = "layered", scale_range: tuple[float, float] = (0.3, 0.7),
                flips: bool = True, shard_size: int = 1000) -> BuildPlan:
     """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher."""
-    from .paths import sample_assets
+    from .paths import safe_name, sample_assets
 
+    safe_name(dataset, what="DATASET", source="notebook 01")  # the build goes to <paths.data>/<dataset>, nowhere else
     if smoke:
         size, positions, teacher, shard_size = (SMOKE_BUILD[k] for k in ("size", "positions", "teacher", "shard_size"))
         dataset += "-smoke"
@@ -121,14 +122,18 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     """
     from .fetch import load_data_manifest
     from .formats import MANIFEST
-    from .locate import resolve_dataset
+    from .locate import in_data, resolve_dataset
 
     name = dataset or DEFAULT_DATASET
+
+    def folder(n: str) -> Path:  # a plain name lives under paths.data; anything else is a folder path as given
+        return paths.data / n if in_data(n) else Path(n).expanduser()
+
     if smoke:
-        built = paths.data / f"{name}-smoke"
+        built = folder(f"{name}-smoke")
         name = str(built) if _complete(built) else SAMPLE
     else:
-        own = paths.data / name
+        own = folder(name)
         if (own / MANIFEST).is_file() and not _complete(own):
             raise EvaError(f"{own}: the build is not finished; run notebook 01 again with DATASET = {name!r} "
                            "(it resumes where it stopped)")
@@ -138,7 +143,7 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
                            f"{estimate_build_minutes(400_000):.0f} min of CPU work for 400k composites at 224 px), "
                            f"or set DATASET = {SAMPLE!r} for the shipped 64 px sample, or give a folder path")
     data_dir = resolve_dataset(name, paths)
-    origin = Path(name) if Path(name).is_absolute() else paths.data / name
+    origin = folder(name)
     if (origin / MANIFEST).is_file() and origin.resolve() != Path(data_dir).resolve():
         from .atomic import atomic_write_text
 

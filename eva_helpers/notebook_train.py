@@ -48,7 +48,7 @@ def tensorboard(cfg: TrainConfig) -> str:
     """%tensorboard on this run's local logs in Colab; elsewhere print the command. Returns the log folder."""
     from .paths import default_cache
 
-    logdir = str(default_cache() / "tensorboard" / Path(cfg.run_dir).name)
+    logdir = str(default_cache() / "tensorboard" / Path(cfg.run_dir).resolve().name)  # "runs/x/.." names x
     shell = None
     if in_colab():
         from IPython import get_ipython

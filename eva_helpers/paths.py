@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import EvaError
 
 DRIVE_MOUNT = Path("/content/drive")
 DRIVE_ROOT = DRIVE_MOUNT / "MyDrive" / "eva-maskdepth"
 ENV_HOME = "EVA_HOME"  # overrides where data/runs live (also in Colab)
 ENV_CACHE = "EVA_CACHE"  # overrides the local cache for fetched shards
+_NAME_MAX = 255  # bytes of one path component on ext4, NTFS, APFS and Drive
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def in_colab() -> bool:
@@ -69,3 +74,58 @@ def mount_drive(root: str | os.PathLike | None = None, mount: bool = True) -> Pa
 def sample_assets() -> Path:
     """The embedded sample (12 real backgrounds, 16 real cut-outs with alpha), shipped inside the package."""
     return Path(__file__).parent / "sample_assets"
+
+
+# ---- names that become paths ------------------------------------------------------------------------------------
+def path_problem(rel: str, *, one_part: bool = False) -> str | None:
+    """Why `rel` cannot name something inside a folder ("/"-separated plain components; one when `one_part`), or None.
+
+    Refused: empty, absolute, a drive letter or any ':' (C:x, alternate data streams), a backslash (a separator on
+    Windows), '.' / '..' or empty components, control characters, a component over 255 bytes.
+    """
+    if not isinstance(rel, str) or not rel:
+        return "is empty" if rel == "" else f"is not a string ({type(rel).__name__})"
+    if rel.startswith(("/", "\\")) or os.path.isabs(rel):
+        return "is an absolute path"
+    if ":" in rel:
+        return "has a drive letter or ':'"
+    if "\\" in rel:
+        return "has a backslash (a path separator on Windows)"
+    if _CONTROL.search(rel):
+        return "has a control character"
+    parts = rel.split("/")
+    if ".." in parts:
+        return "has a '..' component (it would escape its folder)"
+    if one_part and len(parts) > 1:
+        return "has a path separator '/'"
+    if any(p in ("", ".") for p in parts):
+        return "has an empty or '.' component"
+    if any(len(p.encode("utf-8", "surrogateescape")) > _NAME_MAX for p in parts):
+        return f"has a component longer than {_NAME_MAX} bytes"
+    return None
+
+
+def safe_name(name: str, *, what: str = "name", source: str | os.PathLike = "") -> str:
+    """`name` if it is one plain folder or file name (see `path_problem`), else an EvaError naming `source` and it.
+
+    Every name that becomes a path (dataset names, run names, file names) goes through here or `safe_relpath`.
+    """
+    problem = path_problem(name, one_part=True)
+    if problem:
+        where = f"{source}: " if str(source) else ""
+        raise EvaError(f"{where}{what} {_short(name)} {problem}; use a plain name (letters, digits, '-', '_', '.')")
+    return name
+
+
+def safe_relpath(rel: str, *, what: str = "file name", source: str | os.PathLike = "", error: type = EvaError) -> str:
+    """`rel` if it is a relative path of plain components inside its folder ("shards/shard-00000.zip"), else `error`."""
+    problem = path_problem(rel)
+    if problem:
+        where = f"{source}: " if str(source) else ""
+        raise error(f"{where}{what} {_short(rel)} {problem}; it must be a relative path inside the folder")
+    return rel
+
+
+def _short(name: object) -> str:
+    r = repr(name)
+    return r if len(r) <= 80 else r[:60] + "..." + r[-12:]

@@ -7,20 +7,13 @@ import numpy as np
 import torch
 
 from .errors import BadInputError
+from .images import read_image
 
 
 def load_photo(path: str | Path) -> np.ndarray:
-    """Any photo PIL reads (JPEG/PNG/WebP, any mode) -> (H, W, 3) uint8 RGB; clear error naming the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BadInputError(f"{path}: not a readable image ({e})") from None
+    """Any photo (JPEG/PNG/WebP, any mode or bit depth) -> (H, W, 3) uint8 RGB, read exactly as `eva build` reads a
+    background (`images.read_image`: one reader for both); a clear one-line error naming the file."""
+    return read_image(path)
 
 
 def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:

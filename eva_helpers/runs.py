@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .paths import safe_name
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}
 
 
 def run_folder(runs: str | Path, task: str, model: str, size: int, data: str | Path, name: str = "") -> Path:
-    """`<runs>/<name>`, or `<task>-<model>-<size>px-<dataset folder name>` (a run folder is never shared by datasets)."""
-    return Path(runs) / (name or f"{task}-{model}-{size}px-{Path(str(data)).name}")
+    """`<runs>/<name>`, or `<task>-<model>-<size>px-<dataset folder name>` (a run folder is never shared by datasets).
+
+    The name is one plain folder name (paths.safe_name): a run never lands outside `runs`."""
+    if name:
+        return Path(runs) / safe_name(name, what="run name", source="RUN_NAME")
+    return Path(runs) / safe_name(f"{task}-{model}-{size}px-{Path(str(data)).name}", what="run folder name",
+                                  source=f"task {task!r}, model {model!r}")
 
 
 def notebook_config(task: str, data_dir: str | Path, paths, smoke: bool = False, *, model: str = "",

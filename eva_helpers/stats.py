@@ -65,8 +65,8 @@ def read_stats_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         stats = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise EvaError(f"{path}: unreadable normalisation stats ({type(e).__name__}: {e}); restore it from the "
-                       "dataset's stats.json (the run was normalised with those)") from None
+        raise EvaError(f"{path}: unreadable normalisation stats ({type(e).__name__}: {e}); restore it from a "
+                       "backup, or move it away and run `eva stats --data DATASET` again") from None
     if not isinstance(stats, dict):
         raise EvaError(f"{path}: not normalisation stats (a JSON object expected)")
     return check_stats(stats, str(path))
@@ -78,7 +78,10 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
     from tqdm.auto import tqdm
 
     from .dataset import ShardDataset
+    from .errors import EvaError
 
+    if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
+        raise EvaError(f"stats limit={limit!r}: give 1 or more samples (or none: all of them)")
     ds = ShardDataset(data_dir)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     # a limit takes evenly spaced samples: the sample order is background-major, so a prefix would see few backgrounds
@@ -118,12 +121,15 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
 
 
 def load_stats(data_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """stats.json of a dataset folder, or None when it has not been computed (or is unreadable)."""
+    """stats.json of a dataset folder, or None when it has not been computed. A damaged one is an error, never
+    recomputed over: it may be the only record of what a run was normalised with."""
     path = Path(data_dir) / STATS
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists():
         return None
-    if not isinstance(stats, dict) or stats.get("schema") != STATS_SCHEMA:
-        return None
-    return check_stats(stats, str(path))
+    stats = read_stats_file(path)
+    if stats.get("schema") != STATS_SCHEMA:
+        from .errors import EvaError
+
+        raise EvaError(f"{path}: not a stats file of this version (schema {stats.get('schema')!r}, expected "
+                       f"{STATS_SCHEMA!r}); move it away and run `eva stats --data {data_dir}` again")
+    return stats

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .atomic import atomic_write_text, remove_stale_temps
+from .atomic import atomic_write_text, check_output_folder, remove_stale_temps
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import TrainConfig, is_extension, result_changing_differences
 from .errors import EvaError, IntegrityError
+from .formats import read_manifest
 from .sampler import ResumableSampler
 from .train_loop import Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, train_one_epoch
 
@@ -35,7 +36,6 @@ def _dataset_identity(data: str | None) -> str | None:
     """Content identity of the dataset at `data` (same bytes at any path -> same identity), None if there is none."""
     if not data:
         return None
-    from .formats import read_manifest
     from .index import dataset_identity
 
     try:
@@ -187,6 +187,7 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
     if not cfg.run_dir:
         raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
     run_dir = Path(cfg.run_dir)
+    _preflight(cfg, run_dir, model, train_set)
     info, device = D.init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -194,6 +195,28 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
     finally:
         torch.use_deterministic_algorithms(was_deterministic)  # a notebook's later cells keep their own setting
         D.shutdown(info)
+
+
+def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_set: Any) -> None:
+    """What a mistyped setting can break, checked before the run folder is created or claimed: the folder itself, the
+    dataset's manifest, the model's name and options, and a size the model can take."""
+    check_output_folder(run_dir, "run")
+    if train_set is None:
+        if not cfg.data:
+            raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
+        read_manifest(cfg.data)
+        from .stats import load_stats
+
+        load_stats(cfg.data)  # a damaged stats.json is an error before the run folder exists
+    if model is None:
+        from .models import build_model
+
+        model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)  # no weights: a check, not the model
+    divisor = int(getattr(model, "divisor", 1))
+    if cfg.size % divisor:
+        lo = max(divisor, cfg.size // divisor * divisor)
+        raise EvaError(f"size={cfg.size} does not suit {cfg.model}: sizes must be multiples of {divisor} "
+                       f"(nearest: {lo} or {lo + divisor})")
 
 
 def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats) -> dict[str, Any]:
@@ -369,21 +392,33 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torc
     """Rebuild a trained model from a run folder: `(model in eval mode, its TrainConfig, the checkpoint dict)`.
 
     `build_fn(**model_args)` (for models outside the registry) defaults to `eva_helpers.models.rebuild_model`.
+    The checkpoint dict's "loaded_from" names the file used: "best" is best.pt, or the newest checkpoint while a run
+    has none yet (stopped by max_steps before its first evaluation); a damaged best.pt is an error, never silently
+    replaced by another checkpoint. "last" is the newest checkpoint that verifies (damaged newer ones are skipped with
+    a warning).
     """
     if which not in ("best", "last"):
         raise EvaError(f"which={which!r}: use 'best' or 'last'")
-    manager = CheckpointManager(run_dir)
+    if not Path(run_dir).is_dir():
+        raise EvaError(f"{run_dir}: no such run folder; give the folder `eva train --run-dir` (or a notebook) wrote")
+    manager = CheckpointManager(run_dir, is_main=False)  # reading only: nothing is created or cleaned
     ckpt, path = None, manager.dir / f"{which}.pt"
     if which == "best" and path.exists():
         try:
             ckpt = manager.load_best(map_location=device)
         except IntegrityError as e:
-            warnings.warn(f"{e}; using the newest valid checkpoint instead", stacklevel=2)
-    if ckpt is None:  # "last", or no (valid) best yet, e.g. a run stopped by max_steps before its first evaluation
+            raise IntegrityError(f"{e}; score the newest checkpoint with --which last (which='last'), or restore "
+                                 "best.pt from a backup") from None
+    if ckpt is None:
         ckpt = manager.load_latest(map_location=device)
         path = manager.loaded_from or path
     if ckpt is None:
-        raise EvaError(f"{Path(run_dir)}: no usable checkpoint in checkpoints/ (has this run folder been trained?)")
+        found = manager.candidates()
+        if found:
+            raise IntegrityError(f"{manager.dir}: every checkpoint is damaged ({', '.join(p.name for p in found)}); "
+                                 "restore one from a backup, or train again into a new run folder")
+        raise EvaError(f"{Path(run_dir)}: no checkpoint in checkpoints/ (has this run folder been trained?)")
+    ckpt["loaded_from"] = str(path)
     if not ckpt.get("model_args"):
         raise EvaError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt")
     if build_fn is None:

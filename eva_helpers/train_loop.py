@@ -203,5 +203,5 @@ def open_tensorboard(cfg: TrainConfig, run_dir: Path):
         return None
     from .paths import default_cache
 
-    logdir = default_cache() / "tensorboard" / Path(run_dir).name
+    logdir = default_cache() / "tensorboard" / Path(run_dir).resolve().name  # "runs/x/.." names x, not ..
     return SummaryWriter(log_dir=str(logdir))

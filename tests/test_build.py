@@ -18,7 +18,7 @@ from eva_helpers import formats
 from eva_helpers.atomic import TMP_PREFIX, sha256_file
 from eva_helpers.build import BuildConflictError, build_dataset
 from eva_helpers.compose import placed_alpha
-from eva_helpers.errors import BadInputError
+from eva_helpers.errors import BadInputError, EvaError
 from eva_helpers.images import load_sources
 from eva_helpers.labels import MIN_CONTRAST, layer_object, object_contrast
 
@@ -189,7 +189,7 @@ def test_cutout_larger_than_background(tmp_path):
     save(rgba_disc(400, 300), fg / "huge.png")
     m = build_dataset(bg, fg, tmp_path / "out", **KW)
     rows, _ = read_shard(tmp_path / "out" / m["shards"][0]["file"])
-    assert all(r["h"] <= 0.7 * 48 + 1 and r["x"] + r["w"] <= 48 for r in rows)
+    assert len(rows) == 4 and all(r["h"] <= 0.7 * 48 + 1 and r["x"] + r["w"] <= 48 for r in rows)  # flips, positions
 
 
 def test_resume_skips_verified_and_rebuilds_damaged(inputs, reference, tmp_path):
@@ -211,15 +211,32 @@ def test_crash_before_first_shard_resumes(inputs, reference, tmp_path, monkeypat
     import eva_helpers.build as build_mod
 
     def boom(*a, **k):
-        raise RuntimeError("killed while loading the teacher")
+        raise RuntimeError("killed while the teacher runs")
 
-    with monkeypatch.context() as mp:
-        mp.setattr(build_mod, "get_teacher", boom)
+    with monkeypatch.context() as mp:  # the teacher loads (before the claim), then dies on the backgrounds
+        mp.setattr(build_mod, "normalise", boom)
         with pytest.raises(RuntimeError):
             build_dataset(*inputs, tmp_path / "d", **KW)
     assert formats.read_manifest(tmp_path / "d")["complete"] is False  # the folder is claimed as ours
     build_dataset(*inputs, tmp_path / "d", **KW)
     assert all_bytes(tmp_path / "d") == all_bytes(reference)
+
+
+def test_a_teacher_that_cannot_load_claims_nothing(inputs, tmp_path, monkeypatch):
+    """A teacher that fails to load (a missing package, a typo in its folder) must not claim the output folder, or the
+    corrected command would be refused as a build with other parameters."""
+    import eva_helpers.build as build_mod
+
+    def boom(*a, **k):
+        raise EvaError("cannot load depth model 'x'")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "get_teacher", boom)
+        with pytest.raises(EvaError):
+            build_dataset(*inputs, tmp_path / "d", **{**KW, "teacher_kwargs": {"model_dir": "/nowhere"}})
+    assert not (tmp_path / "d").exists()
+    build_dataset(*inputs, tmp_path / "d", **KW)
+    assert formats.read_manifest(tmp_path / "d")["complete"] is True
 
 
 _KILL_SCRIPT = """
@@ -231,32 +248,51 @@ build_dataset(sys.argv[1], sys.argv[2], sys.argv[3], size=64, positions=6, seed=
 
 
 def test_sigkill_mid_build_then_resume_is_byte_identical(inputs, tmp_path):
-    """Kill a real build process at random moments; each rerun must end byte-identical to an uninterrupted one."""
+    """Kill a real build process at random moments; each rerun must end byte-identical to an uninterrupted one.
+
+    Every kill must land mid-build (the process still running, the manifest incomplete): a build that finished before
+    its kill tested nothing, so the sequence starts over from an empty folder with earlier moments (bounded)."""
+    import shutil
+
     kw = dict(size=64, positions=6, seed=0, shard_size=2, workers=1, progress=False)  # 108 samples, 54 shards
     ref = tmp_path / "ref"
     t0 = time.perf_counter()
     build_dataset(*inputs, ref, **kw)
     t_build = time.perf_counter() - t0  # how long the shard loop takes on this machine, roughly
+    n_shards = len(formats.read_manifest(ref)["shards"])
     out = tmp_path / "killed"
+    manifest = out / formats.MANIFEST
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     rng = random.Random(1234)
-    mid_build = 0
-    for attempt in range(3):
+    scale, landed, log = 0.6, 0, []
+    for launch in range(8):
+        if landed == 3:
+            break
+        done = len(formats.read_manifest(out)["shards"]) if manifest.exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *map(str, inputs), str(out)], env=env,
                                 start_new_session=True)
-        manifest = out / formats.MANIFEST
         stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
         deadline = time.time() + 60
         while proc.poll() is None and time.time() < deadline and (
                 not manifest.exists() or manifest.stat().st_mtime_ns == stamp):
             time.sleep(0.002)  # until this run has written its first manifest (after imports and inputs)
-        time.sleep(rng.uniform(0.0, 0.6 * t_build))  # a random moment inside the shard loop
-        os.killpg(proc.pid, signal.SIGKILL)
+        # a random moment inside what is left of the shard loop
+        time.sleep(rng.uniform(0.0, scale * t_build * (n_shards - done) / n_shards))
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # already gone
+            pass
         proc.wait()
-        if manifest.exists() and not formats.read_manifest(out)["complete"]:
-            mid_build += 1
-            print("killed after", len(formats.read_manifest(out)["shards"]), "shards")
-    assert mid_build >= 1, "no kill landed mid-build: the test did not test anything"
+        after = formats.read_manifest(out) if manifest.exists() else None
+        log.append(f"launch {launch}: rc={proc.returncode} shards {done}->{len(after['shards']) if after else 0}")
+        assert proc.returncode in (0, -signal.SIGKILL), log  # finished, or killed: never crashed
+        if proc.returncode == -signal.SIGKILL and after is not None and not after["complete"]:
+            landed += 1  # killed mid-build: the next launch has something to resume
+        else:  # it finished before the kill: nothing was interrupted; start over, killing earlier
+            shutil.rmtree(out)
+            landed, scale = 0, scale / 4
+    print("\n".join(log))
+    assert landed == 3, f"no three kills in a row landed mid-build: the test did not test anything: {log}"
     build_dataset(*inputs, out, **kw)
     assert all_bytes(out) == all_bytes(ref)
     assert not [p for p in out.rglob(TMP_PREFIX + "*")]  # stale temp files cleaned

@@ -39,24 +39,44 @@ def test_eval_without_checkpoint_is_one_line_error(tmp_path, sample_dataset):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_build_then_predict_via_cli(tmp_path, trained_run, sample_dataset):
+def test_build_then_predict_via_cli(tmp_path, trained_run, monkeypatch, capsys):
+    """`eva build` on the embedded sample, then `eva predict` on one of the pairs it built (upscaled: any size in,
+    same size out), both through the CLI's entry point."""
     from PIL import Image
 
+    from eva_helpers import formats
+    from eva_helpers.cli import main
     from eva_helpers.dataset import ShardDataset
+    from eva_helpers.paths import sample_assets
 
-    s = ShardDataset(sample_dataset)[5]
-    # any size in, same size out: upscale the 32 px sample pair to 50x40
+    monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "built"
+    assert main(["build", "--bg", str(sample_assets() / "bg"), "--fg", str(sample_assets() / "fg"), "--out",
+                 str(data), "--size", "32", "--positions", "1", "--limit", "40", "--workers", "1"]) == 0
+    capsys.readouterr()
+    m = formats.read_manifest(data)
+    assert m["complete"] and m["counts"]["samples"] == 40 and m["params"]["size"] == 32
+    ds = ShardDataset(data)
+    assert len(ds) == 40
+    s = ds[len(ds) - 1]
+    assert s["fg_bg"].shape == s["bg"].shape == (32, 32, 3) and s["mask"].any()
     Image.fromarray(s["bg"]).resize((50, 40)).save(tmp_path / "bg.png")
     Image.fromarray(s["fg_bg"]).resize((50, 40)).save(tmp_path / "fg_bg.png")
-    r = eva("predict", "--run-dir", str(trained_run), "--bg", str(tmp_path / "bg.png"), "--fg-bg",
-            str(tmp_path / "fg_bg.png"), "--out", str(tmp_path / "pred"))
-    assert r.returncode == 0, r.stderr
-    mask = Image.open(tmp_path / "pred" / "mask.png")
-    depth = Image.open(tmp_path / "pred" / "depth.png")
-    assert mask.size == (50, 40) and depth.size == (50, 40)
-    assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+    pred = tmp_path / "pred"
+    assert main(["predict", "--run-dir", str(trained_run), "--bg", str(tmp_path / "bg.png"), "--fg-bg",
+                 str(tmp_path / "fg_bg.png"), "--out", str(pred)]) == 0
+    printed = capsys.readouterr().out.split()
+    for name in ("mask.png", "depth.png", "prediction.png"):
+        assert str(pred / name) in printed and (pred / name).stat().st_size > 0
+    mask, depth = Image.open(pred / "mask.png"), Image.open(pred / "depth.png")
+    mask.load()
+    depth.load()  # a truncated or invalid PNG fails here
+    assert mask.size == depth.size == (50, 40)
+    assert mask.mode == "L" and set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
     assert depth.mode.startswith("I")  # 16-bit
-    assert (tmp_path / "pred" / "prediction.png").stat().st_size > 0
+    with Image.open(pred / "prediction.png") as fig:
+        fig.load()
+        assert fig.width > 50 and fig.height > 40  # the side-by-side figure
 
 
 def test_predict_size_mismatch_is_clear(tmp_path, trained_run):

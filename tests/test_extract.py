@@ -107,3 +107,109 @@ def test_refuses_a_foreign_non_empty_target(syn, tmp_path):
         extract_dataset(syn, out, progress=False)
     assert (out / "mine.txt").read_text() == "keep me"
     shutil.rmtree(out)
+
+
+# ---- issue 11 item 7: total expansion, bounded reads, clear errors ------------------------------------------------
+def _bomb_message_ok(e: pytest.ExceptionInfo, archive: str) -> None:
+    msg = str(e.value)
+    assert "\n" not in msg and archive in msg and "zip bomb" in msg
+    assert "max_ratio" in msg or "max_total" in msg  # says what to do when the archive is trusted
+
+
+def test_many_small_members_that_expand_together_are_a_bomb(syn, tmp_path):
+    """Each member is under the single-member threshold; the archive as a whole expands ~500x."""
+    for j in range(24):
+        info = zipfile.ZipInfo(f"fg_bg/pad{j:02d}.bin")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        _add_member(syn, info, b"\0" * (512 << 10))  # 512 KiB of zeros deflate to ~0.5 KB
+    with pytest.raises(UnsafeArchiveError) as e:
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    _bomb_message_ok(e, "shard-00001.zip")
+    assert _nothing_left(tmp_path, tmp_path / "out")
+
+
+def test_the_whole_archive_ratio_is_checked_not_only_large_members(syn):
+    from eva_helpers.extract import check_archive
+
+    for j in range(8):
+        info = zipfile.ZipInfo(f"fg_bg/pad{j}.bin")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        _add_member(syn, info, b"\0" * (256 << 10))
+    with pytest.raises(UnsafeArchiveError) as e:
+        check_archive(syn / formats.shard_name(1), max_ratio=10)
+    _bomb_message_ok(e, "shard-00001.zip")
+    assert check_archive(syn / formats.shard_name(0), max_ratio=10) > 0  # stored JPEG/PNG members: ratio ~1
+
+
+def test_bomb_messages_say_what_to_do(syn, tmp_path):
+    info = zipfile.ZipInfo("fg_bg/bomb.bin")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    _add_member(syn, info, b"\0" * (8 << 20))
+    with pytest.raises(UnsafeArchiveError) as e:
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    _bomb_message_ok(e, "shard-00001.zip")
+    with pytest.raises(UnsafeArchiveError) as e:
+        extract_dataset(syn, tmp_path / "out", max_total=1 << 20, max_ratio=1e9, progress=False)
+    _bomb_message_ok(e, "zip")
+
+
+def _understate_size(path: Path, member: str, declared: int) -> None:
+    """Rewrite the central directory's uncompressed size of `member` (its bytes and CRC stay those of the real data)."""
+    data = bytearray(path.read_bytes())
+    name = member.encode()
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0:
+        n = int.from_bytes(data[pos + 28:pos + 30], "little")
+        if bytes(data[pos + 46:pos + 46 + n]) == name:
+            data[pos + 24:pos + 28] = declared.to_bytes(4, "little")
+            break
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_a_member_expanding_past_its_declared_size_is_refused(syn, tmp_path):
+    info = zipfile.ZipInfo("fg_bg/liar.bin")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    _add_member(syn, info, b"\1" * 70_000)
+    shard = syn / formats.shard_name(1)
+    _understate_size(shard, "fg_bg/liar.bin", 1000)
+    m = formats.read_manifest(syn)
+    m["shards"][1].update(sha256=sha256_file(shard), bytes=shard.stat().st_size)
+    formats.write_manifest(syn, m)
+    with pytest.raises(UnsafeArchiveError) as e:
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "shard-00001.zip" in msg and "fg_bg/liar.bin" in msg
+    assert _nothing_left(tmp_path, tmp_path / "out")
+
+
+def test_a_member_name_given_twice_is_a_clear_error(syn, tmp_path):
+    first = zipfile.ZipFile(syn / formats.shard_name(0)).namelist()[0]
+    _add_member(syn, first, b"\xff\xd8\xff not the same bytes")  # shard 1 repeats a member of shard 0
+    with pytest.raises(UnsafeArchiveError) as e:
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    assert first in str(e.value) and "\n" not in str(e.value)
+    assert _nothing_left(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["fg_bg\\..\\..\\evil.txt", "\\evil.txt", "fg_bg\\evil.txt", "fg_bg//evil.txt",
+                                  "fg_bg/./evil.txt"])
+def test_backslashes_and_odd_components_are_refused(syn, tmp_path, name):
+    _add_member(syn, name, b"pwned")
+    with pytest.raises(UnsafeArchiveError, match="refusing"):
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    assert _nothing_left(tmp_path, tmp_path / "out") and not (tmp_path / "evil.txt").exists()
+
+
+def test_not_enough_disk_space_is_said_before_extracting(syn, tmp_path, monkeypatch):
+    import collections
+
+    from eva_helpers import extract
+    from eva_helpers.errors import EvaError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(EvaError, match="needs .* GB free") as e:
+        extract_dataset(syn, tmp_path / "out", progress=False)
+    assert "\n" not in str(e.value)
+    assert _nothing_left(tmp_path, tmp_path / "out")

@@ -221,7 +221,7 @@ def test_gdown_quota_page_and_errors(syn, tmp_path, monkeypatch, server):
                                                    [f"shards/shard-0000{k}.zip" for k in range(3)]})
     ok["name"] = "g"
     assert len(ShardDataset(F.fetch_dataset(ok, cache=tmp_path, progress=False))) == 12
-    assert all(resume for _, resume in calls)
+    assert len(calls) == 5 and all(resume for _, resume in calls)  # manifest, backgrounds, 3 shards
     for fid, err in (("html", F.QuotaError), ("raise", F.QuotaError), ("private", F.AccessDeniedError)):
         bad = json.loads(json.dumps(ok))
         bad["name"] = f"g-{fid}"
@@ -234,6 +234,7 @@ def test_gdown_quota_page_and_errors(syn, tmp_path, monkeypatch, server):
 
 def test_fetch_killed_midway_in_a_subprocess_resumes(syn, tmp_path, server):
     """A real kill: a child running fetch_file over a slow link is SIGKILLed; the next fetch resumes its .part."""
+    import signal
     import subprocess
     import sys
     import time
@@ -257,8 +258,9 @@ def test_fetch_killed_midway_in_a_subprocess_resumes(syn, tmp_path, server):
             time.sleep(0.02)
         p.kill()
         p.wait()
+        assert p.returncode == -signal.SIGKILL, f"the fetch was not running when killed (rc={p.returncode})"
         have = part.stat().st_size
-        assert 0 < have < big.stat().st_size and not dest.exists()
+        assert 0 < have < big.stat().st_size and not dest.exists()  # killed mid-download: a partial .part only
         spec["source"] = {"url": f"{url}/x/big.bin"}
         F.fetch_file(spec, dest, progress=False, backoff=0)
         assert dest.read_bytes() == big.read_bytes() and not part.exists()

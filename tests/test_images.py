@@ -155,3 +155,121 @@ def test_cutout_decoder_keeps_soft_alpha(tmp_path):
     p = save(disc, tmp_path / "d.png")
     out = decode_cutout(p, p.read_bytes())
     assert len(np.unique(out[..., 3])) > 3  # soft edges preserved, not binarised
+
+
+# ---- issue 11 item 7: `eva predict` reads photos exactly as `eva build` does -------------------------------------
+def _mode_files(folder):
+    """name -> a tiny image file of that mode / bit depth (written with PIL or OpenCV)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = _rgb(12, 18, seed=3)
+    disc = rgba_disc(12, 18)
+    ramp16 = (np.arange(12 * 18, dtype=np.uint32).reshape(12, 18) * 303).astype(np.uint16)  # 0..65 k
+    pal = Image.fromarray(rgb).convert("P")
+    exif_img = Image.fromarray(rgb)
+    exif = exif_img.getexif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    files = {
+        "rgb.jpg": lambda p: save(rgb, p, quality=95),
+        "gray.png": lambda p: save(Image.fromarray(rgb).convert("L"), p),
+        "la.png": lambda p: save(Image.fromarray(disc).convert("LA"), p),
+        "pal_t.png": lambda p: save(pal, p, transparency=3),
+        "rgba.png": lambda p: save(disc, p),
+        "rgba.webp": lambda p: save(disc, p, format="WEBP", lossless=True),
+        "cmyk.jpg": lambda p: save(Image.fromarray(rgb).convert("CMYK"), p, quality=95),
+        "bilevel.png": lambda p: save(Image.fromarray(rgb).convert("1"), p),
+        "gray16.png": lambda p: cv2.imwrite(str(p), ramp16),
+        "dark16.png": lambda p: cv2.imwrite(str(p), (ramp16 // 300).astype(np.uint16)),  # 16-bit, all <= 218
+        "rgb16.png": lambda p: cv2.imwrite(str(p), rgb[..., ::-1].astype(np.uint16) * 257),
+        "exif.jpg": lambda p: exif_img.save(p, exif=exif.tobytes(), quality=95),
+    }
+    out = {}
+    for name, write in files.items():
+        sub = folder / name.replace(".", "_")  # one file per folder: load_sources reads whole folders
+        sub.mkdir()
+        write(sub / name)
+        out[name] = sub / name
+    return out, ramp16
+
+
+def test_predict_reads_every_mode_exactly_as_build(tmp_path):
+    from eva_helpers.predict import load_photo
+
+    files, ramp16 = _mode_files(tmp_path)
+    assert Image.open(files["gray16.png"]).mode.startswith("I") and Image.open(files["cmyk.jpg"]).mode == "CMYK"
+    assert Image.open(files["pal_t.png"]).mode == "P" and Image.open(files["la.png"]).mode == "LA"
+    for name, path in files.items():
+        (src,), _ = load_sources(path.parent, "bg")  # what `eva build` decodes
+        built = src.array
+        predicted = load_photo(path)  # what `eva predict` decodes
+        assert predicted.dtype == np.uint8 and predicted.shape == built.shape and built.shape[2] == 3, name
+        assert np.array_equal(predicted, built), name
+    gray16 = load_photo(files["gray16.png"])
+    assert np.array_equal(gray16[..., 0], np.round(ramp16 / 257.0).astype(np.uint8))  # scaled, never clipped
+    dark16 = load_photo(files["dark16.png"])  # a dark 16-bit photo stays dark (its scale is its bit depth)
+    assert dark16.max() <= 1
+    assert load_photo(files["exif.jpg"]).shape == (18, 12, 3)  # EXIF orientation honoured by both
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [30_000, 10_000])  # over PIL's hard limit (an error) and its warning zone
+def test_a_decompression_bomb_is_one_line_naming_the_file_in_build_and_predict(tmp_path, side):
+    from eva_helpers.errors import EvaError
+    from eva_helpers.predict import load_photo
+
+    p = tmp_path / "huge.png"
+    p.write_bytes(_png_header_only(side, side))  # 200 bytes claiming 100-900 megapixels
+    for kind in ("bg", "fg"):
+        with pytest.raises(BadInputError, match="huge.png") as e:
+            load_sources(tmp_path, kind)
+        assert "\n" not in str(e.value) and "pixels" in str(e.value)
+    with pytest.raises(EvaError, match="huge.png") as e:
+        load_photo(p)
+    assert "\n" not in str(e.value) and "pixels" in str(e.value)
+
+
+def test_the_pixel_limit_is_one_setting_for_build_and_predict(tmp_path, monkeypatch):
+    from eva_helpers import images
+    from eva_helpers.errors import EvaError
+    from eva_helpers.predict import load_photo
+
+    p = save(_rgb(40, 40), tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000, raising=False)
+    with pytest.raises(BadInputError, match="big.png.*1600 pixels"):
+        load_sources(tmp_path, "bg")
+    with pytest.raises(EvaError, match="big.png.*1600 pixels"):
+        load_photo(p)
+
+
+@pytest.mark.parametrize("name", ["notes.jpg", "notes.png"])
+def test_a_text_file_named_like_an_image_says_so_naming_it(tmp_path, name):
+    from eva_helpers.errors import EvaError
+    from eva_helpers.predict import load_photo
+
+    p = tmp_path / name
+    p.write_text("this is a shopping list, not a photo\n" * 3)
+    with pytest.raises(BadInputError) as e:
+        load_sources(tmp_path, "bg")
+    with pytest.raises(EvaError) as e2:
+        load_photo(p)
+    for msg in (str(e.value), str(e2.value)):
+        assert msg.startswith(str(p)) and "is not an image" in msg and "BytesIO" not in msg and "\n" not in msg
+
+
+def test_predict_names_a_missing_file_or_a_folder(tmp_path):
+    from eva_helpers.errors import EvaError
+    from eva_helpers.predict import load_photo
+
+    with pytest.raises(EvaError, match="no such file"):
+        load_photo(tmp_path / "missing.jpg")
+    with pytest.raises(EvaError, match=str(tmp_path)):
+        load_photo(tmp_path)

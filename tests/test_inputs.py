@@ -70,7 +70,7 @@ def test_each_input_representation_round_trips_through_a_checkpoint(sample_datas
     x = torch.randn(2, 9, 32, 32)
     with torch.no_grad():
         a, b = model(x), twin(x)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b) == {"mask", "depth"} and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_from_before_the_choice_rebuilds_as_concat():

@@ -41,6 +41,7 @@ def test_workers_exit_when_the_main_process_is_killed(when):
     assert len(workers) == 2
     os.kill(proc.pid, signal.SIGKILL)  # only the main process, as an OOM kill does
     proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the main process was not running when killed (rc={proc.returncode})"
     deadline = time.monotonic() + 10
     alive = workers
     while alive and time.monotonic() < deadline:

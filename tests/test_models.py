@@ -163,7 +163,8 @@ def test_two_stems_keep_bg_and_fg_bg_apart_in_the_first_layer():
     out = m(torch.randn(2, 6, 32, 32))
     assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
     sum(o.mean() for o in out.values()).backward()
-    assert all(p.grad is not None for p in m.parameters())
+    params = list(m.parameters())
+    assert params and all(p.grad is not None for p in params)
     stem = m.encoder.stem
     assert stem.bg[0][0].in_channels == 3 and stem.fg_bg[0][0].in_channels == 3
     # the bg stem's output depends on the bg half only

@@ -71,6 +71,7 @@ def test_each_notebook_runs_alone_with_smoke(name, tmp_path, home):
         assert [d.name.split("-")[0] for d in runs] == ["depth", "joint", "mask"]
         assert "training the missing mask-only run" in text
     if name != "02_explore_dataset":
+        assert runs, "the notebook trained no run"
         assert all((d / "metrics.json").is_file() and (d / "checkpoints" / "last.pt").is_file() for d in runs)
 
 

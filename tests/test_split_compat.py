@@ -38,7 +38,7 @@ def syn(tmp_path_factory):
 def test_synthetic_splits_unchanged(syn, key):
     by, seed, fr = key
     sp = make_splits(syn, by=by, fractions=fr, seed=seed)
-    assert all(type(p) is int for p in sp["train"][:3])  # plain ints, as before (JSON-serialisable)
+    assert sp["train"] and all(type(p) is int for p in sp["train"][:3])  # plain ints, as before (JSON-serialisable)
     assert _digest(sp) == SYN[key]
 
 

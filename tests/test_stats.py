@@ -36,7 +36,27 @@ def test_stats_match_a_direct_computation(syn):
     assert st["depth_hist"]["counts"] == np.histogram(depth, bins=32, range=(0, 1))[0].tolist()
 
 
-def test_limit_and_no_write(syn, tmp_path):
-    st = compute_stats(syn, limit=4, progress=False, write=False)
+def test_limit_and_no_write(syn, tmp_path, monkeypatch):
+    """write=False leaves the dataset folder exactly as it was: no stats.json appears, an existing one is not
+    replaced (the limited stats differ from the full ones, so a rewrite would change its bytes), no temp file."""
+    import shutil
+
+    from _build_helpers import folder_state
+
+    monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))  # the verification record goes there, not into ds
+    ds = tmp_path / "ds"
+    shutil.copytree(syn, ds)
+    (ds / STATS).unlink(missing_ok=True)  # the module's other test may have written one into syn
+    before = folder_state(ds)  # every entry: (mtime_ns, bytes)
+    dir_mtime = ds.stat().st_mtime_ns
+    st = compute_stats(ds, limit=4, progress=False, write=False)
     assert st["samples"] == 4 and st["of_samples"] == 12 and sum(st["depth_hist"]["counts"]) == 4 * 32 * 32
-    assert not any(p.name.startswith(TMP_PREFIX) for p in syn.iterdir())
+    assert not (ds / STATS).exists()
+    assert folder_state(ds) == before and ds.stat().st_mtime_ns == dir_mtime  # nothing created, renamed or removed
+
+    full = compute_stats(ds, progress=False)  # write=True: the file exists now
+    assert full != st and (ds / STATS).is_file()
+    before = folder_state(ds)
+    assert compute_stats(ds, limit=4, progress=False, write=False) == st
+    assert folder_state(ds) == before and load_stats(ds) == full
+    assert not any(p.name.startswith(TMP_PREFIX) for p in ds.rglob("*"))

@@ -24,6 +24,7 @@ from _tiny import TinyNet, run_tiny  # noqa: E402
 
 TINY = Path(__file__).parent / "_tiny.py"
 N, DELAY = 24, 0.012  # 6 batches per epoch, 3 epochs; the delay stands in for decoding so kills land mid-epoch
+STEPS = 18  # optimizer steps of the whole run
 
 
 def assert_same(a, b, where: str = "") -> None:
@@ -63,9 +64,15 @@ def _launch(run_dir: Path, workers: int, fault: str | None) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: random.Random) -> list[str]:
+class KillMissed(Exception):
+    """A random-moment kill came after the run had finished: that resume would test nothing."""
+
+
+def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: random.Random,
+                    scale: float = 0.25) -> list[str]:
     """Each plan entry is one interrupted run: a fault stage ("copy:2" = SIGKILL halfway through copying the 2nd
-    checkpoint into the run folder) or None (SIGKILL from outside at a random moment after new progress)."""
+    checkpoint into the run folder) or None (SIGKILL from outside at a random moment, up to `scale` seconds after new
+    progress). Every kill must land mid-run: raises KillMissed when a random one came after the run had finished."""
     log = []
     for fault in plan + ["finish"] * 3:
         before = _step_of_last(run_dir)
@@ -73,7 +80,7 @@ def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: ra
         if fault is None:  # random moment, but only once this run has saved something new (guaranteed progress)
             while proc.poll() is None and _step_of_last(run_dir) <= before:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.25))
+            time.sleep(rng.uniform(0.0, scale))
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)  # EOF only once every worker is gone too (they die with the parent)
@@ -84,6 +91,11 @@ def kill_and_resume(run_dir: Path, workers: int, plan: list[str | None], rng: ra
                 break
         elif fault is not None:
             assert proc.returncode == -signal.SIGKILL, f"fault {fault} did not fire:\n{out}"
+        else:
+            assert proc.returncode in (0, -signal.SIGKILL), out  # killed, or finished first: never crashed
+            if proc.returncode != -signal.SIGKILL or _step_of_last(run_dir) >= STEPS:
+                raise KillMissed(f"the kill came after the run had finished: {log}")
+        assert fault == "finish" or _step_of_last(run_dir) < STEPS, f"{fault} left nothing to resume: {log}"
     assert not list((run_dir / "checkpoints").glob(TMP_PREFIX + "*")), "stale temp files left behind"
     return log
 
@@ -97,7 +109,7 @@ def reference(tmp_path_factory) -> dict:
         summary = run_tiny(run_dir, n=N, workers=0, checkpoint_interval_s=1e9)
     finally:
         torch.set_num_threads(threads)
-    assert summary["finished"] and summary["global_step"] == 18
+    assert summary["finished"] and summary["global_step"] == STEPS
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
 
@@ -107,8 +119,16 @@ def reference(tmp_path_factory) -> dict:
     (2, ["last:3", None]),
 ])
 def test_killed_runs_end_bit_identical(tmp_path, reference, workers, plan):
-    run_dir = tmp_path / "run"
-    log = kill_and_resume(run_dir, workers, plan, random.Random(1234 + workers))
+    rng, missed = random.Random(1234 + workers), []
+    for attempt, scale in enumerate((0.25, 0.06, 0.015)):  # a kill that came too late: again, earlier, from scratch
+        run_dir = tmp_path / f"run{attempt}"
+        try:
+            log = kill_and_resume(run_dir, workers, plan, rng, scale)
+            break
+        except KillMissed as e:
+            missed.append(str(e))
+    else:
+        pytest.fail("no attempt had every random kill land mid-run:\n" + "\n".join(missed))
     got = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert_same_training(reference, got)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -22,6 +22,7 @@ def _plant(*folders):
 
 
 def _survived(*folders) -> bool:
+    assert folders, "no folder to check"
     return all((d / LOOKALIKE).read_text() == "mine" and not (d / f"{TMP_PREFIX}stale.abc").exists() for d in folders)
 
 
