@@ -43,6 +43,11 @@ def cmd_build(a: argparse.Namespace) -> None:
     )
     c = manifest["counts"]
     print(f"built {c['samples']} samples in {c['shards']} shards -> {a.out}")
+    for kind, folder in (("bg", a.bg), ("fg", a.fg)):
+        bad = (c.get(f"skipped_{kind}") or {}).get("bad", 0)
+        if bad:  # --on-bad skip: say how many inputs were left out, and where the list is
+            print(f"skipped {bad} unreadable file(s) in {folder}: listed under 'skipped' in "
+                  f"{Path(a.out) / 'manifest.json'}", file=sys.stderr)
 
 
 def cmd_fetch(a: argparse.Namespace) -> None:

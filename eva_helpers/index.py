@@ -397,18 +397,28 @@ def open_dataset(data_dir: str | os.PathLike, *, partial: bool = False, verify: 
         raise IntegrityError(f"{mpath}: the build is not complete ({len(shards)} of {total} shards); finish it by "
                              "running the same `eva build` again, or open it with partial=True to use what is there")
     record = VerifyRecord(data_dir) if verify else None
+    entry = manifest.get("index")
+    own_index = isinstance(entry, dict) and (data_dir / str(entry.get("file", ""))).is_file()
     try:
+        if own_index:  # files first: a damaged shard is named as such, not as a "stale" index
+            _verify_listed(data_dir, manifest, shards, record)
         index = _locate_index(data_dir, manifest, record, verify, progress)
-        for k, entry in enumerate(shards):  # a rebuild above hashed the shards already: a stat each here
-            verify_file(data_dir, entry, record, f"shard {k}")
-        if isinstance(manifest.get("backgrounds"), dict):
-            verify_file(data_dir, manifest["backgrounds"], record, "backgrounds")
-        elif not (data_dir / formats.BACKGROUNDS).is_file():
-            raise IntegrityError(f"{data_dir / formats.BACKGROUNDS}: missing; fetch or rebuild the dataset")
+        if not own_index:  # a rebuild above hashed the shards while reading them: a stat each here
+            _verify_listed(data_dir, manifest, shards, record)
     finally:
         if record is not None:
             record.save()
     return manifest, index
+
+
+def _verify_listed(data_dir: Path, manifest: dict, shards: list[dict], record: VerifyRecord | None) -> None:
+    """Every shard and backgrounds.zip against the manifest (size always; sha256 when the record cannot vouch)."""
+    for k, entry in enumerate(shards):
+        verify_file(data_dir, entry, record, f"shard {k}")
+    if isinstance(manifest.get("backgrounds"), dict):
+        verify_file(data_dir, manifest["backgrounds"], record, "backgrounds")
+    elif not (data_dir / formats.BACKGROUNDS).is_file():
+        raise IntegrityError(f"{data_dir / formats.BACKGROUNDS}: missing; fetch or rebuild the dataset")
 
 
 def _locate_index(data_dir: Path, manifest: dict, record: VerifyRecord | None, verify: bool,

@@ -188,6 +188,10 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
         raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
     run_dir = Path(cfg.run_dir)
     _preflight(cfg, run_dir, model, train_set)
+    if train_set is None:  # opened (and verified) before the run folder is created: damaged data claims nothing
+        train_set, built_val, built_stats = build_data(cfg)
+        val_set = built_val if val_set is None else val_set
+        stats = built_stats if stats is None else stats
     info, device = D.init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -199,15 +203,12 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
 
 def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_set: Any) -> None:
     """What a mistyped setting can break, checked before the run folder is created or claimed: the folder itself, the
-    dataset's manifest, the model's name and options, and a size the model can take."""
+    dataset's manifest, the model's name and options, and a size the model can take (fit then opens the data)."""
     check_output_folder(run_dir, "run")
     if train_set is None:
         if not cfg.data:
             raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
         read_manifest(cfg.data)
-        from .stats import load_stats
-
-        load_stats(cfg.data)  # a damaged stats.json is an error before the run folder exists
     if model is None:
         from .models import build_model
 
@@ -244,10 +245,6 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
             return summary_of(state, run_dir)
 
     seed_everything(cfg.seed)
-    if train_set is None:
-        train_set, built_val, built_stats = build_data(cfg)
-        val_set = built_val if val_set is None else val_set
-        stats = built_stats if stats is None else stats
     stats = run_stats(run_dir, cfg, stats, info.is_main)
     if model is None and state is not None and state.get("model_args"):
         from .models import rebuild_model  # the architecture the checkpoint was trained with, whatever the defaults now

@@ -107,23 +107,68 @@ def _edit_json(path_tpl: str, edit: Callable[[dict], object]):
 
 
 def _damage_member_consistently(env: Env, mp) -> None:
-    """One depth member of shard 0 replaced by junk and the manifest fixed to match the new shard: only the
-    per-member check (inside a DataLoader worker) can catch it."""
+    """One depth member of shard 0 replaced by junk, the manifest fixed to match and the index rebuilt from the
+    shards: only decoding the member (inside a DataLoader worker) can catch it."""
     _own_data(env, mp)
-    shard = env.data / formats.shard_name(0)
-    with zipfile.ZipFile(shard) as zf:
-        members = [(n, zf.read(n)) for n in zf.namelist()]
     bad = formats.member("depth", formats.sample_id(0))
-    with zipfile.ZipFile(shard, "w") as zf:
-        for n, data in members:
-            formats.zip_write(zf, n, b"not a png" if n == bad else data)
+    _rezip(env.data / formats.shard_name(0), lambda n, d, all_: b"not a png" if n == bad else d)
+    _fix_manifest(env, formats.shard_name(0), drop_index=True)
+
+
+def _rezip(path: Path, replace: Callable[[str, bytes, dict], bytes]) -> None:
+    """Rewrite a zip in its member order, each member's bytes passed through `replace(name, data, all)`."""
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            formats.zip_write(zf, n, replace(n, data, members))
+
+
+def _fix_manifest(env: Env, file: str, drop_index: bool = False) -> None:
+    """Make manifest.json agree with an edited file (a consistent tamper: only content checks can catch it)."""
     m = json.loads((env.data / formats.MANIFEST).read_text())
-    for e in m["shards"]:
-        if e["file"] == formats.shard_name(0):
-            e["sha256"], e["bytes"] = sha256_file(shard), shard.stat().st_size
-    m.pop("index", None)  # the columnar index (with member CRCs) is rebuilt from the edited shard
-    (env.data / "index.npz").unlink()
+    for e in m["shards"] + [m["backgrounds"]]:
+        if e["file"] == file:
+            e["sha256"], e["bytes"] = sha256_file(env.data / file), (env.data / file).stat().st_size
+    if drop_index:  # the columnar index (sizes, CRCs) is rebuilt from the edited shards
+        m.pop("index", None)
+        (env.data / "index.npz").unlink()
     formats.write_manifest(env.data, m)
+
+
+def _tamper(kind: str):
+    """One kind of damage to a private copy of the dataset (issue 11: each must end in a one-line error)."""
+    def setup(env: Env, mp) -> None:
+        _own_data(env, mp)
+        shard0, shard1 = env.data / formats.shard_name(0), env.data / formats.shard_name(1)
+        if kind == "member-replaced":  # another valid image of the same size, manifest untouched
+            a, b = formats.member("fg_bg", formats.sample_id(0)), formats.member("fg_bg", formats.sample_id(1))
+            _rezip(shard0, lambda n, d, all_: all_[b] if n == a else d)
+        elif kind == "background-swapped":
+            bgz = env.data / formats.BACKGROUNDS
+            with zipfile.ZipFile(bgz) as zf:
+                first, second = [n for n in zf.namelist() if n.startswith("bg/")][:2]
+            _rezip(bgz, lambda n, d, all_: all_[second] if n == first else d)
+        elif kind == "index-edited":  # a plausible edit of a shard's index.jsonl: another existing background
+            def edit(n, d, all_):
+                if n != formats.INDEX:
+                    return d
+                rows = formats.read_jsonl(d)
+                rows[0]["bg_id"] = rows[-1]["bg_id"] if rows[-1]["bg_id"] != rows[0]["bg_id"] else "coffee"
+                return formats.jsonl_bytes(rows)
+            _rezip(shard1, edit)
+        elif kind == "wrong-sha256":
+            _edit_json("{data}/manifest.json", lambda m: {**m, "shards": [m["shards"][0], {**m["shards"][1],
+                       "sha256": "0" * 64}] + m["shards"][2:]})(env, mp)
+        elif kind == "member-other-size":  # consistent hashes: only the shape check can tell
+            bad = formats.member("mask", formats.sample_id(3))
+            _rezip(shard0, lambda n, d, all_: formats.encode_mask(np.zeros((40, 40), np.uint8)) if n == bad else d)
+            _fix_manifest(env, formats.shard_name(0), drop_index=True)
+        elif kind == "incomplete":
+            _edit_json("{data}/manifest.json", lambda m: {**m, "complete": False, "shards": m["shards"][:1]})(env, mp)
+        else:
+            raise ValueError(kind)
+    return setup
 
 
 def _oserror(target: str, err: int, filename_tpl: str):
@@ -233,6 +278,15 @@ CASES = [
          _then(_own_data, lambda env, mp: (env.data / formats.shard_name(2)).unlink())),
     Case("stats-disk-full", "stats --data {data}", ("stats.json", "space"),
          _then(_own_data, _oserror("eva_helpers.stats.atomic_write_text", errno.ENOSPC, "{data}/stats.json"))),
+    # ---- damaged data: one case per kind of damage, each caught on the way in whatever the command
+    Case("tamper-member-replaced", "stats --data {data}", ("shard-00000.zip",), _tamper("member-replaced")),
+    Case("tamper-background-swapped", TRAIN, ("backgrounds.zip",), _tamper("background-swapped")),
+    Case("tamper-index-jsonl-edited", "stats --data {data}", ("shard-00001.zip",), _tamper("index-edited")),
+    Case("tamper-wrong-sha256-in-manifest", "eval --run-dir {run} --data {data}", ("shard-00001.zip",),
+         _tamper("wrong-sha256")),
+    Case("tamper-member-of-another-size", "stats --data {data}", ("shard-00000.zip", "mask/00000003.png"),
+         _tamper("member-other-size")),
+    Case("tamper-incomplete-build", TRAIN, ("manifest.json", "complete"), _tamper("incomplete")),
     # ---- train: the config range-checked before the run folder is created
     Case("train-epochs-0", TRAIN.replace("--epochs 1", "--epochs 0"), ("epochs",)),
     Case("train-batch-size-0", TRAIN.replace("--batch-size 8", "--batch-size 0"), ("batch",)),
@@ -340,3 +394,22 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, env: Env, monkeyp
         changed = {k for k in set(before[r]) | set(after) if before[r].get(k) != after.get(k)}
         changed = {k for k in changed if not str(r / k).startswith(allowed)}
         assert not changed, f"{r}: changed by a refused command: {sorted(changed)[:5]}"
+
+
+def test_a_mistyped_flag_claims_nothing_so_the_corrected_command_runs(env, capsys):
+    """Issue 11: a mistyped flag used to claim the output folder, and the corrected command was then refused as "a
+    build with different parameters"."""
+    for typo in ("--positions 0", "--teacher depth-anything", "--scale-range 0.8,0.2", "--jpeg-quality 0"):
+        assert main(env.fmt(BUILD + " " + typo).split()) == 2
+        assert not (env.tmp / "out").exists(), typo
+    capsys.readouterr()
+    assert main(env.fmt(BUILD).split()) == 0
+    assert formats.read_manifest(env.tmp / "out")["complete"] is True
+
+
+def test_on_bad_skip_says_how_many_files_it_skipped(env, capsys):
+    (env.bg / "notes.jpg").write_text("not an image")
+    assert main(env.fmt(BUILD + " --on-bad skip").split()) == 0
+    err = capsys.readouterr().err
+    assert f"skipped 1 unreadable file(s) in {env.bg}" in err and "manifest.json" in err
+    assert formats.read_manifest(env.tmp / "out")["skipped"]["bg"] == ["notes.jpg"]
