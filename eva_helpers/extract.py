@@ -21,7 +21,7 @@ from typing import Any
 
 from . import formats
 from .atomic import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
-from .errors import EvaError, IntegrityError
+from .errors import EvaError, IntegrityError, WriteError, os_error_line
 from .paths import path_problem
 
 MARKER = ".eva-extracted.json"
@@ -131,8 +131,7 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path, zpath
         raise UnsafeArchiveError(f"{zpath}: member {name!r} is given twice in the dataset (or clashes with a folder "
                                  "of that name); refusing: delete the archive and fetch the dataset again") from None
     except OSError as e:
-        raise EvaError(f"{out}: cannot write ({e.strerror or e}); free some disk space or choose another target "
-                       "folder") from None
+        raise WriteError(f"cannot write {os_error_line(e, out)}") from None
     if left:
         raise UnsafeArchiveError(f"{zpath}: member {name!r} is {info.file_size - left} bytes, its header declares "
                                  f"{info.file_size}: damaged; refusing: delete it and fetch the dataset again")
