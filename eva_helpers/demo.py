@@ -115,6 +115,7 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
     """report/README.md + PNG figures + metrics.json: what a person opens first."""
     from .dataset import ShardDataset
     from .plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
+    from .train import read_history
 
     report = Path(cfg.out) / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -124,8 +125,7 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
     figures = []
     for name, m in results.items():
         run_dir = Path(m["run_dir"])
-        hist = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()] \
-            if (run_dir / "history.jsonl").is_file() else []
+        hist = read_history(run_dir)
         if hist:
             save_figure(plot_history(hist), report / f"history_{name}.png")
         if (run_dir / "eval_best_worst.png").is_file():

@@ -145,11 +145,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
 
 def training_speed(run_dir: Path) -> float | None:
     """Mean training samples/s over the run's epochs (history.jsonl), for the comparison tables."""
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    speeds = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+    from .train import read_history
+
+    speeds = [r["samples_per_s"] for r in read_history(run_dir) if isinstance(r.get("samples_per_s"), (int, float))]
     return sum(speeds) / len(speeds) if speeds else None
 
 

@@ -143,6 +143,30 @@ def _load_scheduler(sched, state: dict, steps_total: int, steps_left: int) -> No
         sched._last_lr = list(lrs)
 
 
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """history.jsonl's rows (one per finished epoch); [] when there is none. A damaged line is skipped with a warning:
+    the file is a readable copy of the checkpoint's history, rewritten from it by the next resume."""
+    path = Path(run_dir) / HISTORY
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows, bad = [], 0
+    for line in filter(str.strip, lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        warnings.warn(f"{path}: {bad} damaged line(s) skipped (the checkpoint keeps the full history; resuming the "
+                      "run rewrites this file)")
+    return rows
+
+
 def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads((Path(run_dir) / EXTENSIONS).read_text()))

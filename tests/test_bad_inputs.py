@@ -413,3 +413,13 @@ def test_on_bad_skip_says_how_many_files_it_skipped(env, capsys):
     err = capsys.readouterr().err
     assert f"skipped 1 unreadable file(s) in {env.bg}" in err and "manifest.json" in err
     assert formats.read_manifest(env.tmp / "out")["skipped"]["bg"] == ["notes.jpg"]
+
+
+def test_a_damaged_history_file_is_a_warning_not_a_traceback(env, monkeypatch, capsys):
+    """history.jsonl is a readable copy of the checkpoint's history: eval scores the run anyway and says so."""
+    _own_run(env, monkeypatch)
+    with open(env.run / "history.jsonl", "a") as f:
+        f.write('{"epoch": 9, "samples_per\n[1, 2]\n')
+    with pytest.warns(UserWarning, match=r"history.jsonl: 2 damaged line\(s\) skipped"):
+        assert main(env.fmt("eval --run-dir {run} --data {data} --which last").split()) == 0
+    assert json.loads((env.run / "metrics.json").read_text())["checkpoint_file"] == "last.pt"
