@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__, formats
-from .atomic import (TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes,
-                     sha256_file)
+from .atomic import TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes
 from .compose import Compositor, place_cutout, prepare_background
 from .errors import EvaError
 from .images import load_sources
+from .index import VerifyRecord, verify_file, write_index
 from .labels import composite_label, layer_object, ring_px
 from .teachers import get_teacher, normalise
 
@@ -368,15 +368,19 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     }
     bgz = _backgrounds_zip(bg_srcs, fg_srcs, prepared, bg_depth16, ranges)
     bgz_entry = {"file": formats.BACKGROUNDS, "sha256": sha256_bytes(bgz), "bytes": len(bgz)}
-    if not (old and old.get("backgrounds") == bgz_entry and _verified(out, bgz_entry)):
+    record = VerifyRecord(out)  # shards hashed once (here or when written) are re-checked by a stat on resume
+    if not (old and old.get("backgrounds") == bgz_entry and _verified(out, bgz_entry, record)):
         atomic_write_bytes(out / formats.BACKGROUNDS, bgz)
+        record.add(formats.BACKGROUNDS, (out / formats.BACKGROUNDS).stat(), bgz_entry["sha256"])
     manifest["backgrounds"] = bgz_entry
 
     done: dict[int, dict] = {}
-    for e in (old or {}).get("shards", []):  # resume: keep shards whose bytes match the manifest
-        k = e["first_index"] // shard_size
-        if k < n_shards and e.get("file") == formats.shard_name(k) and _verified(out, e):
+    kept = (old or {}).get("shards", [])
+    for e in tqdm(kept, desc="check shards", unit="shard", disable=not (progress and kept)):
+        k = e["first_index"] // shard_size  # resume: keep shards whose bytes match the manifest
+        if k < n_shards and e.get("file") == formats.shard_name(k) and _verified(out, e, record):
             done[k] = e
+    record.save()
     manifest["shards"] = [done[k] for k in sorted(done)]
     formats.write_manifest(out, manifest)
 
@@ -392,6 +396,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                disable=not progress, smoothing=0.1)
 
     def finish(entry: dict) -> None:
+        record.add(entry["file"], (out / entry["file"]).stat(), entry["sha256"])  # hashed in memory as it was written
+        record.save()
         done[entry["first_index"] // shard_size] = entry
         manifest["shards"] = [done[k] for k in sorted(done)]
         formats.write_manifest(out, manifest)  # after every shard: a killed build loses one shard per worker
@@ -401,8 +407,6 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         _run_shards(ctx, todo, n_workers, finish)
     finally:
         bar.close()
-    from .index import write_index
-
     manifest["index"] = write_index(out, manifest)  # columnar index beside the manifest, covered by its sha256
     manifest["complete"] = True
     formats.write_manifest(out, manifest)
@@ -437,6 +441,11 @@ def _run_shards(ctx: _Ctx, todo: list[int], n_workers: int, finish) -> None:
         pool.shutdown(wait=True, cancel_futures=True)  # on error or Ctrl-C: drop queued shards, finish running ones
 
 
-def _verified(out: Path, entry: dict) -> bool:
-    p = out / entry["file"]
-    return p.is_file() and p.stat().st_size == entry["bytes"] and sha256_file(p) == entry["sha256"]
+def _verified(out: Path, entry: dict, record: VerifyRecord) -> bool:
+    """Whether a file of an earlier run of this build still matches its manifest entry (hashed unless the record
+    vouches for it: same size, mtime, ctime and inode as when it was hashed)."""
+    try:
+        verify_file(out, entry, record, entry["file"])
+    except EvaError:
+        return False
+    return True
