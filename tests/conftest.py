@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# verification records and rebuilt indexes go to a throw-away cache, never the user's ~/.cache/eva-maskdepth
+_TEST_CACHE = None if os.environ.get("EVA_CACHE") else tempfile.mkdtemp(prefix="eva-test-cache-")
+if _TEST_CACHE:
+    os.environ["EVA_CACHE"] = _TEST_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _TEST_CACHE:
+        shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
