@@ -112,13 +112,17 @@ def browse_predictions(cfg: TrainConfig):
 def check_upload(uploaded: dict[str, bytes], role: str, like: np.ndarray | None = None) -> np.ndarray:
     """One uploaded photo -> (H, W, 3) uint8; exactly one readable file, the same size as `like` when given."""
     from .atomic import atomic_write_bytes
+    from .paths import path_problem
     from .predict import load_photo
 
     if len(uploaded) != 1:
         names = ", ".join(uploaded) or "nothing"
         raise BadInputError(f"{role}: upload exactly one photo (got {names}); run this cell again")
     name, data = next(iter(uploaded.items()))
-    path = UPLOADS / Path(name).name
+    base = Path(name.replace("\\", "/")).name
+    if path_problem(base, one_part=True):  # "..", "", "a:b", control characters: kept under a name of ours instead
+        base = "upload-" + "".join(c if c.isalnum() else "-" for c in role.lower()) + Path(base).suffix.lower()
+    path = UPLOADS / base
     atomic_write_bytes(path, data)
     img = load_photo(path)
     if like is not None and img.shape != like.shape:

@@ -129,6 +129,12 @@ def test_upload_validation(tmp_path, monkeypatch):
         check_upload({"notes.txt": b"not an image"}, "step 2", like=bg)
     with pytest.raises(BadInputError, match="41x30 but the background is 40x30"):
         check_upload({"cat.png": png(41, 30)}, "step 2", like=bg)
+    # a browser's name never leaves the uploads folder: "..", "", a Windows path, a drive letter
+    for name in ("..", "", "C:\\Users\\me\\..", "a:b.PNG"):
+        assert check_upload({name: png(40, 30)}, "step 2", like=bg).shape == (30, 40, 3)
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["cat.png", "notes.txt", "room.png",
+                                                                          "upload-step-2", "upload-step-2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uploads"]
 
 
 def test_finish_flushes_drive_in_colab_only(paths, monkeypatch):
