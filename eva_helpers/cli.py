@@ -236,11 +236,28 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = saved
 
 
+def _unrecognized(parser: argparse.ArgumentParser, argv: list[str], message: str) -> str:
+    """argparse reports unknown flags from the top-level parser: name the command's --help and the flag meant."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cmd = next((a for a in argv if a in sub.choices), None)
+    if cmd is None or not message.startswith("unrecognized arguments:"):
+        return message
+    core = message.split(" (see: ")[0]
+    flags = [o for action in sub.choices[cmd]._actions for o in action.option_strings]
+    unknown = [t.split("=")[0] for t in core.split(":", 1)[1].split() if t.startswith("-")]
+    meant = [f"{u}: did you mean {m[0]}?" for u in unknown if (m := difflib.get_close_matches(u, flags, 1, 0.6))]
+    return core + (f"; {'; '.join(meant)}" if meant else "") + f" (see: eva {cmd} --help)"
+
+
 def _run(argv: list[str] | None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UsageError as e:
-        print(f"eva: error: {e}", file=sys.stderr)
+        print(f"eva: error: {_unrecognized(parser, argv, str(e))}", file=sys.stderr)
         return 2
     try:
         args.func(args)

@@ -212,7 +212,7 @@ CASES = [
     # ---- the command line itself
     Case("no-command", "", ("eva",)),
     Case("unknown-command", "bulid --bg x", ("bulid",)),
-    Case("unknown-flag", BUILD + " --positons 3", ("--positons",)),
+    Case("unknown-flag", BUILD + " --positons 3", ("--positons", "did you mean --positions?", "eva build --help")),
     Case("not-an-int", BUILD.replace("--size 32", "--size big"), ("--size", "big")),
     Case("scale-range-not-a-pair", BUILD + " --scale-range 0.3", ("--scale-range",)),
     Case("bad-choice", TRAIN + " --schedule cosine", ("--schedule", "cosine")),
