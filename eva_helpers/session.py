@@ -62,7 +62,15 @@ def banner() -> str:
 
 
 def _one_line_error(shell, etype, value, tb, tb_offset=None):  # IPython custom exception handler
-    print(f"error: {value}", file=sys.stderr)
+    """The CLI's one line (errors.user_message: a DataLoader worker's traceback unwrapped, an OSError's file and what to
+    do); an error that is not the user's keeps its traceback."""
+    from .errors import user_message
+
+    line = user_message(value)
+    if line is None:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+    else:
+        print(f"error: {line}", file=sys.stderr)
     return None
 
 
@@ -80,7 +88,7 @@ def start(root: str | os.PathLike | None = None) -> Paths:
     if shell is not None:
         from .errors import EvaError
 
-        shell.set_custom_exc((EvaError,), _one_line_error)  # the cell still fails, so "Run all" stops there
+        shell.set_custom_exc((EvaError, OSError), _one_line_error)  # the cell still fails: "Run all" stops there
     return paths
 
 

@@ -423,3 +423,19 @@ def test_a_damaged_history_file_is_a_warning_not_a_traceback(env, monkeypatch, c
     with pytest.warns(UserWarning, match=r"history.jsonl: 2 damaged line\(s\) skipped"):
         assert main(env.fmt("eval --run-dir {run} --data {data} --which last").split()) == 0
     assert json.loads((env.run / "metrics.json").read_text())["checkpoint_file"] == "last.pt"
+
+
+def test_notebook_cells_print_the_same_one_line(capsys):
+    """session.start()'s IPython handler shows what the CLI shows: a worker's error unwrapped, an OSError's file."""
+    from eva_helpers.errors import IntegrityError
+    from eva_helpers.session import _one_line_error
+
+    wrapped = IntegrityError("Caught IntegrityError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"x.py\", line 1, in f\neva_helpers.errors.IntegrityError: "
+                             "/d/shards/shard-00000.zip: member 'mask/00000003.png' is 40x40")
+    _one_line_error(None, IntegrityError, wrapped, None)
+    _one_line_error(None, OSError, OSError(errno.ENOSPC, "No space left on device", "/d/run/last.pt"), None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["error: /d/shards/shard-00000.zip: member 'mask/00000003.png' is 40x40",
+                     "error: /d/run/last.pt: the disk is full: free some space or choose another folder, then run "
+                     "the same command again"]
