@@ -1,7 +1,11 @@
-"""Data pipeline throughput: ShardDataset + joint augmentation + make_loader vs a seed-style folder/PIL loader.
+"""Data pipeline throughput: the training loader (ShardDataset + make_loader) vs a seed-style folder/PIL loader.
 
     python bench/data_pipeline.py [--data DIR] [--size 224] [--workers 2] [--batch 64] [--samples 4096] [--prepare]
-                                  [--verify-rounds 2]
+                                  [--verify-rounds 2] [--worker-augment-rounds 2]
+
+"ours" is what `fit` runs: workers only read and decode (augmentation runs on the batch, on the GPU in training,
+`batch_augment.py`). `--worker-augment-rounds` alternates it with the earlier pipeline, where each worker also ran
+the per-sample albumentations (flip, brightness/contrast), so the ratio comes from one run.
 
 Both loaders run in the same process on the same dataset (built from the embedded sample at --size unless --data is
 given), with the same workers and batch size; the first batches (worker start-up) are excluded from the timing.
@@ -117,7 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4096)
-    ap.add_argument("--prepare", action="store_true", help="include prepare_batch (CPU) in our loader's time")
+    ap.add_argument("--prepare", action="store_true",
+                    help="include prepare_batch on the CPU, with the default batch augmentation, in our loader's time")
+    ap.add_argument("--worker-augment-rounds", type=int, default=2,
+                    help="alternations of ours with the per-sample augmentation in the workers (the earlier pipeline)")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--verify-rounds", type=int, default=2, help="on/off alternations for the verified-read cost")
     args = ap.parse_args(argv)
@@ -130,19 +137,41 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="eva-bench-"))
     data = args.data or build_data(tmp / "data", args.size, args.positions)
-    ds = ShardDataset(data, transform=build_transforms("train", args.size, compact=True))
+    from eva_helpers.batch_augment import BatchAugment
+    from eva_helpers.config import TrainConfig
+
+    decode_only = build_transforms("val", args.size, compact=True)  # what train.build_data gives the workers
+    worker_aug = build_transforms("train", args.size, compact=True, crop_scale=(1.0, 1.0))
+    ds = ShardDataset(data, transform=decode_only)
     res = {"samples_in_dataset": len(ds), "size": args.size, "workers": args.workers, "batch": args.batch,
            "cpus": os.cpu_count(), "prepare_batch_included": args.prepare}
     loader = make_loader(ds, args.batch, shuffle=True, num_workers=args.workers, seed=0, drop_last=True)
-    prep = (lambda b: prepare_batch(b, "cpu")) if args.prepare else None
+    aug = BatchAugment.from_config(TrainConfig())
+    steps = iter(range(10**9))
+    prep = ((lambda b: prepare_batch(b, "cpu", augment=aug, gen=aug.generator(0, next(steps), 0, torch.device("cpu"))))
+            if args.prepare else None)
     rate, cpu = time_loader(loader, args.samples, prepare=prep)
     res["ours_samples_per_s"], res["ours_cpu_ms_per_sample"] = round(rate, 1), round(cpu, 3)
     del loader
+    if args.worker_augment_rounds > 0:
+        rates, cpus = {"batch": [], "workers": []}, {"batch": [], "workers": []}
+        for r in range(args.worker_augment_rounds):
+            for where in (("batch", "workers") if r % 2 == 0 else ("workers", "batch")):  # ABBA
+                tf = decode_only if where == "batch" else worker_aug
+                wl = make_loader(ShardDataset(data, transform=tf), args.batch, shuffle=True,
+                                 num_workers=args.workers, seed=0, drop_last=True)
+                rate, cpu = time_loader(wl, args.samples, prepare=prep)
+                rates[where].append(round(rate, 1))
+                cpus[where].append(round(cpu, 3))
+                del wl
+        res["augment_on_batch_samples_per_s"], res["augment_in_workers_samples_per_s"] = rates["batch"], rates["workers"]
+        res["augment_on_batch_cpu_ms"], res["augment_in_workers_cpu_ms"] = cpus["batch"], cpus["workers"]
+        res["batch_vs_workers"] = round(sum(rates["batch"]) / sum(rates["workers"]), 3)
     if args.verify_rounds > 0:
         rates, cpus = {True: [], False: []}, {True: [], False: []}
         for r in range(args.verify_rounds):
             for verify in ((False, True) if r % 2 == 0 else (True, False)):  # ABBA: order effects cancel
-                vds = ShardDataset(data, transform=build_transforms("train", args.size, compact=True), verify=verify)
+                vds = ShardDataset(data, transform=decode_only, verify=verify)
                 vl = make_loader(vds, args.batch, shuffle=True, num_workers=args.workers, seed=0, drop_last=True)
                 rate, cpu = time_loader(vl, args.samples, prepare=prep)
                 rates[verify].append(rate)

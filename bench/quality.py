@@ -33,6 +33,7 @@ FIRST_ROUND = {"lr": 1e-3, "crop_scale": [0.6, 1.0]}
 NARROW = {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}  # the first round's unet_small preset
 DIFF = {"inputs": "diff", "mask_head": "plain"}
 DIFF_RES = {"inputs": "diff", "mask_head": "residual"}
+TOL = {"inputs": "tolerant", "mask_head": "plain"}  # diff + the shift-tolerant difference
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
     "joint-diff-lr1e-3": ("joint", DIFF, {"lr": 1e-3}),
@@ -48,6 +49,24 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-diff-residual": ("joint", DIFF_RES, {}),
     "joint-diff": ("joint", DIFF, {}),
     "depth-diff": ("depth", {"inputs": "diff"}, {}),
+    # second-shot training (second_shot.py): exact pairs (the earlier default), tone only, tone + shake + shadows
+    "joint-shot-off": ("joint", DIFF, {"second_shot": "off"}),
+    "joint-shot-tone": ("joint", DIFF, {"second_shot": "tone"}),
+    "joint-shot-full": ("joint", DIFF, {"second_shot": "full"}),
+    "joint-shot-shift2": ("joint", DIFF, {"second_shot": "full", "second_shot_opts": {"shift": 2.0, "p_shift": 0.5}}),
+    "joint-shot-shift05": ("joint", DIFF, {"second_shot": "full", "second_shot_opts": {"shift": 0.5, "p_shift": 0.5}}),
+    "joint-tol-off": ("joint", TOL, {"second_shot": "off"}),
+    "joint-tol-full": ("joint", TOL, {"second_shot": "full", "second_shot_opts": {"shift": 2.0, "p_shift": 0.5}}),
+    "joint-tol-p05": ("joint", TOL, {"second_shot": "full",
+                                     "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5}}),
+    "joint-tol-noshadow": ("joint", TOL, {"second_shot": "full",
+                                          "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5, "p_shadow": 0.0}}),
+    "joint-tol-depth2": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
+                                        "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5}}),
+    "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", "second_shot_opts": {
+        "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
+    "mask-shot-off": ("mask", {"inputs": "diff", "mask_head": "plain"}, {"second_shot": "off"}),
+    "mask-shot-full": ("mask", {"inputs": "diff", "mask_head": "plain"}, {"second_shot": "full"}),
 }
 LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
           "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",

@@ -75,7 +75,7 @@ def train_config_from_args(a: argparse.Namespace):
                       seed=a.seed, lr=a.lr, schedule=a.schedule, loss_weighting=a.loss_weighting,
                       checkpoint_interval_s=a.checkpoint_interval, max_steps=a.max_steps, workers=a.workers,
                       compile=a.compile, deterministic=a.deterministic, pretrained=a.pretrained,
-                      tensorboard=a.tensorboard, device=a.device)
+                      tensorboard=a.tensorboard, device=a.device, second_shot=a.second_shot)
     for key in ("stem", "inputs", "mask_head"):
         if getattr(a, key, None):
             cfg.model_kwargs[key] = getattr(a, key)
@@ -93,14 +93,52 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
-    metrics = evaluate_run(a.run_dir, a.data, split=a.split, which=a.which)
+    metrics = evaluate_run(a.run_dir, a.data, split=a.split, which=a.which, perturb=a.perturb, align=a.align)
     print(json.dumps(metrics, indent=1))
 
 
-def cmd_predict(a: argparse.Namespace) -> None:
-    from .predict import predict_files
+class _PerturbAction(argparse.Action):
+    """`--perturb NAME`: a name from perturb.PERTURBATIONS; `--perturb list` prints them with what each does and exits
+    at once (like --help, before the required flags are asked for); any other name is a one-line usage error."""
 
-    for p in predict_files(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which):
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from .perturb import PERTURBATIONS, describe, names_line
+
+        if value == "list":
+            print(describe())
+            parser.exit(0)
+        if value not in PERTURBATIONS:
+            parser.error(f"argument {option_string}: unknown perturbation {value!r}; choose from {names_line()} "
+                         "(or 'list')")
+        setattr(namespace, self.dest, value)
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    """Two photos -> one pair; two folders -> every pair matched by file name (exit 2 at the end if any failed)."""
+    from .errors import BadInputError, EvaError
+    from .predict import describe_alignment, predict_folders, predict_one
+
+    if a.batch_size < 1:
+        raise EvaError(f"--batch-size {a.batch_size}: must be at least 1")
+    folders = {flag: Path(p).is_dir() for flag, p in (("--bg", a.bg), ("--fg-bg", a.fg_bg))}
+    if any(folders.values()):
+        if not all(folders.values()):
+            d, f = ("--bg", "--fg-bg") if folders["--bg"] else ("--fg-bg", "--bg")
+            path = {"--bg": a.bg, "--fg-bg": a.fg_bg}
+            raise BadInputError(f"{path[d]}: {d} is a folder but {f} {path[f]} is not: give two folders (a shoot, "
+                                "pairs matched by file name) or two photos (one pair)")
+        report = predict_folders(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, batch_size=a.batch_size,
+                                 align=not a.no_align)
+        ok = report.pairs - len(report.failed)
+        print(f"predicted {ok} of {report.pairs} pairs -> {a.out} (<name>_mask.png, <name>_depth.png, "
+              f"{report.csv.name})")
+        print(report.alignment_line)
+        if report.failed:
+            raise EvaError(f"{len(report.failed)} of {report.pairs} pairs failed: see {report.csv}")
+        return
+    written, alignment = predict_one(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, align=not a.no_align)
+    print(describe_alignment(alignment))
+    for p in written:
         print(p)
 
 
@@ -111,11 +149,26 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def _perturb_names() -> str:
+    from .perturb import names_line
+
+    return names_line()
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Every optional flag's help ends with its default (required ones have none to show)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         return action.help if action.required else super()._get_help_string(action)
+
+
+class _HelpNames(_Help):
+    """Never wraps a line inside a hyphenated name (`wb-strong`, `exposure-10`): the perturbation names stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,12 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="registry name, e.g. unet_small, resnet18_unet (None: TrainConfig's default)")
     t.add_argument("--stem", choices=["concat", "two"], default=None,
                    help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image (--inputs concat only)")
-    t.add_argument("--inputs", choices=["concat", "diff", "siamese"], default=None,
-                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (None: the default, diff), or a shared two-stream "
-                        "encoder")
+    t.add_argument("--inputs", choices=["concat", "diff", "tolerant", "siamese"], default=None,
+                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (diff), plus a difference that tolerates 2 px "
+                        "of shake (tolerant), or a shared two-stream encoder (None: the default)")
     t.add_argument("--mask-head", choices=["plain", "residual"], default=None,
                    help="plain head (None: the default, plain) or residual: the thresholded |fg_bg - bg| as a learned "
                         "prior the network corrects")
+    t.add_argument("--second-shot", choices=["off", "tone", "full"], default="full",
+                   help="train on pairs that look like two real photos: bg perturbed in tone, blur, noise and JPEG "
+                        "(tone), plus hand shake and cast shadows (full); off: exact composites")
     t.add_argument("--epochs", type=int, default=10,
                    help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
     t.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (per process under torchrun)")
@@ -194,19 +250,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder", **fmt)
+    e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder",
+                       formatter_class=_HelpNames)
     e.add_argument("--run-dir", required=True, help="a trained run folder")
     e.add_argument("--data", required=True, help="dataset folder the run was trained on")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="held-out split to score")
     e.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to score")
+    e.add_argument("--perturb", default=None, metavar="NAME", action=_PerturbAction,
+                   help="score the split as a real second shot would give it (fg_bg changed, thresholds still chosen "
+                        "on clean validation) -> metrics-NAME.json; 'list' shows what each does. NAME: "
+                        + _perturb_names())
+    e.add_argument("--align", action="store_true",
+                   help="register bg to fg_bg (and match its tone) before the model and the baseline see each pair, "
+                        "as predict does -> metrics-<NAME or clean>-aligned.json")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size", **fmt)
+    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, or "
+                                        "two folders of pairs matched by file name", **fmt)
     pr.add_argument("--run-dir", required=True, help="a trained run folder")
-    pr.add_argument("--bg", required=True, help="the background photo, without the object")
-    pr.add_argument("--fg-bg", required=True, help="the same photo with the object, same size")
-    pr.add_argument("--out", required=True, help="folder for mask.png, depth.png and prediction.png")
+    pr.add_argument("--bg", required=True, help="the background photo, without the object (or a folder of them)")
+    pr.add_argument("--fg-bg", required=True, help="the same photo with the object, same size (or a folder: "
+                                                   "kitchen.png here pairs with kitchen.jpg in --bg)")
+    pr.add_argument("--out", required=True, help="folder for mask.png, depth.png, alignment.json and prediction.png "
+                                                 "(folders: <name>_mask.png, <name>_depth.png and alignment.csv)")
     pr.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to use")
+    pr.add_argument("--no-align", action="store_true",
+                    help="use bg as it is; otherwise bg is registered to fg_bg and its tone matched, each only "
+                         "when confident")
+    pr.add_argument("--batch-size", type=int, default=16,
+                    help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
+                         "time, so each result equals the single-pair command's)")
     pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)

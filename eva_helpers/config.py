@@ -17,6 +17,9 @@ TASKS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
 SCHEDULES = ("onecycle", "plateau", "none")
 WEIGHTINGS = ("fixed", "uncertainty")
 SPLIT_BY = ("bg", "fg", "bg+fg")
+SECOND_SHOTS = ("off", "tone", "full")  # second_shot.PRESETS: how much a training pair looks like two real photos
+# What a config written before a field existed trained with: an old run folder resumes (and is described) as it was.
+LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}}
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
@@ -72,6 +75,11 @@ class TrainConfig:
     # training crops, area range [lo, hi] ([1, 1]: none, flips and colour only): the geometric teacher's horizon sits at
     # a fixed row that a crop moves, and resampled edges differ from the test images' (bench/quality.py: 0.6 vs 1)
     crop_scale: list = dataclasses.field(default_factory=lambda: [1.0, 1.0])
+    # the bg of each training pair perturbed as another shot of the scene would be (second_shot.py): "off" | "tone"
+    # (exposure, gamma, white balance, blur, noise, JPEG) | "full" (+ hand shake and cast shadows); options override
+    # the preset's SecondShot fields, e.g. {"shift": 2.0}
+    second_shot: str = "full"
+    second_shot_opts: dict = dataclasses.field(default_factory=dict)
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs); a checkpoint is saved
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): bit-identical resume on CPU
     tensorboard: bool = False
@@ -109,6 +117,10 @@ class TrainConfig:
         self.crop_scale = [float(v) for v in self.crop_scale]  # a list, as config.json gives it back
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise EvaError(f"crop_scale={self.crop_scale} is not valid: give [lo, hi] with 0 < lo <= hi <= 1")
+        if self.second_shot not in SECOND_SHOTS:
+            raise EvaError(f"second_shot={self.second_shot!r} is not one of {list(SECOND_SHOTS)}")
+        if not isinstance(self.second_shot_opts, dict):
+            raise EvaError(f"second_shot_opts={self.second_shot_opts!r} is not valid: give a dict, e.g. {{'shift': 2.0}}")
         if self.task not in TASKS:
             raise EvaError(f"task={self.task!r} is not one of {sorted(TASKS)}")
         if self.schedule not in SCHEDULES:
@@ -141,7 +153,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise EvaError(f"{source}: unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**{**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -162,6 +174,7 @@ def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> lis
     records the extension); fewer epochs is (a run cannot be shortened).
     """
     keys = (set(old) | set(new)) - RESUMABLE_FIELDS
+    old = {**LEGACY_VALUES, **old}  # a config from before a field existed trained with its legacy value
     return sorted(k for k in keys if old.get(k) != new.get(k) and not (k == "epochs" and is_extension(old, new)))
 
 

@@ -1,6 +1,8 @@
 """`eva eval`: a trained run measured on held-out backgrounds, always beside the no-learning baseline.
 
-Writes `<run_dir>/metrics.json` (keys of DESIGN section 5) and `<run_dir>/eval_best_worst.png`.
+Writes `<run_dir>/metrics.json` (keys of DESIGN section 5) and `<run_dir>/eval_best_worst.png`. Under a second-shot
+change (`perturb`, see perturb.py) and/or with registration (`align`), the scored split's pairs change, the choices
+made on the clean validation split do not, and the results go to `metrics-<name>[-aligned].json` beside them.
 """
 from __future__ import annotations
 
@@ -24,13 +26,39 @@ def split_positions(cfg, data_dir: str | Path) -> dict:
     return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.splits_seed)
 
 
-def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0):
+def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, perturb: str | None = None,
+            align: bool = False):
+    """The split at `positions` with the test transform; `perturb` / `align` change its pairs (perturb.py)."""
     from .augment import build_transforms
     from .dataset import ShardDataset
     from .loaders import make_loader
 
     ds = ShardDataset(str(data_dir), indices=positions, transform=build_transforms("test", cfg.size))
+    if perturb is not None or align:
+        from .perturb import PerturbedDataset
+
+        ds = PerturbedDataset(ds, perturb or "clean", ds.transform, align=align)
     return ds, make_loader(ds, batch_size, shuffle=False, num_workers=workers)
+
+
+def align_available() -> bool:
+    """Whether `eva_helpers.align` (registration of bg to fg_bg) is installed in this version."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.align") is not None
+
+
+def change_tag(perturb: str | None, align: bool) -> str | None:
+    """None for the split as it is; else `<perturbation or clean>[-aligned]`, the suffix of the files it writes."""
+    if perturb is None and not align:
+        return None
+    return f"{perturb or 'clean'}{'-aligned' if align else ''}"
+
+
+def metrics_name(perturb: str | None, align: bool) -> str:
+    """metrics.json for the split as it is; metrics-<tag>.json otherwise (never the clean file)."""
+    tag = change_tag(perturb, align)
+    return "metrics.json" if tag is None else f"metrics-{tag}.json"
 
 
 @torch.no_grad()
@@ -92,16 +120,40 @@ def free_baseline(data_dir, splits: dict, cfg, threshold: float | None, max_fit:
     return FreeBaseline(threshold, fit_mean_depth(fit_loader))
 
 
+def fit_on_validation(model, data_dir, splits: dict, cfg, device, stats) -> dict[str, Any]:
+    """Everything chosen before the scored split is seen: the baseline's threshold and the model's post-processing
+    (clean validation split), and the free baseline (its depth map from training labels)."""
+    threshold = fit_baseline_threshold(data_dir, splits, cfg) if "mask" in cfg.tasks else None
+    calib = fit_model_postprocess(model, data_dir, splits, cfg, device, stats) if "mask" in cfg.tasks else None
+    return {"threshold": threshold, "calib": calib, "baseline": free_baseline(data_dir, splits, cfg, threshold)}
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, split: str = "test", which: str = "best",
                  device: str | None = None, batch_size: int = 32, figure: bool = True,
-                 progress: bool = True) -> dict[str, Any]:
-    """Score a run folder's checkpoint on a split; write metrics.json and the best/worst figure; return the metrics."""
+                 progress: bool = True, perturb: str | None = None, align: bool = False,
+                 reuse: dict | None = None) -> dict[str, Any]:
+    """Score a run folder's checkpoint on a split; write metrics.json and the best/worst figure; return the metrics.
+
+    `perturb` (a name in perturb.PERTURBATIONS) changes the scored split's fg_bg as a second shot would; `align`
+    registers each scored pair's bg to its fg_bg first (`align.align_pair`). The model and the baseline see the same
+    pairs; thresholds and calibration are still chosen on the clean validation split, and the results go to
+    `metrics_name(perturb, align)` (calibration.json is left alone). `reuse`: a dict the caller keeps between calls on
+    one run; what was chosen on validation is kept there and reused while the checkpoint and data are the same (a
+    suite of changes fits once instead of once per change).
+    """
     from tqdm.auto import tqdm
 
     from .calibrate import postprocess, save_calibration
     from .metrics import MetricAccumulator
     from .train import load_run
 
+    if perturb is not None:
+        from .perturb import check_name
+
+        check_name(perturb)
+    if align and not align_available():
+        raise EvaError("--align: registration (eva_helpers/align.py) is not available in this version of eva_helpers")
+    tag = change_tag(perturb, align)
     run_dir = Path(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, ckpt = load_run(run_dir, which=which, device=str(dev))
@@ -110,25 +162,35 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     splits = split_positions(cfg, data_dir)
     if not splits[split]:
         raise EvaError(f"{data_dir}: the {split} split is empty (too few backgrounds for held-out splits)")
-    ds, loader = _loader(data_dir, splits[split], cfg, batch_size)
-    threshold = fit_baseline_threshold(data_dir, splits, cfg) if "mask" in cfg.tasks else None
-    calib = fit_model_postprocess(model, data_dir, splits, cfg, dev, stats) if "mask" in cfg.tasks else None
-    acc = MetricAccumulator(cfg.tasks, baseline=free_baseline(data_dir, splits, cfg, threshold))
-    n, t0 = 0, time.perf_counter()
-    bar = tqdm(total=len(ds), desc=f"eval {split}", unit="img", disable=not progress)
+    ds, loader = _loader(data_dir, splits[split], cfg, batch_size, perturb=perturb, align=align)
+    key = (str(ckpt["loaded_from"]), int(ckpt.get("global_step", -1)), str(data_dir))
+    fitted = reuse if reuse is not None and reuse.get("key") == key else None
+    if fitted is None:
+        fitted = {**fit_on_validation(model, data_dir, splits, cfg, dev, stats), "key": key}
+        if reuse is not None:
+            reuse.clear()
+            reuse.update(fitted)
+    threshold, calib = fitted["threshold"], fitted["calib"]
+    acc = MetricAccumulator(cfg.tasks, baseline=fitted["baseline"])
+    n, aligned, toned, t0 = 0, 0, 0, time.perf_counter()
+    bar = tqdm(total=len(ds), desc=f"eval {split}" + (f" ({tag})" if tag else ""), unit="img",
+               disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
         bar.update(x.shape[0])
         if calib is not None:  # the accumulator cuts logits at 0: hand it the post-processed decision as +-1
             outputs["mask"] = postprocess(outputs["mask"], calib["threshold"], calib["morph"]).float() * 2 - 1
         acc.update(outputs, targets, bg=batch["bg"], fg_bg=batch["fg_bg"])  # raw uint8 images for the baseline
         n += x.shape[0]
+        aligned += sum(bool(m.get("align_applied")) for m in batch["meta"])
+        toned += sum(bool(m.get("align_tone_applied")) for m in batch["meta"])
     bar.close()
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {k: float(v) for k, v in acc.compute().items()}
     if threshold is not None:
         metrics["baseline_threshold"] = threshold
     if calib is not None:
-        save_calibration(run_dir, calib)
+        if tag is None:  # the same choice either way (clean validation); only the clean evaluation records it
+            save_calibration(run_dir, calib)
         metrics.update(mask_threshold=calib["threshold"], mask_morph=calib["morph"], mask_val_iou=calib["val_iou"])
     metrics["train_images_per_s"] = training_speed(run_dir)
     metrics.update({
@@ -137,9 +199,18 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         "parameters": int(sum(p.numel() for p in model.parameters())), "model": cfg.model, "task": cfg.task,
         "device": str(dev), "held_out_backgrounds": splits["info"].get("bg_ids", {}).get(split),
     })
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n")
+    if tag is not None:
+        from .perturb import PERTURBATIONS
+
+        name = perturb or "clean"
+        metrics.update(perturb=name, perturb_ops=PERTURBATIONS[name].ops, aligned=align)
+    if align:
+        metrics.update(align_applied_fraction=aligned / max(n, 1), align_tone_applied_fraction=toned / max(n, 1))
+    text = json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n"
+    atomic_write_text(run_dir / metrics_name(perturb, align), text)
     if figure and n:
-        best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / "eval_best_worst.png")
+        fig_name = "eval_best_worst.png" if tag is None else f"eval_best_worst-{tag}.png"
+        best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / fig_name)
     return metrics
 
 

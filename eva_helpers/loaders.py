@@ -126,18 +126,20 @@ def _stats_tensors(stats: dict | None, device, dtype):
     return mean, std
 
 
-def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None,
-                  channels_last: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Batch from the loader -> (x (B, 9, H, W) float32, {"mask", "depth"} (B, 1, H, W) float32).
+def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, channels_last: bool = False,
+                  augment: Any = None, gen: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Batch from the loader -> (x (B, 10, H, W) float32, {"mask", "depth"} (B, 1, H, W) float32).
 
-    x = cat(bg, fg_bg, |fg_bg - bg|): the images normalised here and only here, with the dataset's stats (ImageNet's
+    x = cat(bg, fg_bg, |fg_bg - bg|, shift-tolerant difference) (models/inputs.py): the images normalised here and only here, with the dataset's stats (ImageNet's
     when stats is None), and their per-channel absolute difference computed from the raw uint8 pixels *before*
     normalisation (exact: no stats can blur it), in ImageNet std units (models/inputs.py). Each model reads the slice
     its input representation needs. Targets are never normalised: mask stays {0, 1}, depth stays [0, 1].
+    `augment` (a `batch_augment.BatchAugment`, training only) transforms the images and targets first, drawing from
+    `gen`; its images stay whole numbers on 0..255, so the difference stays exact.
     """
     import torch
 
-    from .models.inputs import DIFF_SCALE, X_CHANNELS
+    from .models.inputs import DIFF_SCALE, X_CHANNELS, shift_tolerant_difference
 
     nb = torch.device(device).type == "cuda"
     bg = batch["bg"].to(device, non_blocking=nb)  # (B, 3, H, W) uint8: 4x less to move than float
@@ -145,14 +147,17 @@ def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None,
     b, _, h, w = bg.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.empty((b, X_CHANNELS, h, w), dtype=torch.float32, device=bg.device, memory_format=fmt)
-    x[:, :3].copy_(bg)  # uint8 -> float32 in the copy, no temporaries
-    x[:, 3:6].copy_(fg)
-    torch.sub(x[:, 3:6], x[:, :3], out=x[:, 6:9])  # exact: integers in float32
-    x[:, 6:9].abs_().mul_(DIFF_SCALE / 255.0)  # (B, 3, H, W) |fg_bg - bg| in [0, 1], then in ImageNet std units
-    mean, std = _stats_tensors(stats, x.device, x.dtype)
-    x[:, :6].mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std, in place
     targets = {}
     for k in ("mask", "depth"):
         if k in batch:
             targets[k] = batch[k].to(device, non_blocking=nb).float()  # (B, 1, H, W) float32
+    if augment is not None:
+        bg, fg, targets = augment(bg.float(), fg.float(), targets, gen)  # (B, 3, H, W) float32 on 0..255
+    x[:, :3].copy_(bg)  # uint8 -> float32 in the copy, no temporaries
+    x[:, 3:6].copy_(fg)
+    torch.sub(x[:, 3:6], x[:, :3], out=x[:, 6:9])  # exact: integers in float32
+    x[:, 6:9].abs_().mul_(DIFF_SCALE / 255.0)  # (B, 3, H, W) |fg_bg - bg| in [0, 1], then in ImageNet std units
+    x[:, 9:10] = shift_tolerant_difference(x[:, 3:6], x[:, :3]).mul_(DIFF_SCALE / (3 * 255.0))  # (B, 1, H, W), same units
+    mean, std = _stats_tensors(stats, x.device, x.dtype)
+    x[:, :6].mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std, in place
     return x, targets

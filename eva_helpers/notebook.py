@@ -195,15 +195,26 @@ def explore_stats(data_dir: str | Path, limit: int | None = None) -> dict[str, A
     return stats
 
 
-def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4):
-    """k raw samples, then one sample augmented k times: mask and depth must move with the image."""
+def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4, second_shot: str = "full"):
+    """k raw samples, then one sample as training sees it, k draws (flip, brightness/contrast and a second shot of the
+    scene, applied on the batch as `fit` does): mask and depth must move with fg_bg; bg looks like another photo."""
+    import torch
+
     from .augment import build_transforms
+    from .batch_augment import BatchAugment
+    from .config import TrainConfig
     from .dataset import ShardDataset
+    from .loaders import collate
     from .plots import show_samples
 
     show_samples_of(data_dir, k, seed)
-    aug = ShardDataset(data_dir, transform=build_transforms("train", size))
-    return show_samples([dict(aug[(0, s)], meta={"index": 0, "bg_id": f"seed {s}"}) for s in range(k)])
+    batch = collate([ShardDataset(data_dir, transform=build_transforms("val", size))[0]] * k)
+    aug = BatchAugment.from_config(TrainConfig(second_shot=second_shot))
+    targets = {"mask": batch["mask"].float(), "depth": batch["depth"].float()}
+    bg, fg_bg, t = aug(batch["bg"].float(), batch["fg_bg"].float(), targets,
+                       aug.generator(seed, 0, 0, torch.device("cpu")))
+    return show_samples([{"bg": bg[i].byte(), "fg_bg": fg_bg[i].byte(), "mask": t["mask"][i], "depth": t["depth"][i],
+                          "meta": {"index": 0, "bg_id": f"draw {i + 1}"}} for i in range(k)])
 
 
 def show_splits(data_dir: str | Path, by: str = "bg", seed: int = 0) -> dict:

@@ -147,9 +147,10 @@ def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.
 
 
 def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
-    """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth."""
+    """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth, after one line saying what
+    the alignment of bg to fg_bg applied (as `eva predict` prints it)."""
     from .plots import side_by_side
-    from .predict import predict_pair
+    from .predict import describe_alignment, predict_pair
 
     model, run_cfg, stats = _run(cfg)
     try:
@@ -159,4 +160,5 @@ def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
     except ImportError:
         calib = None
     pred = predict_pair(model, bg, fg_bg, run_cfg.size, stats, calib=calib)
+    print(describe_alignment(pred["alignment"]))
     return side_by_side(bg, fg_bg, pred.get("mask"), pred.get("depth"))

@@ -103,7 +103,7 @@ def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool
 
 
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
-    """Train/val ShardDatasets with their transforms, split by `cfg.split_by`, and the dataset's channel stats."""
+    """Train/val ShardDatasets (decode and resize only), split by `cfg.split_by`, and the dataset's channel stats."""
     from .augment import build_transforms
     from .dataset import ShardDataset, make_splits
     from .stats import load_stats
@@ -112,9 +112,9 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.splits_seed)
+    # workers only read, decode (and resize a dataset of another size): augmentation runs on the batch (batch_augment)
     train_set = ShardDataset(cfg.data, indices=splits["train"],
-                             transform=build_transforms("train", cfg.size, independent_jitter=cfg.independent_jitter,
-                                                        crop_scale=tuple(cfg.crop_scale), compact=True))  # uint8 mask, float16 depth out of workers
+                             transform=build_transforms("val", cfg.size, compact=True))  # uint8 mask, float16 depth out
     val_set = ShardDataset(cfg.data, indices=splits["val"], transform=build_transforms("val", cfg.size))
     return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
 
@@ -233,6 +233,9 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
         if not cfg.data:
             raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
         read_manifest(cfg.data)
+    from .batch_augment import BatchAugment
+
+    BatchAugment.from_config(cfg)  # second_shot_opts checked
     if model is None:
         from .models import build_model
 
@@ -324,6 +327,9 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     if cfg.compile:
         run.model = torch.compile(run.model)
     run.state_fn = lambda: _state(run)
+    from .batch_augment import BatchAugment
+
+    run.augment = BatchAugment.from_config(cfg)
     run.loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, seed=cfg.seed)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
     run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,

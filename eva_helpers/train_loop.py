@@ -40,6 +40,7 @@ class Run:
     val_loader: Any = None
     tb: Any = None
     state_fn: Callable[[], dict] | None = None
+    augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
     epoch: int = 0
     global_step: int = 0
     pos: int = 0  # samples of this epoch consumed by this rank
@@ -60,11 +61,12 @@ def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | N
     return loader
 
 
-def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool):
-    """(x (B,6,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device."""
+def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
+            gen: torch.Generator | None = None):
+    """(x (B,9,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
     from .loaders import prepare_batch
 
-    return prepare_batch(batch, device, stats=stats, channels_last=channels_last)
+    return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen)
 
 
 def train_one_epoch(run: Run) -> bool:
@@ -81,7 +83,8 @@ def train_one_epoch(run: Run) -> bool:
     t_last = time.perf_counter()
     onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
     for batch in run.loader:
-        x, targets = prepare(batch, device, run.stats, cfg.channels_last)
+        gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
+        x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
             loss, _ = run.criterion(out, targets)

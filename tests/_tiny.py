@@ -48,7 +48,7 @@ class TinyDataset(torch.utils.data.Dataset):
 
 
 class TinyNet(nn.Module):
-    """cat(bg, fg_bg, |diff|) (9) -> width -> {"mask": logits, "depth": sigmoid} (B,1,H,W); BatchNorm and dropout (RNG)."""
+    """cat(bg, fg_bg, |diff|) (the first 9 channels of prepare_batch's 10) -> width -> {"mask": logits, "depth": sigmoid} (B,1,H,W); BatchNorm and dropout (RNG)."""
 
     def __init__(self, name: str = "tiny", tasks=("mask", "depth"), width: int = 8) -> None:
         super().__init__()
@@ -59,7 +59,7 @@ class TinyNet(nn.Module):
         self.heads = nn.ModuleDict({t: nn.Conv2d(width, 1, 1) for t in tasks})
 
     def forward(self, x):
-        f = self.body(x)
+        f = self.body(x[:, :9])
         out = {t: h(f) for t, h in self.heads.items()}
         if "depth" in out:
             out["depth"] = torch.sigmoid(out["depth"])

@@ -339,6 +339,12 @@ CASES = [
     Case("predict-run-missing", PREDICT.replace("{run}", "{tmp}/nope"), ("{tmp}/nope",)),
     Case("predict-calibration-not-json", PREDICT, ("calibration.json",),
          _then(_own_run, lambda env, mp: (env.run / "calibration.json").write_text("{\"threshold\": "))),
+    Case("predict-batch-size-0", PREDICT + " --batch-size 0", ("--batch-size",)),
+    Case("predict-folders-without-a-common-name", PREDICT.replace("{a}", "{bg}").replace("{b}", "{fg}"),
+         ("{bg}", "{fg}", "no file name is in both")),
+    Case("predict-out-inside-a-photo-folder",
+         PREDICT.replace("{a}", "{bg}").replace("{b}", "{fg}").replace("{tmp}/pred", "{bg}/pred"),
+         ("{bg}/pred", "inside the input folder"), lambda env, mp: shutil.copy(env.a, env.fg / "coffee.png")),
     # ---- demo
     Case("demo-minutes-0", "demo --out {tmp}/demo --minutes 0", ("minutes",)),
     Case("demo-minutes-negative", "demo --out {tmp}/demo --minutes -1", ("minutes",)),

@@ -115,7 +115,7 @@ def test_prepare_batch_normalises_images_once(syn):
     assert isinstance(batch["meta"], list) and batch["meta"][0]["index"] == 0
     stats = {"bg": {"mean": [0.5] * 3, "std": [0.25] * 3}, "fg_bg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
     x, t = prepare_batch(batch, "cpu", stats)
-    assert x.shape == (4, 9, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (4, 10, 32, 32) and x.dtype == torch.float32
     expect = (batch["fg_bg"].float() / 255 - 0.5) / 0.25
     assert torch.allclose(x[:, 3:6], expect)
     assert t["mask"].shape == (4, 1, 32, 32) and set(t["mask"].unique().tolist()) == {0.0, 1.0}

@@ -40,8 +40,9 @@ def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augment
     raw = (batch["fg_bg"].float() - batch["bg"].float()).abs() / 255  # (B, 3, H, W) from the augmented uint8 images
     for stats in (None, WEIRD):  # normalisation never reaches the difference channels
         x, t = prepare_batch(batch, "cpu", stats)
-        assert x.shape[1] == 9
+        assert x.shape[1] == 10
         assert torch.allclose(x[:, 6:9] / DIFF_SCALE, raw, atol=1e-6)
+        assert (x[:, 9:10] <= x[:, 6:9].mean(1, keepdim=True) + 1e-5).all()  # offset 0 is among those tried
     # aligned: the difference lights up on the (augmented) object and nowhere else
     diff = max_difference(x)  # (B, 1, H, W) in [0, 1]
     mask = t["mask"]
@@ -52,7 +53,8 @@ def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augment
     assert diff[outer == 0].max() < 0.08
 
 
-@pytest.mark.parametrize("inputs,head", [("concat", "plain"), ("diff", "residual"), ("siamese", "residual")])
+@pytest.mark.parametrize("inputs,head", [("concat", "plain"), ("diff", "residual"), ("tolerant", "plain"),
+                                         ("siamese", "residual")])
 def test_each_input_representation_round_trips_through_a_checkpoint(sample_dataset, tmp_path, inputs, head):
     from eva_helpers.config import TrainConfig
     from eva_helpers.train import fit, load_run
@@ -67,7 +69,7 @@ def test_each_input_representation_round_trips_through_a_checkpoint(sample_datas
     twin = build_model("unet_small", tasks=("mask", "depth"), inputs=inputs, mask_head=head)
     twin.load_state_dict(ckpt["model"])
     twin.eval()
-    x = torch.randn(2, 9, 32, 32)
+    x = torch.randn(2, 10, 32, 32)
     with torch.no_grad():
         a, b = model(x), twin(x)
     assert set(a) == set(b) == {"mask", "depth"} and all(torch.equal(a[k], b[k]) for k in a)
@@ -159,3 +161,25 @@ def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained
     mask = cv2.imread(str(tmp_path / "out" / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (32, 32) and mask.max() == 0
     (trained_run / "calibration.json").write_text(json.dumps(saved))
+
+
+def test_the_tolerant_difference_ignores_a_small_shake_but_not_the_object():
+    """bg moved 2 px: the plain difference lights up every edge of the scene, the tolerant one only the object."""
+    import cv2
+
+    from eva_helpers.paths import sample_assets
+
+    img = cv2.cvtColor(cv2.resize(cv2.imread(str(sample_assets() / "bg" / "china.jpg")), (64, 64),
+                                  interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    bg = torch.from_numpy(img).permute(2, 0, 1)[None]
+    fg = bg.roll((2, -1), (2, 3)).clone()  # the second shot moved 2 px down, 1 px left
+    fg[:, :, 20:36, 24:36] = torch.tensor([255, 0, 255], dtype=torch.uint8).view(1, 3, 1, 1)  # the object
+    x, _ = prepare_batch({"bg": bg, "fg_bg": fg}, "cpu")
+    plain, tolerant = x[0, 6:9].mean(0) / DIFF_SCALE, x[0, 9] / DIFF_SCALE  # (H, W) in [0, 1]
+    obj = torch.zeros(64, 64, dtype=torch.bool)
+    obj[20:36, 24:36] = True
+    inner = torch.zeros_like(obj)
+    inner[3:-3, 3:-3] = True  # away from the rolled-in border rows
+    background = inner & ~obj
+    assert tolerant[background].mean() < 0.25 * plain[background].mean()
+    assert tolerant[background].quantile(0.95) < 0.03 and tolerant[20:36, 24:36].min() > 0.1

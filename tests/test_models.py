@@ -93,17 +93,17 @@ def test_bad_size_names_the_nearest_valid_one():
     u.check_input_size(48, 16)
 
 
-@pytest.mark.parametrize("inputs", ["concat", "diff"])
+@pytest.mark.parametrize("inputs", ["concat", "diff", "tolerant"])
 def test_expand_first_conv_keeps_the_composite_and_sees_the_difference(inputs):
     conv3 = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=True)
     with torch.no_grad():
         conv3.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     conv = expand_first_conv(conv3, inputs)
-    c = 9 if inputs == "diff" else 6
+    c = {"diff": 9, "tolerant": 10, "concat": 6}[inputs]
     assert conv.in_channels == c and conv.stride == (2, 2) and conv.padding == (1, 1)
     assert torch.equal(conv.bias, conv3.bias)
     x = torch.randn(2, 3, 8, 8)
-    same = torch.cat([x, x, torch.zeros_like(x)], 1)[:, :c]  # bg == fg_bg: the RGB network's own activations
+    same = torch.cat([x, x, torch.zeros_like(x), torch.zeros_like(x[:, :1])], 1)[:, :c]  # bg == fg_bg: the RGB network's own activations
     assert torch.allclose(conv(same), conv3(x), atol=1e-5)
 
 

@@ -149,8 +149,10 @@ SIZE = {D.size}  #@param {{type:"integer"}}''',
                "`stats.json` is written beside the dataset on Drive, where notebooks 03-05 read it. **Time**: 20,000 "
                "evenly spaced samples take a minute or two; `STATS_SAMPLES = 0` reads all (400k: about 10 minutes)."),
         ("code", "stats = nb.explore_stats(data_dir, STATS_SAMPLES)"),
-        ("md", "## Samples and augmentation\nFour samples, then one sample augmented four times: mask and depth must move "
-               "with the image."),
+        ("md", "## Samples and augmentation\nFour samples, then one sample as training sees it, four draws: mask and depth "
+               "must move with fg_bg, and bg looks like another photo of the scene (exposure, white balance, a pixel of "
+               "shake, noise, JPEG; a soft shadow beside the object), so the model learns that such changes are not "
+               "the object."),
         ("code", "nb.show_augmentation(data_dir, SIZE, SEED);"),
         ("md", "## Splits by background\nNo background is in two splits, so test numbers measure generalisation to new scenes."),
         ("code", "splits = nb.show_splits(data_dir, SPLIT_BY, SEED)"),
@@ -226,7 +228,11 @@ joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("code", "nt.browse_predictions(cfg)"),
     ("md", "## Your own photos\n**Step 1**: upload the background alone. **Step 2**: upload the same photo with the "
            "object in it (same size, same framing). Each step takes exactly one photo and says what is wrong otherwise. "
-           "Outside Colab (or with `SMOKE`) a sample pair of the dataset is used."),
+           "Outside Colab (or with `SMOKE`) a sample pair of the dataset is used.\n\nA second shot by hand moves a "
+           "little and changes exposure: the background is registered to the second photo and its tone matched first, "
+           "only when that clearly fits, and the line above the figure says what was applied. A whole shoot: put the "
+           "backgrounds in one folder and the photos with objects in another, under the same names, then "
+           "`eva predict --run-dir RUN --bg BG_DIR --fg-bg FG_DIR --out OUT`."),
     ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE)'),
     ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg)'),
     ("code", "nt.predict_photos(cfg, bg, fg_bg);"),

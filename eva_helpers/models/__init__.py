@@ -50,7 +50,7 @@ def build_model(name: str, tasks: Sequence[str] = ("mask",), inputs: str = DEFAU
     Args:
         name: one of list_models().
         tasks: ("mask",), ("depth",) or ("mask", "depth") (joint: shared encoder, decoder="per_task"|"shared").
-        inputs: "concat", "diff" or "siamese" (models/inputs.py).
+        inputs: "concat", "diff", "tolerant" or "siamese" (models/inputs.py).
         mask_head: "plain" or "residual" (the thresholded difference as a learned prior, the net adds corrections).
         in_channels: the encoder's input channels; only checked (it follows from `inputs`; checkpoints record it).
     """
@@ -99,7 +99,7 @@ def summary(model: nn.Module, size: int = 224, in_channels: int | None = None) -
     """Print torchsummary's layer table on CPU (for the notebooks); the dict output is fine: the top level is not hooked."""
     from torchsummary import summary as _summary
 
-    c = in_channels or X_CHANNELS  # every model reads prepare_batch's 9-channel tensor
+    c = in_channels or X_CHANNELS  # every model reads prepare_batch's 10-channel tensor
     was_training, device = model.training, next(model.parameters()).device
     model.cpu()
     try:

@@ -5,10 +5,14 @@
     channels 3-5  fg_bg, normalised with the run's stats
     channels 6-8  |fg_bg - bg| per channel, from the raw uint8 images (before normalisation), divided by 0.225
                   (ImageNet's typical std) so a difference is in the same units as a normalised image.
+    channel  9    the shift-tolerant difference: min over offsets d of at most TOLERANCE_PX px of
+                  mean_c |fg_bg(p) - bg(p + d)|, same units: a background that moved a pixel or two between the two
+                  shots (hand shake) differs from itself by ~0, while an object still differs from what lies near it.
 Each model takes the slice its `inputs` names, so one data pipeline serves every representation:
 - "concat":  the 6 normalised channels (the first round's input; a network must learn subtraction itself, and with
              8 training backgrounds it fits appearance instead: it loses to the free baseline, bench/quality.py);
 - "diff":    all 9 channels: the difference is handed over, computed exactly from the raw pixels;
+- "tolerant": all 10 channels: "diff" plus the shift-tolerant difference;
 - "siamese": one shared-weight encoder runs on bg and on fg_bg (3 channels each); each scale passes
              cat(f(fg_bg), |f(fg_bg) - f(bg)|) to the decoder (FC-Siam-diff): the comparison is built into the
              architecture, and a pretrained RGB encoder keeps its first layer untouched.
@@ -24,10 +28,12 @@ from torch import nn
 
 from ..errors import EvaError
 
-INPUTS = ("concat", "diff", "siamese")
-X_CHANNELS = 9  # what prepare_batch produces
+INPUTS = ("concat", "diff", "tolerant", "siamese")
+X_CHANNELS = 10  # what prepare_batch produces
 DIFF_SCALE = 1.0 / 0.225  # raw |fg_bg - bg| in [0, 1] -> ImageNet std units
-ENCODER_IN = {"concat": 6, "diff": 9, "siamese": 3}  # channels the encoder's first layer sees (per stream)
+TOLERANCE_PX = 2  # the shift-tolerant difference looks this far (at the model's input size)
+ENCODER_IN = {"concat": 6, "diff": 9, "tolerant": 10, "siamese": 3}  # channels the first layer sees (per stream)
+_READS = {"concat": 6, "diff": 9, "tolerant": 10, "siamese": 6}  # channels of prepare_batch's tensor each reads
 MASK_HEADS = ("plain", "residual")
 
 
@@ -39,12 +45,29 @@ def check_inputs(inputs: str) -> str:
 
 def select_inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
     """The slice of prepare_batch's (B, 9, H, W) tensor a model of this representation reads."""
-    need = 9 if inputs == "diff" else 6
+    need = _READS[inputs]
     if x.shape[1] < need:
         raise EvaError(f"a model with inputs={inputs!r} needs {need} input channels (bg, fg_bg"
-                       f"{', |fg_bg - bg|' if need == 9 else ''}) but got {x.shape[1]}: build batches with "
+                       f"{', |fg_bg - bg|' if need >= 9 else ''}) but got {x.shape[1]}: build batches with "
                        "loaders.prepare_batch")
     return x[:, :need]
+
+
+def shift_tolerant_difference(fg_bg: torch.Tensor, bg: torch.Tensor, radius: int = TOLERANCE_PX) -> torch.Tensor:
+    """(B, 3, H, W) raw images (0..255) -> (B, 1, H, W) min over |dx|, |dy| <= radius of sum_c |fg_bg(p) - bg(p+d)|.
+
+    Why: after a small shake every background pixel still finds itself in bg within the radius, an object pixel does
+    not (it is new content). 25 shifted comparisons at radius 2: a few ms for a CPU batch, nothing on a GPU."""
+    import torch.nn.functional as F
+
+    h, w = bg.shape[2:]
+    padded = F.pad(bg, (radius, radius, radius, radius), mode="replicate")
+    best = None
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            d = (fg_bg - padded[:, :, dy:dy + h, dx:dx + w]).abs_().sum(1, keepdim=True)
+            best = d if best is None else torch.minimum(best, d, out=best)
+    return best
 
 
 def max_difference(x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,8 @@ def expand_first_conv(conv3: nn.Conv2d, inputs: str = "diff") -> nn.Conv2d:
                      conv3.dilation, conv3.groups, conv3.bias is not None)
     with torch.no_grad():
         w = conv3.weight  # (out, 3, k, k)
-        parts = [torch.zeros_like(w), w, w] if inputs == "diff" else [-w, 2 * w]
+        parts = {"diff": [torch.zeros_like(w), w, w], "tolerant": [torch.zeros_like(w), w, w, torch.zeros_like(w[:, :1])],
+                 "concat": [-w, 2 * w]}[inputs]  # the tolerant channel starts silent
         conv.weight.copy_(torch.cat(parts, 1))
         if conv3.bias is not None:
             conv.bias.copy_(conv3.bias)
