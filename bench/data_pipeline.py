@@ -3,8 +3,8 @@
     python bench/data_pipeline.py [--data DIR] [--size 224] [--workers 2] [--batch 64] [--samples 4096] [--prepare]
                                   [--verify-rounds 2] [--worker-augment-rounds 2]
 
-"ours" is what `fit` runs: workers only read and decode (augmentation runs on the batch, on the GPU in training,
-`batch_augment.py`). `--worker-augment-rounds` alternates it with the earlier pipeline, where each worker also ran
+"ours" is what `fit` runs: workers only read and decode fg_bg, mask and depth (augmentation runs on the batch, on the
+GPU in training, `batch_augment.py`; each sample's background comes from `loaders.BackgroundBank` by its bg_id). `--worker-augment-rounds` alternates it with the earlier pipeline, where each worker also ran
 the per-sample albumentations (flip, brightness/contrast), so the ratio comes from one run.
 
 Both loaders run in the same process on the same dataset (built from the embedded sample at --size unless --data is
@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = args.data or build_data(tmp / "data", args.size, args.positions)
     from eva_helpers.batch_augment import BatchAugment
     from eva_helpers.config import TrainConfig
+    from eva_helpers.loaders import BackgroundBank
 
-    decode_only = build_transforms("val", args.size, compact=True)  # what train.build_data gives the workers
+    decode_only = build_transforms("val", args.size, compact=True, with_bg=False)  # what train.build_data gives them
     worker_aug = build_transforms("train", args.size, compact=True, crop_scale=(1.0, 1.0))
     ds = ShardDataset(data, transform=decode_only)
     res = {"samples_in_dataset": len(ds), "size": args.size, "workers": args.workers, "batch": args.batch,
@@ -148,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     loader = make_loader(ds, args.batch, shuffle=True, num_workers=args.workers, seed=0, drop_last=True)
     aug = BatchAugment.from_config(TrainConfig())
     steps = iter(range(10**9))
-    prep = ((lambda b: prepare_batch(b, "cpu", augment=aug, gen=aug.generator(0, next(steps), 0, torch.device("cpu"))))
+    bank = BackgroundBank(ds, args.size)
+    prep = ((lambda b: prepare_batch(b, "cpu", augment=aug, gen=aug.generator(0, next(steps), 0, torch.device("cpu")),
+                                     backgrounds=bank))
             if args.prepare else None)
     rate, cpu = time_loader(loader, args.samples, prepare=prep)
     res["ours_samples_per_s"], res["ours_cpu_ms_per_sample"] = round(rate, 1), round(cpu, 3)

@@ -34,6 +34,8 @@ NARROW = {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}  # the first r
 DIFF = {"inputs": "diff", "mask_head": "plain"}
 DIFF_RES = {"inputs": "diff", "mask_head": "residual"}
 TOL = {"inputs": "tolerant", "mask_head": "plain"}  # diff + the shift-tolerant difference
+W1 = {"loss_weights": {}}  # losses.DEFAULT_WEIGHTS as they are (depth 1), not TrainConfig's default depth x2
+P08, SHAKE2 = {"p": 0.8}, {"shift": 2.0, "p_shift": 0.5}
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
     "joint-diff-lr1e-3": ("joint", DIFF, {"lr": 1e-3}),
@@ -49,24 +51,24 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-diff-residual": ("joint", DIFF_RES, {}),
     "joint-diff": ("joint", DIFF, {}),
     "depth-diff": ("depth", {"inputs": "diff"}, {}),
-    # second-shot training (second_shot.py): exact pairs (the earlier default), tone only, tone + shake + shadows
-    "joint-shot-off": ("joint", DIFF, {"second_shot": "off"}),
-    "joint-shot-tone": ("joint", DIFF, {"second_shot": "tone"}),
-    "joint-shot-full": ("joint", DIFF, {"second_shot": "full"}),
-    "joint-shot-shift2": ("joint", DIFF, {"second_shot": "full", "second_shot_opts": {"shift": 2.0, "p_shift": 0.5}}),
-    "joint-shot-shift05": ("joint", DIFF, {"second_shot": "full", "second_shot_opts": {"shift": 0.5, "p_shift": 0.5}}),
-    "joint-tol-off": ("joint", TOL, {"second_shot": "off"}),
-    "joint-tol-full": ("joint", TOL, {"second_shot": "full", "second_shot_opts": {"shift": 2.0, "p_shift": 0.5}}),
-    "joint-tol-p05": ("joint", TOL, {"second_shot": "full",
-                                     "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5}}),
-    "joint-tol-noshadow": ("joint", TOL, {"second_shot": "full",
-                                          "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5, "p_shadow": 0.0}}),
+    # second-shot training (second_shot.py), every option spelled out so a row does not move with the presets;
+    # W1 = the loss weights before depth x2 became the default
+    "joint-shot-off": ("joint", DIFF, {"second_shot": "off", **W1}),
+    "joint-shot-tone": ("joint", DIFF, {"second_shot": "tone", **W1}),
+    "joint-shot-full": ("joint", DIFF, {"second_shot": "full", **W1, "second_shot_opts": {**P08, "shift": 1.0,
+                                                                                          "p_shift": 0.3}}),
+    "joint-shot-shift2": ("joint", DIFF, {"second_shot": "full", **W1, "second_shot_opts": {**P08, **SHAKE2}}),
+    "joint-tol-off": ("joint", TOL, {"second_shot": "off", **W1}),
+    "joint-tol-full": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {**P08, **SHAKE2}}),
+    "joint-tol-p05": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {"p": 0.5, **SHAKE2}}),
+    "joint-tol-noshadow": ("joint", TOL, {"second_shot": "full", **W1,
+                                          "second_shot_opts": {"p": 0.5, **SHAKE2, "p_shadow": 0.0}}),
     "joint-tol-depth2": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
-                                        "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.5}}),
-    "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", "second_shot_opts": {
-        "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
-    "mask-shot-off": ("mask", {"inputs": "diff", "mask_head": "plain"}, {"second_shot": "off"}),
-    "mask-shot-full": ("mask", {"inputs": "diff", "mask_head": "plain"}, {"second_shot": "full"}),
+                                        "second_shot_opts": {"p": 0.5, **SHAKE2}}),  # the default
+    "joint-tol-full-depth2": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
+                                             "second_shot_opts": {**P08, **SHAKE2}}),
+    "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {
+        **P08, "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
 }
 LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
           "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",

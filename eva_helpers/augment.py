@@ -31,12 +31,13 @@ def _albu():
     return A
 
 
-def _to_tensors(out: dict[str, Any], compact: bool = False) -> dict[str, Any]:
-    """numpy (H, W, 3) uint8 / (H, W) -> torch (3, H, W) uint8 / (1, H, W) float32 (uint8 / float16 if compact)."""
+def _to_tensors(out: dict[str, Any], compact: bool = False, with_bg: bool = True) -> dict[str, Any]:
+    """numpy (H, W, 3) uint8 / (H, W) -> torch (3, H, W) uint8 / (1, H, W) float32 (uint8 / float16 if compact);
+    without bg, the sample's meta["bg_id"] names it (`loaders.BackgroundBank` holds the backgrounds)."""
     import torch
 
     res = {"meta": out["meta"]}
-    for k in ("bg", "fg_bg"):
+    for k in (("bg", "fg_bg") if with_bg else ("fg_bg",)):
         # (3, H, W) uint8 view of the (H, W, 3) array: the batch collate copies it once, straight into shared memory
         arr = out[k] if out[k].flags.writeable else out[k].copy()  # never alias the dataset's background cache
         res[k] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
@@ -60,12 +61,13 @@ class JointTransform:
     def __init__(self, split: str, size: int, independent_jitter: bool = False, *, hflip: float = 0.5,
                  crop_scale: tuple[float, float] = (0.6, 1.0), affine_p: float = 0.0, rotate: float = 10.0,
                  jitter: float = 0.25, jitter_p: float = 0.8, saturation: float = 0.0, hue: float = 0.0,
-                 compact: bool = False):
+                 compact: bool = False, with_bg: bool = True):
         if split not in SPLITS:
             from .errors import BadInputError
 
             raise BadInputError(f"split {split!r}: use one of {SPLITS}")
         self.split, self.size, self.independent_jitter, self.compact = split, int(size), independent_jitter, compact
+        self.with_bg = with_bg
         self.opts = dict(hflip=hflip, crop_scale=tuple(crop_scale), affine_p=affine_p, rotate=rotate, jitter=jitter,
                          jitter_p=jitter_p, saturation=saturation, hue=hue)
         self._build()
@@ -136,7 +138,7 @@ class JointTransform:
                 self._reseed(self._photo, seed, 1)
                 p = self._photo(image=out["fg_bg"], bg=out["bg"])
                 out.update(fg_bg=p["image"], bg=p["bg"])
-        return _to_tensors(out, self.compact)
+        return _to_tensors(out, self.compact, getattr(self, "with_bg", True))
 
 
 def build_transforms(split: str, size: int, independent_jitter: bool = False,
@@ -145,6 +147,16 @@ def build_transforms(split: str, size: int, independent_jitter: bool = False,
 
     Options (train): hflip, crop_scale, affine_p (small rotation, off by default: costly), rotate, jitter
     (brightness/contrast), jitter_p, saturation, hue (0 by default: HSV is costly); compact=True makes the output
-    mask uint8 and depth float16 (cheaper to move out of workers; `prepare_batch` converts back to float32).
+    mask uint8 and depth float16 (cheaper to move out of workers; `prepare_batch` converts back to float32);
+    with_bg=False leaves bg out (the training loader: `loaders.BackgroundBank` gives it from meta["bg_id"]).
     """
     return JointTransform(split, size, independent_jitter, **opts)
+
+
+def resize_background(bg: np.ndarray, size: int) -> np.ndarray:
+    """A prepared background at `size`, byte-identical to what the val/test transform gives its bg."""
+    import cv2
+
+    if bg.shape[:2] == (size, size):
+        return bg
+    return _albu().Resize(size, size, interpolation=cv2.INTER_LINEAR)(image=bg)["image"]

@@ -118,6 +118,16 @@ def _inflate():
     return decompress
 
 
+def _running_sum(px: np.ndarray, axis: int) -> np.ndarray:
+    """uint8 cumulative sum (mod 256) along `axis`: torch's is 4-6x faster than numpy's on a 224 px map (0.02-0.05 ms
+    against 0.11-0.22), a quarter of a training sample's decode; numpy where torch is absent."""
+    try:
+        import torch
+    except ImportError:
+        return np.cumsum(px, axis=axis, dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(px)).cumsum(axis, dtype=torch.uint8).numpy()
+
+
 def _decode_gray_png(data: bytes) -> np.ndarray | None:
     """Fast path for the grayscale PNGs we write (8/16-bit, not interlaced, one filter type for all rows: none, sub
     or up): inflate + numpy un-filtering. Returns None for anything else, and the caller falls back to OpenCV."""
@@ -144,7 +154,7 @@ def _decode_gray_png(data: bytes) -> np.ndarray | None:
         return None
     px = raw[:, 1:].reshape(h, w, bpp)
     if filt:  # sub: running sum along the row per byte lane; up: running sum down the columns (mod 256 in uint8)
-        px = np.cumsum(px, axis=1 if filt == 1 else 0, dtype=np.uint8)
+        px = _running_sum(px, 1 if filt == 1 else 0)
     return px[..., 0].copy() if bpp == 1 else px.view(">u2")[..., 0].astype(np.uint16)
 
 

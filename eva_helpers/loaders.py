@@ -112,6 +112,33 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = False
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(), generator=gen, **kw)
 
 
+class BackgroundBank:
+    """The dataset's prepared backgrounds as (3, size, size) uint8 tensors on the device, each decoded once.
+
+    Thousands of training samples share a background (100 backgrounds for 400k composites): the training loader's
+    workers ship each sample's bg_id instead of its background (150 KB at 224 px, a third of a sample's bytes through
+    shared memory), and `prepare_batch` gathers the backgrounds here."""
+
+    def __init__(self, dataset: Any, size: int):
+        self.dataset, self.size, self._rows = dataset, int(size), {}
+
+    def __call__(self, metas: Sequence[dict], device) -> Any:
+        """(B, 3, size, size) uint8 on `device` for the batch's meta dicts."""
+        import torch
+
+        from .augment import resize_background
+
+        rows = []
+        for m in metas:
+            key = str(m["bg_id"])
+            t = self._rows.get(key)
+            if t is None or t.device != torch.device(device):
+                img = resize_background(self.dataset.background(key), self.size)
+                t = self._rows[key] = torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device)  # a copy: the cache is read-only
+            rows.append(t)
+        return torch.stack(rows)
+
+
 def _stats_tensors(stats: dict | None, device, dtype):
     """(mean, std) of shape (1, 6, 1, 1) on 0-1 scale for cat(bg, fg_bg)."""
     import torch
@@ -127,7 +154,8 @@ def _stats_tensors(stats: dict | None, device, dtype):
 
 
 def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, channels_last: bool = False,
-                  augment: Any = None, gen: Any = None) -> tuple[Any, dict[str, Any]]:
+                  augment: Any = None, gen: Any = None, backgrounds: BackgroundBank | None = None
+                  ) -> tuple[Any, dict[str, Any]]:
     """Batch from the loader -> (x (B, 10, H, W) float32, {"mask", "depth"} (B, 1, H, W) float32).
 
     x = cat(bg, fg_bg, |fg_bg - bg|, shift-tolerant difference) (models/inputs.py): the images normalised here and only here, with the dataset's stats (ImageNet's
@@ -135,14 +163,20 @@ def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, chan
     normalisation (exact: no stats can blur it), in ImageNet std units (models/inputs.py). Each model reads the slice
     its input representation needs. Targets are never normalised: mask stays {0, 1}, depth stays [0, 1].
     `augment` (a `batch_augment.BatchAugment`, training only) transforms the images and targets first, drawing from
-    `gen`; its images stay whole numbers on 0..255, so the difference stays exact.
+    `gen`; its images stay whole numbers on 0..255, so the difference stays exact. A batch without "bg" takes its
+    backgrounds from `backgrounds` by the samples' bg_id.
     """
     import torch
 
     from .models.inputs import DIFF_SCALE, X_CHANNELS, shift_tolerant_difference
 
     nb = torch.device(device).type == "cuda"
-    bg = batch["bg"].to(device, non_blocking=nb)  # (B, 3, H, W) uint8: 4x less to move than float
+    if "bg" in batch:
+        bg = batch["bg"].to(device, non_blocking=nb)  # (B, 3, H, W) uint8: 4x less to move than float
+    elif backgrounds is not None:
+        bg = backgrounds(batch["meta"], device)
+    else:
+        raise ValueError("this batch carries no bg: pass the dataset's BackgroundBank as `backgrounds`")
     fg = batch["fg_bg"].to(device, non_blocking=nb)
     b, _, h, w = bg.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format

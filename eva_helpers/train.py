@@ -112,9 +112,10 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.splits_seed)
-    # workers only read, decode (and resize a dataset of another size): augmentation runs on the batch (batch_augment)
+    # workers only read, decode (and resize a dataset of another size): augmentation runs on the batch (batch_augment),
+    # and bg comes from the run's BackgroundBank (loaders.py) by bg_id; uint8 mask, float16 depth out of the workers
     train_set = ShardDataset(cfg.data, indices=splits["train"],
-                             transform=build_transforms("val", cfg.size, compact=True))  # uint8 mask, float16 depth out
+                             transform=build_transforms("val", cfg.size, compact=True, with_bg=False))
     val_set = ShardDataset(cfg.data, indices=splits["val"], transform=build_transforms("val", cfg.size))
     return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
 
@@ -330,6 +331,10 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     from .batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
+    if getattr(getattr(train_set, "transform", None), "with_bg", True) is False:
+        from .loaders import BackgroundBank
+
+        run.backgrounds = BackgroundBank(train_set, cfg.size)
     run.loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, seed=cfg.seed)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
     run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,

@@ -41,6 +41,7 @@ class Run:
     tb: Any = None
     state_fn: Callable[[], dict] | None = None
     augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
+    backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
     epoch: int = 0
     global_step: int = 0
     pos: int = 0  # samples of this epoch consumed by this rank
@@ -62,11 +63,12 @@ def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | N
 
 
 def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
-            gen: torch.Generator | None = None):
-    """(x (B,9,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
+            gen: torch.Generator | None = None, backgrounds: Any = None):
+    """(x (B,10,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
     from .loaders import prepare_batch
 
-    return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen)
+    return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
+                         backgrounds=backgrounds)
 
 
 def train_one_epoch(run: Run) -> bool:
@@ -84,7 +86,7 @@ def train_one_epoch(run: Run) -> bool:
     onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
     for batch in run.loader:
         gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
-        x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen)
+        x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen, run.backgrounds)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
             loss, _ = run.criterion(out, targets)

@@ -149,11 +149,23 @@ def test_a_run_from_before_second_shot_resumes_as_it_trained():
 
 
 def test_training_workers_only_decode(tmp_path, sample_dataset):
-    """The training dataset's transform draws nothing: every augmentation happens on the batch."""
+    """The training dataset's transform draws nothing (every augmentation happens on the batch) and ships no bg: the
+    BackgroundBank gives the same bytes the val transform would have shipped."""
+    from eva_helpers.augment import build_transforms
+    from eva_helpers.dataset import ShardDataset
+    from eva_helpers.loaders import BackgroundBank, collate, prepare_batch
     from eva_helpers.train import build_data
 
-    cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / "r"), size=32)
-    train_set, _, _ = build_data(cfg)
-    a, b = train_set[(3, 1)], train_set[(3, 2)]
-    assert all(torch.equal(a[k], b[k]) for k in ("bg", "fg_bg", "mask", "depth"))
-    assert a["mask"].dtype == torch.uint8 and a["depth"].dtype == torch.float16  # compact out of the workers
+    for size in (32, 48):  # the dataset's own size, and one the workers resize to
+        cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / "r"), size=size)
+        train_set, _, _ = build_data(cfg)
+        a, b = train_set[(3, 1)], train_set[(3, 2)]
+        assert "bg" not in a and all(torch.equal(a[k], b[k]) for k in ("fg_bg", "mask", "depth"))
+        assert a["mask"].dtype == torch.uint8 and a["depth"].dtype == torch.float16  # compact out of the workers
+        full = ShardDataset(str(sample_dataset), indices=train_set.indices, transform=build_transforms("val", size))
+        items = [train_set[i] for i in range(0, 40, 5)]
+        bank = BackgroundBank(train_set, size)
+        assert torch.equal(bank([it["meta"] for it in items], "cpu"), torch.stack([full[i]["bg"] for i in range(0, 40, 5)]))
+        x_bank, _ = prepare_batch(collate(items), "cpu", backgrounds=bank)
+        x_full, _ = prepare_batch(collate([full[i] for i in range(0, 40, 5)]), "cpu")
+        assert torch.equal(x_bank, x_full)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from eva_helpers.errors import EvaError
-from eva_helpers.models import build_model, expand_first_conv, list_models, rebuild_model, summary
+from eva_helpers.models import DEFAULT_INPUTS, build_model, expand_first_conv, list_models, rebuild_model, summary
 
 TASK_SETS = [("mask",), ("depth",), ("mask", "depth")]
 
@@ -29,7 +29,7 @@ def test_registry_has_the_agreed_names():
 def test_forward_backward_shapes(name, tasks):
     torch.manual_seed(0)
     model = build_model(name, tasks=tasks)  # pretrained defaults to False: nothing is downloaded
-    x = torch.randn(2, 9, 32, 32)
+    x = torch.randn(2, 10, 32, 32)
     out = model(x)
     assert set(out) == set(tasks)
     for t in tasks:
@@ -41,7 +41,7 @@ def test_forward_backward_shapes(name, tasks):
     assert not unused, f"parameters without gradient: {unused[:5]}"
     # the architecture rebuilds from its JSON-able record with the same parameters and buffers
     args = json.loads(json.dumps(model.model_args))
-    assert args["name"] == name and args["tasks"] == list(tasks) and args["inputs"] == "diff"
+    assert args["name"] == name and args["tasks"] == list(tasks) and args["inputs"] == DEFAULT_INPUTS == "tolerant"
     twin = build_model(**args)
     assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     twin.load_state_dict(model.state_dict())
@@ -54,7 +54,7 @@ def test_joint_decoders_per_task_or_shared():
     assert len(build_model("unet_medium", tasks=("mask", "depth")).decoders) == 2  # other presets: one per task
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(shared) < n(per_task)
-    out = shared(torch.randn(2, 9, 32, 32))
+    out = shared(torch.randn(2, 10, 32, 32))
     assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
     assert build_model(**shared.model_args).model_args["decoder"] == "shared"
     assert build_model(**per_task.model_args).model_args["decoder"] == "per_task"
@@ -63,7 +63,7 @@ def test_joint_decoders_per_task_or_shared():
 def test_options_are_recorded_and_validated():
     m = build_model("unet_small", widths=(8, 16, 32), upsample="transpose")
     assert m.model_args["widths"] == [8, 16, 32] and m.divisor == 4
-    assert m(torch.randn(1, 9, 12, 12))["mask"].shape == (1, 1, 12, 12)
+    assert m(torch.randn(1, 10, 12, 12))["mask"].shape == (1, 1, 12, 12)
     with pytest.raises(EvaError, match="upsample"):
         build_model("unet_small", upsample="nearest-ish")
     with pytest.raises(EvaError, match="decoder"):
@@ -86,10 +86,10 @@ def test_bad_size_names_the_nearest_valid_one():
     with pytest.raises(EvaError, match=r"input 225x225 is not supported: sizes must be multiples of 32; nearest valid: 224x224"):
         m.check_input_size(225, 225)
     with pytest.raises(EvaError, match="nearest valid: 64x32"):
-        m(torch.randn(1, 9, 70, 30))
+        m(torch.randn(1, 10, 70, 30))
     u = build_model("unet_small")  # 4 downsamplings -> multiples of 16
     with pytest.raises(EvaError, match="multiples of 16; nearest valid: 48x16"):
-        u(torch.randn(1, 9, 50, 8))
+        u(torch.randn(1, 10, 50, 8))
     u.check_input_size(48, 16)
 
 

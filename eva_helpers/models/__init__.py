@@ -38,8 +38,9 @@ LEGACY = {"unet_small": {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}
 LEGACY_DEFAULTS = {"inputs": "concat", "mask_head": "plain"}
 
 # The representation and mask head new models get: the rows that won in bench/quality.py (bench/RESULTS.md): "diff"
-# beat "concat" and "siamese"; the residual head was 0.003-0.004 IoU behind the plain one, mask-only and joint.
-DEFAULT_INPUTS = "diff"
+# beat "concat" and "siamese"; the residual head was 0.003-0.004 IoU behind the plain one, mask-only and joint;
+# "tolerant" (diff + the shift-tolerant difference) halves what a 1-2 px shake costs (bench/robustness.py).
+DEFAULT_INPUTS = "tolerant"
 DEFAULT_MASK_HEAD = "plain"
 
 
