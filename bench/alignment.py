@@ -335,7 +335,7 @@ def runs_tables(runs: list[dict], scores: dict, flags: dict) -> str:
                          f"{bg_mean[worst]:+.4f} (bg {worst}) | {len(scores[names[0]][who][name])} | {share} |")
     # per background, the model only: clean IoU and the changes the claims are about
     cols = ["clean + align"] + [f"shift {d} px" for d in SHIFTS[-2:]] + [f"shift {d} px + align" for d in SHIFTS]
-    lines += [f"\n### Per held-out background (model, averaged over runs): clean IoU, then IoU − clean\n",
+    lines += ["\n### Per held-out background (model, averaged over runs): clean IoU, then IoU − clean\n",
               "| bg | pairs | clean | " + " | ".join(cols) + " |", "|" + " --- |" * (3 + len(cols))]
     bgs = sorted(set().union(*(per_bg(scores[n]["model"]["clean"]) for n in names)), key=str)
     for b in bgs:
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nClean pairs with anything applied: {sum(clean)}/{len(clean)}; clean + noise: {sum(noisy)}/{len(noisy)}. "
           f"Shake: {np.isfinite(shake).sum()}/{shake.size} applied, corner error mean {np.nanmean(shake):.3f} px, "
           f"p95 {np.nanpercentile(shake, 95):.3f} px.")
-    print(f"\n| size | time per pair median | p95 | shift error (px) |\n| --- | --- | --- | --- |")
+    print("\n| size | time per pair median | p95 | shift error (px) |\n| --- | --- | --- | --- |")
     print(f"| {SIZE}x{SIZE} | {np.median(ms):.1f} ms | {np.percentile(ms, 95):.1f} ms | see above |")
     print(f"| 4000x3000 (60 px shift, exposure x0.9) | {np.median(times):.2f} s | {max(times):.2f} s (max of "
           f"{len(times)}) | {err:.2f} |")

@@ -74,7 +74,8 @@ LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder 
           "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",
           "joint-diff-lr1e-3": "joint-diff, lr 1e-3", "joint-diff-crop0.6": "joint-diff, crop 0.6",
           "joint-diff-uncertainty": "joint-diff, uncertainty loss weighting",
-          "joint-diff": "**joint-diff (the default)**"}
+          "joint-diff": "joint-diff (inputs diff; on exact pairs it was the default: joint-shot-off)",
+          "joint-tol-depth2": "**joint-tol-depth2 (the default)**"}
 KEYS = ("mask_iou", "mask_dice", "depth_rmse", "depth_absrel", "depth_delta1", "depth_ssim", "train_images_per_s")
 BASELINE_KEYS = ("baseline_mask_iou", "baseline_mask_dice", "baseline_depth_rmse", "baseline_depth_absrel",
                  "baseline_depth_delta1", "baseline_depth_ssim")

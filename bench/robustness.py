@@ -129,11 +129,6 @@ def main() -> None:
     if bad:
         sys.exit(f"unknown perturbation(s) {bad}; choose from:\n{describe()}")
     names = ["clean"] + [n for n in SUITE if n in args.perturb and n != "clean"]
-    if args.align:
-        from eva_helpers.evaluate import align_available
-
-        if not align_available():
-            sys.exit("--align: eva_helpers/align.py is not available in this checkout")
     rows = [(n, False) for n in names] + ([(n, True) for n in names] if args.align else [])
     label = {r: r[0] + (" (aligned)" if r[1] else "") for r in rows}
 

@@ -41,13 +41,6 @@ def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, 
     return ds, make_loader(ds, batch_size, shuffle=False, num_workers=workers)
 
 
-def align_available() -> bool:
-    """Whether `eva_helpers.align` (registration of bg to fg_bg) is installed in this version."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.align") is not None
-
-
 def change_tag(perturb: str | None, align: bool) -> str | None:
     """None for the split as it is; else `<perturbation or clean>[-aligned]`, the suffix of the files it writes."""
     if perturb is None and not align:
@@ -151,8 +144,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         from .perturb import check_name
 
         check_name(perturb)
-    if align and not align_available():
-        raise EvaError("--align: registration (eva_helpers/align.py) is not available in this version of eva_helpers")
     tag = change_tag(perturb, align)
     run_dir = Path(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -134,7 +134,8 @@ class BackgroundBank:
             t = self._rows.get(key)
             if t is None or t.device != torch.device(device):
                 img = resize_background(self.dataset.background(key), self.size)
-                t = self._rows[key] = torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device)  # a copy: the cache is read-only
+                img = np.array(img)  # a copy: the dataset's cache is read-only
+                t = self._rows[key] = torch.from_numpy(img).permute(2, 0, 1).to(device)
             rows.append(t)
         return torch.stack(rows)
 
@@ -158,7 +159,8 @@ def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, chan
                   ) -> tuple[Any, dict[str, Any]]:
     """Batch from the loader -> (x (B, 10, H, W) float32, {"mask", "depth"} (B, 1, H, W) float32).
 
-    x = cat(bg, fg_bg, |fg_bg - bg|, shift-tolerant difference) (models/inputs.py): the images normalised here and only here, with the dataset's stats (ImageNet's
+    x = cat(bg, fg_bg, |fg_bg - bg|, shift-tolerant difference) (models/inputs.py): the images normalised here and
+    only here, with the dataset's stats (ImageNet's
     when stats is None), and their per-channel absolute difference computed from the raw uint8 pixels *before*
     normalisation (exact: no stats can blur it), in ImageNet std units (models/inputs.py). Each model reads the slice
     its input representation needs. Targets are never normalised: mask stays {0, 1}, depth stays [0, 1].

@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from eva_helpers.errors import BadInputError, EvaError
+from eva_helpers.errors import BadInputError
 from eva_helpers.perturb import PERTURBATIONS, SUITE, perturb_sample, shadow_map, shift_offsets
 
 OBJECT = (255, 0, 255)  # a colour the background below never has
@@ -221,17 +221,6 @@ def test_align_registers_every_scored_pair_for_model_and_baseline(run_copy, samp
     assert not clean_file.exists() or "aligned" not in json.loads(clean_file.read_text())
 
 
-@pytest.mark.skipif(__import__("eva_helpers.evaluate", fromlist=["x"]).align_available(),
-                    reason="eva_helpers/align.py exists")
-def test_align_without_the_align_module_is_a_one_line_error(run_copy, sample_dataset):
-    from eva_helpers.evaluate import evaluate_run
-
-    with pytest.raises(EvaError, match="align"):
-        evaluate_run(run_copy, sample_dataset, align=True, progress=False)
-
-
-@pytest.mark.skipif(not __import__("eva_helpers.evaluate", fromlist=["x"]).align_available(),
-                    reason="eva_helpers/align.py not written yet")
 def test_align_with_the_real_module(run_copy, sample_dataset):
     from eva_helpers.evaluate import evaluate_run
 
