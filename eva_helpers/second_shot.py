@@ -2,16 +2,15 @@
 
 In our composites bg and fg_bg are pixel-identical outside the object; two real photos never are. A model trained on
 exact pairs learns that any difference is the object and collapses on a real pair (exposure x1.1: IoU 0.95 -> 0.2).
-So training perturbs the **bg** of each pair as another shot would (labels belong to fg_bg, so they stay aligned and are
-never resampled), and casts soft shadows and light changes on fg_bg *outside* the object (the mask stays the label):
+So training makes each chosen pair look like two shots (labels belong to fg_bg, so they stay aligned and are never
+resampled):
 
-- tone: exposure gain, gamma, white balance (per-channel gain);
-- optics and sensor: Gaussian blur, Gaussian noise;
-- hand shake: a small similarity warp of bg (sub-pixel to a few px, a fraction of a degree, a percent of scale);
-- compression: JPEG at a random quality, simulated with tensor ops (YCbCr, 4:2:0 or 4:4:4, 8x8 DCT, the standard
-  tables scaled by quality, rounding), so it runs on the GPU with the rest; the evaluation uses real JPEG
-  (`perturb.py`), never this simulation;
-- shadows: soft dark ellipses near the object's base (and light changes anywhere), on fg_bg outside the mask.
+- tone, on bg: exposure gain, gamma, white balance (per-channel gain);
+- hand shake, on bg: a small similarity warp (whole or sub-pixel shifts, a fraction of a degree, a little scale);
+- optics, sensor and compression, on bg, fg_bg or both: Gaussian blur, Gaussian noise, JPEG at a random quality,
+  simulated with tensor ops (YCbCr, 4:2:0 or 4:4:4, 8x8 DCT, the standard tables scaled by quality, rounding) so it
+  runs on the GPU with the rest; the evaluation uses real JPEG (`perturb.py`), never this simulation;
+- shadows, on fg_bg outside the object: soft dark ellipses near its base, and a light change anywhere.
 
 Every draw comes from one `torch.Generator` the caller seeds (run seed, step, rank): a resumed run draws the same.
 Images are float (B, 3, H, W) on 0..255 throughout; the result is rounded and clipped like a real 8-bit photo.
@@ -42,7 +41,7 @@ class SecondShot:
     p_jpeg: float = 0.5
     jpeg_quality: tuple = (30, 95)  # uniform in [lo, hi]
     p_shift: float = 0.0  # hand shake: share of pairs whose bg is warped
-    shift: float = 0.0  # translation up to this many px (at the training size), uniform in a disc
+    shift: float = 0.0  # translation up to this many px per axis (at the training size); half rounded to whole px
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
     scale: float = 0.0  # scale 1 + U(-scale, scale)
     p_shadow: float = 0.0  # share of pairs with a cast shadow (and a light change) on fg_bg outside the object
@@ -51,6 +50,8 @@ class SecondShot:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if isinstance(f.default, tuple) and not (isinstance(v, tuple) and len(v) == 2):
+                raise EvaError(f"second_shot_opts {f.name}={v!r} is not valid: give [lo, hi]")
             vals = v if isinstance(v, tuple) else (v,)
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
                        for x in vals):
