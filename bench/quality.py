@@ -67,6 +67,10 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
                                         "second_shot_opts": {"p": 0.5, **SHAKE2}}),  # the default
     "joint-tol-full-depth2": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
                                              "second_shot_opts": {**P08, **SHAKE2}}),
+    "joint-tol-gamma": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
+                                       "second_shot_opts": {"p": 0.5, **SHAKE2, "gamma": 0.4}}),
+    "joint-tol-shake": ("joint", TOL, {"second_shot": "full", "loss_weights": {"depth": 2.0},
+                                       "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.8}}),
     "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {
         **P08, "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
 }
