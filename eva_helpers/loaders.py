@@ -120,7 +120,7 @@ class BackgroundBank:
     shared memory), and `prepare_batch` gathers the backgrounds here."""
 
     def __init__(self, dataset: Any, size: int):
-        self.dataset, self.size, self._rows = dataset, int(size), {}
+        self.dataset, self.size, self._rows, self._device = dataset, int(size), {}, None
 
     def __call__(self, metas: Sequence[dict], device) -> Any:
         """(B, 3, size, size) uint8 on `device` for the batch's meta dicts."""
@@ -128,11 +128,13 @@ class BackgroundBank:
 
         from .augment import resize_background
 
-        rows = []
+        device, rows = torch.device(device), []
+        if device != self._device:  # compare the device asked for, not tensor.device ("cuda" vs "cuda:0")
+            self._rows, self._device = {}, device
         for m in metas:
             key = str(m["bg_id"])
             t = self._rows.get(key)
-            if t is None or t.device != torch.device(device):
+            if t is None:
                 img = resize_background(self.dataset.background(key), self.size)
                 img = np.array(img)  # a copy: the dataset's cache is read-only
                 t = self._rows[key] = torch.from_numpy(img).permute(2, 0, 1).to(device)

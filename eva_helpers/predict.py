@@ -171,7 +171,7 @@ def describe_alignment(al: "Alignment") -> str:
         parts.append(f"shift ({al.dx:+.1f}, {al.dy:+.1f}) px, rotation {al.angle:.1f}°, scale {al.scale:.3f}")
     if al.tone_applied:
         parts.append("tone gain (" + ", ".join(f"{g:.2f}" for g in al.gain) + ")")
-    tone_reason = getattr(al, "tone_reason", "")
+    tone_reason = al.tone_reason
     if not parts:
         line = f"not aligned: {al.reason}"
         return line + (f"; tone: {tone_reason}" if tone_reason and tone_reason != al.reason else "")

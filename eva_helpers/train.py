@@ -331,7 +331,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     from .batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
-    if getattr(getattr(train_set, "transform", None), "with_bg", True) is False:
+    if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
         from .loaders import BackgroundBank
 
         run.backgrounds = BackgroundBank(train_set, cfg.size)
