@@ -6,10 +6,12 @@ shift search once "found" shifts on clean smooth pairs and dropped clean mask Io
 
 - Estimation runs on grey copies whose longest side is at most `ANALYSIS_SIDE` px (the analysis images).
 - Geometry: ORB matches -> RANSAC similarity (the pasted object's points are outliers); if that fails, phase
-  correlation (translation only, for backgrounds with few corners). The candidate is polished to sub-pixel by a robust
+  correlation (translation only, for backgrounds with few corners); if that fails too, every whole-pixel shift within
+  a few px (small or smooth pairs, e.g. at the model's 64 px). The candidate is polished to sub-pixel by a robust
   Gauss-Newton (Tukey weights drop the object) and applied only when (1) it has support (>= `MIN_INLIERS` inliers or a
   phase peak >= `MIN_RESPONSE`), (2) some image corner moves >= `NEAR_IDENTITY_PX` analysis px, and (3) it clearly
-  lowers the robust residual (`_residual`) against no warp on the same pixels.
+  lowers the robust residual (`_residual`) against no warp on the same pixels (textured ones; all of them for the
+  search, since a smooth scene's shake shows in its flat parts too).
 - Tone: per RGB channel fg_bg ~ gain * bg + offset by trimmed least squares started from identity (the object never
   gets a say), on the registered bg; applied only if not near identity and it clearly lowers the robust residual.
 
@@ -36,6 +38,7 @@ TRIM = 0.6                # robust residual: mean of the lowest 60 % of per-pixe
 TONE_KEEP = 0.6           # tone fit: refit on the best-fitting 60 % of pixels
 TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identity in every channel is not applied
 MAX_SAMPLES = 6_000       # pixels used by a residual or a fit (deterministic stride)
+SEARCH_SIDE, SEARCH_RADIUS = 128, 4  # last resort: every whole-pixel shift within 4 px of a <= 128 px copy
 
 
 def _cv2():
@@ -237,22 +240,55 @@ def _refine(g_bg: np.ndarray, g_fg: np.ndarray, m: np.ndarray, sel: np.ndarray, 
     return out if _corner_move(as_matrix(p) @ np.vstack([m, [0, 0, 1]]), w, h) < 3.0 else m
 
 
+def _search(g_bg: np.ndarray, g_fg: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Exhaustive robust translation search: every whole-pixel shift within SEARCH_RADIUS px of a copy whose longest
+    side is at most SEARCH_SIDE, scored by the trimmed grey residual on the shared interior (the object is in the
+    trimmed part). For small or smooth pairs, where features are few and phase correlation locks onto the object.
+    -> (M (2, 3) translation in analysis px, how much the best shift lowers the residual against identity 0..1)."""
+    cv2 = _cv2()
+    h, w = g_bg.shape
+    f = min(1.0, SEARCH_SIDE / max(h, w))
+    b, g = ((x if f >= 1.0 else cv2.resize(x, (max(16, round(w * f)), max(16, round(h * f))),
+                                            interpolation=cv2.INTER_AREA)) for x in (g_bg, g_fg))
+    r, (sh, sw) = SEARCH_RADIUS, b.shape
+    if min(sh, sw) <= 4 * r:
+        return None
+    core = g[r:sh - r, r:sw - r]
+    scores = {}
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):  # fg_bg(y, x) ~ bg(y - dy, x - dx): content moved by (dx, dy)
+            d = np.abs(core - b[r - dy:sh - r - dy, r - dx:sw - r - dx]).reshape(-1)
+            scores[(dx, dy)] = _trimmed(d)
+    (dx, dy), best = min(scores.items(), key=lambda kv: (kv[1], abs(kv[0][0]) + abs(kv[0][1])))
+    if (dx, dy) == (0, 0):
+        return None
+    gain = 1.0 - best / max(scores[(0, 0)], 1e-6)
+    return np.array([[1.0, 0.0, dx / f], [0.0, 1.0, dy / f]]), float(np.clip(gain, 0.0, 1.0))
+
+
 def _geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray) -> tuple[np.ndarray | None, dict]:
-    """Features, then phase correlation: the first candidate that is not identity, refines and clearly lowers the
-    residual is applied. -> (M (2, 3) in analysis px, or None; the Alignment's geometry fields)."""
+    """Features, then phase correlation, then a whole-pixel search: the first candidate that is not identity, refines
+    and clearly lowers the residual is applied. -> (M (2, 3) in analysis px, or None; the Alignment's geometry fields)."""
     cv2 = _cv2()
     h, w = g_bg.shape
     geo = dict(reason="too few features (smooth background)", confidence=0.0, inliers=0)
     bg_texture = cv2.dilate(_texture(g_bg).astype(np.uint8), np.ones((3, 3), np.uint8))  # (h, w) 0/1
-    for kind in ("features", "phase"):
-        if kind == "features":
+    for kind in ("features", "phase", "search"):
+        if kind == "search":
+            got = _search(g_bg, g_fg)
+            if got is None:
+                continue
+            m, n, support = got[0], 0, got[1]
+            how = f"shift search {m[0, 2]:+.0f}, {m[1, 2]:+.0f} px"
+        elif kind == "features":
             got = _features(g_bg, g_fg)
             if got is None:
                 continue
             (m, n), support = got, min(1.0, got[1] / (4 * MIN_INLIERS))
             how = f"{n} inliers"
         else:
-            (sx, sy), resp = cv2.phaseCorrelate(g_bg, g_fg, cv2.createHanningWindow((w, h), cv2.CV_32F))
+            # copies: cv2.phaseCorrelate windows its inputs in place (every later residual would read them)
+            (sx, sy), resp = cv2.phaseCorrelate(g_bg.copy(), g_fg.copy(), cv2.createHanningWindow((w, h), cv2.CV_32F))
             if resp < MIN_RESPONSE:
                 continue
             m, n, support = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy]]), 0, min(1.0, resp / (3 * MIN_RESPONSE))
@@ -261,11 +297,16 @@ def _geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray) -> tuple[
             # textured in both shots: where the object lies on a smooth background it is the only texture there
             both = texture & (_warp(bg_texture, m)[0] > 0)
             sel = both if both.sum() >= 500 else texture
-            m = _refine(g_bg, g_fg, m, sel)
+            polished = _refine(g_bg, g_fg, m, sel)
+            inside = _warp(g_bg, m)[1] & _warp(g_bg, polished)[1]  # the polish must earn its place
+            inside &= True if kind == "search" else sel
+            if _residual(g_fg, _warp(g_bg, polished)[0], inside) <= _residual(g_fg, _warp(g_bg, m)[0], inside):
+                m = polished
         if _corner_move(m, w, h) < NEAR_IDENTITY_PX:
             return None, dict(reason=f"near identity ({how})", confidence=support, inliers=n)
         warped, inside = _warp(g_bg, m)
-        before, after = _residual(g_fg, g_bg, inside & sel), _residual(g_fg, warped, inside & sel)
+        judged = inside if kind == "search" else inside & sel  # a smooth scene's shake shows in its flat parts too
+        before, after = _residual(g_fg, g_bg, judged), _residual(g_fg, warped, judged)
         conf = support * float(np.clip((1.0 - after / max(before, 1e-6)) / 0.5, 0.0, 1.0))
         words = f"{how}, residual {before:.1f} -> {after:.1f}"
         if (after <= MIN_RATIO * before and before - after >= MIN_DROP) or (
