@@ -6,6 +6,9 @@
 square `input_size` they were made for (518 and 256 px): the build feeds them backgrounds (and composites) prepared
 at that size from the full-resolution photo, then resizes their maps down to the build size.
 
+`resolve_teacher("auto")` picks the model teacher on a GPU and never the geometric one unasked; `describe_labels` says
+in one line which teacher made a dataset's labels, and that the geometric teacher's are synthetic.
+
 How objects enter the labels (the geometric layer, the contrast guard, hybrid alignment) lives in labels.py.
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EvaError
-from .formats import MASK_THRESHOLD
+from .formats import MASK_THRESHOLD, read_manifest
 from .labels import MIN_CONTRAST, RELIEF, layer_object
 
 DEFAULT_TEACHER = "geometric"
@@ -237,8 +240,8 @@ GPU_TEACHER = "depth-anything-v2-small"
 SYNTHETIC = "geometric"  # the teacher whose labels are made up from the image's layout, not estimated from its content
 
 _ABOUT = {
-    "geometric": "the geometric teacher: SYNTHETIC labels (a ground-plane guess from each photo's layout with the object "
-                 "as a layer on it, not a measurement or a model's estimate of the scene)",
+    "geometric": "the geometric teacher: SYNTHETIC labels (a ground-plane guess from each photo's layout with the "
+                 "object as a layer on it, not a measurement or a model's estimate of the scene)",
     "depth-anything-v2-small": "Depth Anything V2 Small: a pretrained model's estimate of relative depth (no units)",
     "midas-small": "MiDaS small: a pretrained model's estimate of relative depth (no units)",
 }
@@ -250,8 +253,8 @@ def resolve_teacher(name: str, recorded: str | None = None, *, allow_synthetic: 
     teacher a started build recorded (a reconnect must not switch teachers), else Depth Anything V2 Small on a GPU.
 
     "auto" never falls back to synthetic labels unasked: without a GPU, or on a build started with the geometric
-    teacher, it is a one-line EvaError unless `allow_synthetic` (the sample and smoke builds). gpu: whether CUDA is
-    here (default: ask torch; no torch means no GPU).
+    teacher, it is a one-line EvaError unless `allow_synthetic` (a caller that accepts synthetic labels). gpu: whether
+    CUDA is here (default: ask torch; no torch means no GPU). where: the build's folder, named in the messages.
     """
     if name != AUTO:
         return name
@@ -268,14 +271,16 @@ def resolve_teacher(name: str, recorded: str | None = None, *, allow_synthetic: 
                   "Runtime > Change runtime type > GPU, then run all cells again")
         return recorded
     if recorded == SYNTHETIC and not allow_synthetic:
-        raise EvaError(f"{where} was started with the geometric teacher (synthetic ground-plane labels): set TEACHER = "
-                       f'"geometric" to finish it on purpose, or build a new DATASET with the {GPU_TEACHER} teacher')
+        raise EvaError(f"{where} was started with the geometric teacher (synthetic ground-plane labels): set "
+                       f'TEACHER = "geometric" to finish it on purpose, or build a new DATASET with the {GPU_TEACHER} '
+                       "teacher")
     if gpu:
         return recorded or GPU_TEACHER
     if allow_synthetic:
         return SYNTHETIC
-    raise EvaError(f'TEACHER = "auto" found no GPU here: switch the runtime to GPU (Runtime > Change runtime type > GPU) '
-                   f'and run all cells again, or set TEACHER = "geometric" for synthetic ground-plane labels on purpose')
+    raise EvaError('TEACHER = "auto" found no GPU here: switch the runtime to GPU (Runtime > Change runtime type > '
+                   'GPU) and run all cells again, or set TEACHER = "geometric" for synthetic ground-plane labels on '
+                   "purpose")
 
 
 def describe_labels(teacher: dict[str, Any] | str | None) -> str:
@@ -291,8 +296,6 @@ def describe_labels(teacher: dict[str, Any] | str | None) -> str:
 
 def dataset_labels(data_dir) -> str:
     """`describe_labels` for the dataset in `data_dir`, read from its manifest (what the build recorded)."""
-    from .formats import read_manifest
-
     m = read_manifest(data_dir)
     return describe_labels(m.get("teacher") or m.get("params", {}).get("teacher"))
 
