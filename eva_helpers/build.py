@@ -2,7 +2,9 @@
 
 Resumable and byte-reproducible: sample i depends on `(seed, i)` only (compose.py), every shard is built whole in
 memory (bounded: one shard per worker), written under a temp name, fsynced and renamed, and the manifest is rewritten
-atomically after each shard. Running the same build again skips shards whose sha256 and size match the manifest.
+atomically after each shard. Running the same build again skips shards whose sha256 and size match the manifest, and
+keeps the background depth maps it recorded in backgrounds.zip (the teacher does not label them again: on another GPU or
+precision its maps could differ, and the shards built so far were labelled from the recorded ones).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .errors import EvaError
 from .images import load_sources
 from .index import VerifyRecord, verify_file, write_index
 from .labels import composite_label, layer_object, ring_px
-from .teachers import get_teacher, normalise
+from .teachers import describe_labels, get_teacher, normalise
 
 MODES = ("layered", "per-composite", "hybrid")
 PNG_LEVEL = 1  # fast zlib level: PNG encoding is most of a sample's cost
@@ -334,6 +336,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                                           + [[s.id, s.sha256] for s in fg_srcs]).encode())
     old = _check_out_dir(out, params, sources_sha)
     tm = get_teacher(teacher, **teacher_kwargs)  # before the claim: a teacher that cannot load claims nothing
+    if progress:
+        print(describe_labels(tm.info))  # said before any work: geometric labels are synthetic
     (out / formats.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     remove_stale_temps(out / formats.SHARD_DIR)
@@ -349,14 +353,21 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         s.array = None  # the compositor keeps its own compact copy (mip chain); free the full-size pixels
     total = len(comp) if limit is None else max(0, min(int(limit), len(comp)))
     n_shards = -(-total // shard_size)
+    record = VerifyRecord(out)  # shards hashed once (here or when written) are re-checked by a stat on resume
+    recorded = _recorded_background_maps(out, old, record, bg_srcs, size)
     teacher_bgs = None  # the teacher's own input size, prepared again from the full-resolution photos
-    if tm.input_size and tm.input_size != size:
+    if tm.input_size and tm.input_size != size and (recorded is None or mode != "layered"):
         t_srcs, _ = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, tm.input_size))
         teacher_bgs = [s.array for s in t_srcs]  # (T, T, 3) uint8, the same files in the same order
-    raws = tm.predict(teacher_bgs or prepared)  # per background (T, T) or (S, S) float32
-    norm = [normalise(_to_size(r, size)) for r in raws]
-    bg_depth16 = [np.round(d * formats.DEPTH_MAX).astype(np.uint16) for d, _, _ in norm]
-    ranges = [(lo, hi) for _, lo, hi in norm]
+    if recorded is None:
+        raws = tm.predict(teacher_bgs or prepared)  # per background (T, T) or (S, S) float32
+        norm = [normalise(_to_size(r, size)) for r in raws]
+        bg_depth16 = [np.round(d * formats.DEPTH_MAX).astype(np.uint16) for d, _, _ in norm]
+        ranges = [(lo, hi) for _, lo, hi in norm]
+    else:  # a resume keeps the maps its shards were labelled from: another GPU or precision may map differently
+        bg_depth16, ranges = recorded
+        if progress:
+            print(f"resuming: the background depth maps in {formats.BACKGROUNDS} are kept (not labelled again)")
 
     manifest: dict[str, Any] = {
         **head, "teacher": tm.info,
@@ -366,12 +377,19 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         "sample_order": "i -> combination i // positions = (bg * n_fg + fg) * n_flip + flip, slot i % positions",
         "complete": False, "shards": [],
     }
-    bgz = _backgrounds_zip(bg_srcs, fg_srcs, prepared, bg_depth16, ranges)
-    bgz_entry = {"file": formats.BACKGROUNDS, "sha256": sha256_bytes(bgz), "bytes": len(bgz)}
-    record = VerifyRecord(out)  # shards hashed once (here or when written) are re-checked by a stat on resume
-    if not (old and old.get("backgrounds") == bgz_entry and _verified(out, bgz_entry, record)):
-        atomic_write_bytes(out / formats.BACKGROUNDS, bgz)
-        record.add(formats.BACKGROUNDS, (out / formats.BACKGROUNDS).stat(), bgz_entry["sha256"])
+    if recorded is not None:
+        bgz_entry = old["backgrounds"]  # verified above: kept byte for byte
+    else:
+        bgz = _backgrounds_zip(bg_srcs, fg_srcs, prepared, bg_depth16, ranges)
+        bgz_entry = {"file": formats.BACKGROUNDS, "sha256": sha256_bytes(bgz), "bytes": len(bgz)}
+        if old and old.get("shards") and old.get("backgrounds") not in (None, bgz_entry):
+            raise BuildConflictError(
+                f"{out / formats.BACKGROUNDS}: missing or damaged, and the teacher's background maps here differ from "
+                f"the ones the {len(old['shards'])} shards built so far were labelled from; restore the file from a "
+                "copy, or build into a new folder")
+        if not (old and old.get("backgrounds") == bgz_entry and _verified(out, bgz_entry, record)):
+            atomic_write_bytes(out / formats.BACKGROUNDS, bgz)
+            record.add(formats.BACKGROUNDS, (out / formats.BACKGROUNDS).stat(), bgz_entry["sha256"])
     manifest["backgrounds"] = bgz_entry
 
     done: dict[int, dict] = {}
@@ -411,6 +429,31 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     manifest["complete"] = True
     formats.write_manifest(out, manifest)
     return manifest
+
+
+def _recorded_background_maps(out: Path, old: dict | None, record: VerifyRecord, bg_srcs,
+                              size: int) -> tuple[list[np.ndarray], list[tuple[float, float]]] | None:
+    """The background depth maps a started build recorded in backgrounds.zip, ((S, S) uint16 per background, raw
+    teacher (min, max)), in `bg_srcs` order; None when there are none to keep (a new build, a build killed before it
+    wrote them, or a backgrounds.zip that no longer matches its manifest entry)."""
+    entry = (old or {}).get("backgrounds")
+    if not entry or not _verified(out, entry, record):
+        return None
+    import cv2
+
+    with zipfile.ZipFile(out / formats.BACKGROUNDS) as zf:
+        rows = {r["bg_id"]: r for r in formats.read_jsonl(zf.read(formats.INDEX)) if r.get("kind") == "bg"}
+        maps, ranges = [], []
+        for s in bg_srcs:
+            if s.id not in rows:
+                return None
+            png = np.frombuffer(zf.read(formats.member("bg_depth", s.id)), np.uint8)
+            d16 = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
+            if d16 is None or d16.dtype != np.uint16 or d16.shape != (size, size):
+                return None
+            maps.append(d16)
+            ranges.append((float(rows[s.id]["depth_min"]), float(rows[s.id]["depth_max"])))
+    return maps, ranges
 
 
 def _to_size(raw: np.ndarray, size: int) -> np.ndarray:

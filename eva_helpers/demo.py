@@ -115,12 +115,17 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
     """report/README.md + PNG figures + metrics.json: what a person opens first."""
     from .dataset import ShardDataset
     from .plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
+    from .teachers import SYNTHETIC, describe_labels
     from .train import read_history
 
     report = Path(cfg.out) / "report"
     report.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    teacher = manifest.get("teacher") or {"name": manifest["params"]["teacher"]}  # as the build recorded it
+    labels = describe_labels(teacher)
     ds = ShardDataset(str(data))
-    save_figure(show_samples([ds[i] for i in spread_indices(len(ds), 6, cfg.seed)]), report / "samples.png")
+    save_figure(show_samples([ds[i] for i in spread_indices(len(ds), 6, cfg.seed)], title=labels),
+                report / "samples.png")
     save_figure(plot_stats(stats), report / "stats.png")
     figures = []
     for name, m in results.items():
@@ -132,13 +137,16 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
             shutil.copyfile(run_dir / "eval_best_worst.png", report / f"best_worst_{name}.png")
         figures.append(name)
     atomic_write_text(report / "metrics.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
-    manifest = json.loads((data / "manifest.json").read_text())
+    params = manifest["params"]
+    caveat = (" Depth scores here say how well a model reproduces that guess, not how well it measures real depth."
+              if teacher.get("name") == SYNTHETIC else "")
     lines = [
         "# eva demo report", "",
         f"Embedded sample: {manifest['counts'].get('backgrounds')} backgrounds x {manifest['counts'].get('foregrounds')} "
-        f"cut-outs, {manifest['counts']['samples']} composites at {cfg.size} px (seed {cfg.seed}, geometric depth teacher, "
-        "layered labels). Metrics on the **test split: held-out backgrounds** never seen in training; depth metrics "
-        "compare the model with the teacher's labels.", "",
+        f"cut-outs, {manifest['counts']['samples']} composites at {params['size']} px (seed {params['seed']}, "
+        f"{params['mode']} labels). Metrics on the **test split: held-out backgrounds** never seen in training; depth "
+        "metrics compare the model with the teacher's labels.", "",
+        f"**{labels[0].upper()}{labels[1:]}.**{caveat}", "",
         results_table(results),
         "Pixel accuracy is shown for completeness only: masks here are mostly background, so predicting nothing already "
         "scores high. Compare mask IoU with the bg-difference baseline row, which needs no learning.", "",

@@ -44,22 +44,15 @@ class BuildPlan:
 
 
 def resolve_teacher(teacher: str, out_dir: Path) -> str:
-    """"auto": the teacher a started build recorded (a reconnect to a CPU runtime must not switch teachers), else
-    Depth Anything V2 Small on a GPU and the geometric teacher on a CPU."""
-    import torch
+    """`teachers.resolve_teacher` with the teacher a started build in `out_dir` recorded: "auto" keeps it (a reconnect
+    must not switch teachers), else picks Depth Anything V2 Small on a GPU and refuses a CPU runtime in one line."""
+    from .teachers import resolve_teacher as resolve
 
-    if teacher != "auto":
-        return teacher
     try:
         recorded = json.loads((Path(out_dir) / "manifest.json").read_text())["params"]["teacher"]
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
-    if recorded:
-        if recorded != "geometric" and not torch.cuda.is_available():
-            print(f"{out_dir} was started with the {recorded} teacher, which is slow without a GPU: "
-                  "Runtime > Change runtime type > GPU, then run all cells again")
-        return recorded
-    return "depth-anything-v2-small" if torch.cuda.is_available() else "geometric"
+    return resolve(teacher, recorded, where=str(out_dir))
 
 
 def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: str = "",
@@ -108,9 +101,12 @@ def show_samples_of(data_dir: str | Path, k: int = 6, seed: int = 0):
     """k random samples of a dataset: bg | fg_bg | mask | depth."""
     from .dataset import ShardDataset
     from .plots import show_samples, spread_indices
+    from .teachers import dataset_labels
 
     ds = ShardDataset(data_dir)
-    return show_samples([ds[i] for i in spread_indices(len(ds), k, seed)])
+    labels = dataset_labels(data_dir)
+    print(labels)  # which teacher made what the depth column shows, and whether it is synthetic
+    return show_samples([ds[i] for i in spread_indices(len(ds), k, seed)], title=labels)
 
 
 # ---- 02-05: which dataset ---------------------------------------------------------------------------------------------

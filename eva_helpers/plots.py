@@ -71,12 +71,19 @@ def _grid(rows: Sequence[Sequence[Any]], titles: Sequence[str], row_labels: Sequ
     return fig
 
 
-def show_samples(samples: Sequence[dict], max_rows: int = 6):
-    """Grid of dataset samples: bg | fg_bg | mask | depth (near = bright), one row per sample, provenance as label."""
+def show_samples(samples: Sequence[dict], max_rows: int = 6, title: str | None = None):
+    """Grid of dataset samples: bg | fg_bg | mask | depth (near = bright), one row per sample, provenance as label.
+    title: a line over the grid (which teacher made the depth labels)."""
     samples = list(samples)[:max_rows]
     rows = [[s["bg"], s["fg_bg"], s["mask"].astype(np.float32) if isinstance(s["mask"], np.ndarray) else s["mask"], s["depth"]] for s in samples]
     labels = [_meta_label(s.get("meta", {})) for s in samples]
-    return _grid(rows, ["bg", "fg_bg", "mask", "depth (near=bright)"], labels)
+    fig = _grid(rows, ["bg", "fg_bg", "mask", "depth (near=bright)"], labels)
+    if title:
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, 90), fontsize=8)
+        fig.tight_layout()
+    return fig
 
 
 def _meta_label(meta: dict) -> str:

@@ -6,6 +6,9 @@
 square `input_size` they were made for (518 and 256 px): the build feeds them backgrounds (and composites) prepared
 at that size from the full-resolution photo, then resizes their maps down to the build size.
 
+`resolve_teacher("auto")` picks the model teacher on a GPU and never the geometric one unasked; `describe_labels` says
+in one line which teacher made a dataset's labels, and that the geometric teacher's are synthetic.
+
 How objects enter the labels (the geometric layer, the contrast guard, hybrid alignment) lives in labels.py.
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EvaError
-from .formats import MASK_THRESHOLD
+from .formats import MASK_THRESHOLD, read_manifest
 from .labels import MIN_CONTRAST, RELIEF, layer_object
 
 DEFAULT_TEACHER = "geometric"
@@ -232,6 +235,69 @@ class MidasTeacher(DepthTeacher):
 
 
 TEACHERS = {"geometric": GeometricTeacher, "depth-anything-v2-small": HFDepthTeacher, "midas-small": MidasTeacher}
+AUTO = "auto"  # the model teacher on a GPU; never the geometric one unless the caller allows synthetic labels
+GPU_TEACHER = "depth-anything-v2-small"
+SYNTHETIC = "geometric"  # the teacher whose labels are made up from the image's layout, not estimated from its content
+
+_ABOUT = {
+    "geometric": "the geometric teacher: SYNTHETIC labels (a ground-plane guess from each photo's layout with the "
+                 "object as a layer on it, not a measurement or a model's estimate of the scene)",
+    "depth-anything-v2-small": "Depth Anything V2 Small: a pretrained model's estimate of relative depth (no units)",
+    "midas-small": "MiDaS small: a pretrained model's estimate of relative depth (no units)",
+}
+
+
+def resolve_teacher(name: str, recorded: str | None = None, *, allow_synthetic: bool = False,
+                    gpu: bool | None = None, where: str = "this build") -> str:
+    """The teacher a build uses. A named one as given (the geometric one chosen on purpose included). "auto": the
+    teacher a started build recorded (a reconnect must not switch teachers), else Depth Anything V2 Small on a GPU.
+
+    "auto" never falls back to synthetic labels unasked: without a GPU, or on a build started with the geometric
+    teacher, it is a one-line EvaError unless `allow_synthetic` (a caller that accepts synthetic labels). gpu: whether
+    CUDA is here (default: ask torch; no torch means no GPU). where: the build's folder, named in the messages.
+    """
+    if name != AUTO:
+        return name
+    if gpu is None:
+        try:
+            import torch
+        except ImportError:
+            gpu = False
+        else:
+            gpu = bool(torch.cuda.is_available())
+    if recorded and recorded != SYNTHETIC:
+        if not gpu:
+            print(f"{where} was started with the {recorded} teacher, which is slow without a GPU: "
+                  "Runtime > Change runtime type > GPU, then run all cells again")
+        return recorded
+    if recorded == SYNTHETIC and not allow_synthetic:
+        raise EvaError(f"{where} was started with the geometric teacher (synthetic ground-plane labels): set "
+                       f'TEACHER = "geometric" to finish it on purpose, or build a new DATASET with the {GPU_TEACHER} '
+                       "teacher")
+    if gpu:
+        return recorded or GPU_TEACHER
+    if allow_synthetic:
+        return SYNTHETIC
+    raise EvaError('TEACHER = "auto" found no GPU here: switch the runtime to GPU (Runtime > Change runtime type > '
+                   'GPU) and run all cells again, or set TEACHER = "geometric" for synthetic ground-plane labels on '
+                   "purpose")
+
+
+def describe_labels(teacher: dict[str, Any] | str | None) -> str:
+    """One plain line saying which teacher made a dataset's depth labels (a manifest's "teacher" entry or a name)."""
+    info = teacher if isinstance(teacher, dict) else {"name": teacher}
+    name = info.get("name") or "unknown"
+    about = _ABOUT.get(name, f"the {name} teacher")
+    source = info.get("source")
+    if source and source != DA_V2_SMALL and name != SYNTHETIC:
+        about += f", loaded from {source}"
+    return f"depth labels: {about}"
+
+
+def dataset_labels(data_dir) -> str:
+    """`describe_labels` for the dataset in `data_dir`, read from its manifest (what the build recorded)."""
+    m = read_manifest(data_dir)
+    return describe_labels(m.get("teacher") or m.get("params", {}).get("teacher"))
 
 
 def get_teacher(name: str = DEFAULT_TEACHER, device: str | None = None, batch_size: int | None = None,

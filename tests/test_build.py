@@ -334,3 +334,75 @@ def test_an_upgrade_that_keeps_the_sample_generator_resumes(inputs, reference, t
     (out / "manifest.json").write_text(json.dumps({**manifest, "generator": formats.GENERATOR - 1}))
     with pytest.raises(BuildConflictError, match="sample generator 1 .*this is generator 2"):
         build_dataset(*inputs, out, **KW)
+
+
+class _OtherGPU:
+    """A teacher like the geometric one whose maps differ a little (another GPU, another precision); counts its calls."""
+
+    def __init__(self):
+        from eva_helpers.teachers import GeometricTeacher
+
+        self.inner, self.background_calls = GeometricTeacher(), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, images):
+        self.background_calls += 1
+        return [m * 1.01 + 0.003 for m in self.inner.predict(images)]
+
+
+def _half_build(inputs, out, monkeypatch):
+    """A build killed after its first two shards, as a disconnect leaves it."""
+    import eva_helpers.build as build_mod
+
+    real = build_mod.build_shard
+
+    def dies_at_shard_2(ctx, k):
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(ctx, k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "build_shard", dies_at_shard_2)
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(*inputs, out, **KW)
+    assert len(formats.read_manifest(out)["shards"]) == 2
+
+
+def test_resume_keeps_the_recorded_background_maps(inputs, reference, tmp_path, monkeypatch):
+    """A resume on another machine whose teacher maps the backgrounds differently keeps backgrounds.zip byte for byte
+    and labels the remaining shards from the recorded maps: no dataset mixes labels from two sets of maps."""
+    import eva_helpers.build as build_mod
+
+    out = tmp_path / "ds"
+    _half_build(inputs, out, monkeypatch)
+    bgz = (out / formats.BACKGROUNDS).read_bytes()
+    other = _OtherGPU()
+    assert not np.allclose(other.predict([np.zeros((8, 8, 3), np.uint8)])[0],
+                           other.inner.predict([np.zeros((8, 8, 3), np.uint8)])[0])  # it does map differently
+    other.background_calls = 0
+    monkeypatch.setattr(build_mod, "get_teacher", lambda *a, **k: other)
+    build_dataset(*inputs, out, **KW)
+    assert (out / formats.BACKGROUNDS).read_bytes() == bgz
+    assert other.background_calls == 0  # the recorded backgrounds are not labelled again
+    assert all_bytes(out) == all_bytes(reference)  # every shard from the same maps as an uninterrupted build
+
+
+def test_resume_without_its_recorded_maps_refuses_to_mix(inputs, tmp_path, monkeypatch):
+    """backgrounds.zip lost, and the teacher here maps differently than the one the built shards used: one line,
+    nothing rewritten. The same teacher rebuilds the lost file as it was."""
+    import eva_helpers.build as build_mod
+
+    out = tmp_path / "ds"
+    _half_build(inputs, out, monkeypatch)
+    bgz = (out / formats.BACKGROUNDS).read_bytes()
+    (out / formats.BACKGROUNDS).unlink()
+    before = all_bytes(out)
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "get_teacher", lambda *a, **k: _OtherGPU())
+        with pytest.raises(BuildConflictError, match="2 shards built so far") as e:
+            build_dataset(*inputs, out, **KW)
+    assert "\n" not in str(e.value) and all_bytes(out) == before
+    build_dataset(*inputs, out, **KW)
+    assert (out / formats.BACKGROUNDS).read_bytes() == bgz and formats.read_manifest(out)["complete"]

@@ -127,7 +127,7 @@ def test_geometric_path_imports_neither_transformers_nor_torch():
     assert out.stdout.strip() == "[]"
 
 
-def _tiny_depth_anything(folder):
+def _tiny_depth_anything(folder, seed=0):
     """A randomly initialised Depth Anything with a 2-layer, 32-wide DINOv2 backbone, saved like a hub snapshot."""
     import torch
     from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
@@ -138,7 +138,7 @@ def _tiny_depth_anything(folder):
                             reshape_hidden_states=False)
     cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
                               fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     DepthAnythingForDepthEstimation(cfg).save_pretrained(folder)
     DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14,
                       do_pad=False).save_pretrained(folder)
@@ -255,3 +255,45 @@ def test_teacher_view_recomposites_at_the_teachers_size():
     small = cv2.resize(view, (32, 32), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(float) - fg_bg).mean() < 2  # the same composite, three times finer (bg alone: ~17)
     assert _teacher_view(SimpleNamespace(teacher_bgs=None), fg_bg, p) is fg_bg
+
+
+def test_a_resume_whose_teacher_maps_differently_keeps_the_recorded_background_maps(tmp_path, monkeypatch):
+    """Hybrid build, killed after one shard, resumed where the same model folder now holds other weights (as another
+    GPU or precision gives other maps): backgrounds.zip is kept byte for byte and every shard's background pixels are
+    exactly its recorded map, the shards built before the resume and after alike."""
+    pytest.importorskip("transformers")
+    import zipfile
+
+    import eva_helpers.build as build_mod
+    from _build_helpers import sample_inputs
+    from eva_helpers import formats
+    from eva_helpers.build import build_dataset
+
+    bg, fg = sample_inputs(tmp_path / "in", n_bg=2, n_fg=1)
+    model = tmp_path / "model"
+    _tiny_depth_anything(model, seed=0)
+    kw = dict(size=32, positions=2, limit=8, shard_size=4, workers=1, progress=False, mode="hybrid",
+              teacher="depth-anything-v2-small", teacher_kwargs={"model_dir": model, "device": "cpu"})
+    real = build_mod.build_shard
+
+    def dies_at_shard_1(ctx, k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return real(ctx, k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "build_shard", dies_at_shard_1)
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(bg, fg, tmp_path / "ds", **kw)
+    bgz = (tmp_path / "ds" / formats.BACKGROUNDS).read_bytes()
+    _tiny_depth_anything(model, seed=1)  # the teacher now maps the backgrounds differently
+    m = build_dataset(bg, fg, tmp_path / "ds", **kw)
+    assert (tmp_path / "ds" / formats.BACKGROUNDS).read_bytes() == bgz
+    bgz_zip = zipfile.ZipFile(tmp_path / "ds" / formats.BACKGROUNDS)
+    for entry in m["shards"]:
+        zf = zipfile.ZipFile(tmp_path / "ds" / entry["file"])
+        for r in formats.read_jsonl(zf.read(formats.INDEX)):
+            d = formats.decode_depth(zf.read(formats.member("depth", r["id"])))
+            obj = formats.decode_mask(zf.read(formats.member("mask", r["id"]))) >= formats.MASK_THRESHOLD
+            bg_d = formats.decode_depth(bgz_zip.read(formats.member("bg_depth", r["bg_id"])))
+            assert np.array_equal(d[~obj], bg_d[~obj]), (entry["file"], r["id"])

@@ -98,15 +98,20 @@ SIZE = 224  #@param {{type:"integer"}}
 POSITIONS = 20  #@param {{type:"integer"}}
 SEED = 0  #@param {{type:"integer"}}
 TEACHER = "auto"  #@param ["auto", "geometric", "depth-anything-v2-small", "midas-small"]
+# TEACHER: "auto" = Depth Anything V2 Small on a GPU runtime (a CPU runtime stops and says so); "geometric" = synthetic
+# labels (a ground-plane guess, not a measurement), only when chosen here on purpose
 MODE = "layered"  #@param ["layered", "per-composite"]
 SCALE_MIN = 0.3  #@param {{type:"number"}}
 SCALE_MAX = 0.7  #@param {{type:"number"}}
 FLIPS = True  #@param {{type:"boolean"}}
 SHARD_SIZE = 1000  #@param {{type:"integer"}}''',
     [
-        ("md", "## What will be built\n`SMOKE` shrinks everything; `TEACHER = \"auto\"` keeps the teacher a started build "
-               "recorded (a reconnect to a CPU runtime does not switch it), else picks Depth Anything V2 Small on a GPU "
-               "and the geometric teacher on a CPU."),
+        ("md", "## What will be built\n`SMOKE` shrinks everything (and labels with the geometric teacher). "
+               "`TEACHER = \"auto\"` keeps the teacher a started build recorded (a reconnect does not switch it), else "
+               "picks Depth Anything V2 Small, a pretrained depth model, on a GPU runtime. On a CPU runtime it stops with "
+               "one line: switch the runtime to GPU, or set `TEACHER = \"geometric\"` on purpose. The geometric teacher's "
+               "labels are **synthetic**: a ground-plane guess from each photo's layout with the object as a layer on "
+               "it, not a measurement or a model's estimate of the scene; a model trained on them learns that guess."),
         ("code", '''from eva_helpers import notebook as nb
 plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET, size=SIZE, positions=POSITIONS,
                      seed=SEED, teacher=TEACHER, mode=MODE, scale_range=(SCALE_MIN, SCALE_MAX), flips=FLIPS,
@@ -118,7 +123,9 @@ plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET
                "Interrupted? Run all again: verified shards are kept."),
         ("code", "manifest = nb.build(plan)"),
         ("md", "## Look at the samples\nEach row: the background, the composite, the mask (exactly the pasted alpha) and the "
-               "depth label (near = bright). Check that objects sit fully inside the frame and that depth makes sense."),
+               "depth label (near = bright). The line above the grid names the teacher that made the depth labels, as "
+               "the dataset's manifest records it, and says when they are synthetic. Check that objects sit fully "
+               "inside the frame and that depth makes sense."),
         ("code", "nb.show_samples_of(plan.out_dir, 6, SEED);"),
         ("md", "## Where the shards went\nNotebooks 02-05 find this dataset by its `DATASET` name. To fetch it elsewhere, "
                "add it to `data_manifest.json` (README: Your own data)."),
@@ -149,7 +156,9 @@ SIZE = {D.size}  #@param {{type:"integer"}}''',
                "`stats.json` is written beside the dataset on Drive, where notebooks 03-05 read it. **Time**: 20,000 "
                "evenly spaced samples take a minute or two; `STATS_SAMPLES = 0` reads all (400k: about 10 minutes)."),
         ("code", "stats = nb.explore_stats(data_dir, STATS_SAMPLES)"),
-        ("md", "## Samples and augmentation\nFour samples, then one sample as training sees it, four draws: mask and depth "
+        ("md", "## Samples and augmentation\nFour samples (the line above them names the teacher that made the depth "
+               "labels, from the dataset's manifest; geometric labels are synthetic, a ground-plane guess, not a "
+               "measurement), then one sample as training sees it, four draws: mask and depth "
                "must move with fg_bg, and bg looks like another photo of the scene (exposure, white balance, a pixel of "
                "shake, noise, JPEG; a soft shadow beside the object), so the model learns that such changes are not "
                "the object."),
