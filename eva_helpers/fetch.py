@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import atomic_write_text, check_output_folder, fsync_dir, sha256_file
+from .atomic import atomic_write_text, check_output_folder, fsync_dir, json_text, sha256_file
 from .errors import EvaError, IntegrityError
 from .paths import safe_name, safe_relpath
 
@@ -427,4 +427,4 @@ def save_entry(name: str, entry: dict[str, Any], data_manifest: str | os.PathLik
     doc = (json.loads(path.read_text(encoding="utf-8")) if path.is_file()
            else {"schema": DATA_MANIFEST_SCHEMA, "datasets": {}})
     doc.setdefault("datasets", {})[name] = entry
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json_text(doc))

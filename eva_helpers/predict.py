@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import sys
@@ -219,11 +218,12 @@ def _load(run_dir: str | Path, which: str, device: str | None):
     """The run, its frozen stats and calibration, once; checked before anything is written."""
     from .calibrate import load_calibration
     from .evaluate import load_run_stats
+    from .runs import resolve_data
     from .train import load_run
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
-    stats = load_run_stats(Path(run_dir), Path(cfg.data))
+    stats = load_run_stats(Path(run_dir), resolve_data(cfg.data, run_dir))
     return model, cfg, stats, load_calibration(run_dir), dev
 
 
@@ -231,7 +231,7 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
                 which: str = "best", device: str | None = None, align: bool = True) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
     into out_dir; returns the files written and the alignment applied."""
-    from .atomic import atomic_write_bytes, atomic_write_text
+    from .atomic import atomic_write_bytes, atomic_write_json
     from .formats import encode_mask
     from .plots import save_figure, side_by_side
 
@@ -255,7 +255,7 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
         atomic_write_bytes(out / "depth.png", encode_depth_png(pred["depth"]))
         written.append(out / "depth.png")
     record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), **alignment_record(pred["alignment"])}
-    atomic_write_text(out / "alignment.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_json(out / "alignment.json", record)
     written.append(out / "alignment.json")
     small = {k: thumbnail(pred.pop(k)) for k in ("mask", "depth") if k in pred}
     fig = side_by_side(*thumbs, small.get("mask"), small.get("depth"), title=f"{Path(run_dir).name} ({cfg.model})")
