@@ -164,18 +164,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     run_ident = recorded_identity(run_dir) or (_identity(run_data) if run_data and run_data.is_dir() else None)
     unseen = run_ident is not None and ident != run_ident
     if unseen:
+        from .dataset import ShardDataset
+
+        whole = ShardDataset(str(data_dir))  # opened against its manifest first: damage is reported as such
+        scored = list(range(len(whole)))
+        whole.close()
         run_data = _check_unseen(run_dir, cfg, run_data, run_ident, data_dir)
     else:
         run_data = data_dir
     stats = load_run_stats(run_dir, run_data)
     splits = split_positions(cfg, run_data)  # thresholds and baselines are the run's own: chosen on its dataset
-    if unseen:
-        from .dataset import ShardDataset
-
-        whole = ShardDataset(str(data_dir))
-        scored = list(range(len(whole)))
-        whole.close()
-    else:
+    if not unseen:
         scored = splits[split]
     if not scored:
         raise EvaError(f"{data_dir}: the {split} split is empty (too few backgrounds for held-out splits)")
