@@ -4,13 +4,18 @@ Drive mounts do not support symlinks or hard links, so everything here uses temp
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from typing import Any
 
 from .errors import EvaError, WriteError, os_error_line
 
@@ -45,14 +50,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside `path`; on clean exit fsync and rename it onto `path`, else delete it.
 
-    An OSError while creating, writing or renaming (a full disk, a read-only folder) is an EvaError naming `path`.
+    An OSError while creating, writing or renaming (a full disk, a read-only folder) is an EvaError naming `path`
+    (for a full disk also its folder and the space left there); the temp file is removed either way.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     except OSError as e:
-        raise WriteError(f"cannot write {os_error_line(e, path)}") from e
+        raise WriteError(write_error_line(e, path)) from e
     try:
         try:
             os.fchmod(fd, _file_mode())
@@ -69,9 +75,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise WriteError(f"cannot write {os_error_line(e, path)}") from e
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(write_error_line(e, path)) from e
         raise
+
+
+def write_error_line(e: OSError, path: Path) -> str:
+    """One line for a failed write of `path`; a full disk names the folder and how much space is left in it."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(path.parent)
+            free = f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"cannot write {path.name}: the disk holding {path.parent} is full ({free}); free some space or "
+                "choose another folder, then run the same command again")
+    return f"cannot write {os_error_line(e, path)}"
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "output") -> None:
@@ -93,6 +112,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, Infinity) replaced by None: strict JSON, which every reader accepts."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Strict JSON text of `obj` (non-finite floats as null, `default=str` for paths and the like), newline-ended."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, default=str) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> None:
+    """Write `obj` as strict JSON (`json_text`), atomically."""
+    atomic_write_text(path, json_text(obj, indent, sort_keys))
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, json_text
 from .baseline import open_close
 from .errors import EvaError
 from .metrics import binary_mask_metrics
@@ -77,24 +77,46 @@ def fit_postprocess(batches: Iterable[tuple], thresholds: tuple[float, ...] = PR
             "n_groups": k, "chosen_on": "val", "val_iou_plain": float(iou[0].mean()),
             "best_on_val": {"threshold": float(combos[best][0]), "morph": bool(combos[best][1]),
                             "val_iou": float(iou[best].mean()), "t": round(t_stat, 2) if math.isfinite(t_stat) else None,
-                            "t_needed": t_critical(k - 1)}}
+                            "t_needed": t_critical(k - 1) if k > 1 else None}}  # None: one group decides nothing
 
 
 def save_calibration(run_dir: str | Path, calib: dict[str, Any]) -> Path:
+    """calibration.json, strict JSON (no Infinity/NaN, which strict readers refuse), checked as load_calibration
+    checks it: a file this writes always loads."""
     path = Path(run_dir) / CALIBRATION
-    atomic_write_text(path, json.dumps(calib, indent=1, sort_keys=True) + "\n")
+    check_calibration(calib, path)
+    atomic_write_text(path, json_text(calib, sort_keys=True))
     return path
 
 
+def check_calibration(calib: Any, path: Path | str) -> dict[str, Any]:
+    """The usable part of a calibration dict: a finite threshold in (0, 1) and a true/false morph; anything else is a
+    one-line error naming the file (a threshold of 5 or NaN would give an empty mask, -1 a full one)."""
+    redo = "delete it and run `eva eval` again to recalibrate on the validation split"
+    if not isinstance(calib, dict):
+        raise EvaError(f"{path}: not a calibration (a JSON object expected); {redo}")
+    t, morph = calib.get("threshold"), calib.get("morph")
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 1):
+        raise EvaError(f"{path}: threshold {t!r} is not a probability in (0, 1); {redo}")
+    if not isinstance(morph, bool):
+        raise EvaError(f"{path}: morph {morph!r} is not true or false; {redo}")
+    return {"threshold": float(t), "morph": morph, "chosen_on": str(calib.get("chosen_on", "val"))}
+
+
 def load_calibration(run_dir: str | Path) -> dict[str, Any]:
-    """The run's chosen post-processing, or the plain 0.5 cut when the run has not been evaluated yet."""
+    """The run's chosen post-processing, or the plain 0.5 cut when the run has not been evaluated yet; a damaged file
+    is a one-line error (check_calibration), never a silently empty or full mask."""
     path = Path(run_dir) / CALIBRATION
     if not path.is_file():
         return dict(DEFAULT)
     try:
-        calib = json.loads(path.read_text(encoding="utf-8"))
-        return {"threshold": float(calib["threshold"]), "morph": bool(calib["morph"]),
-                "chosen_on": str(calib.get("chosen_on", "val"))}
-    except (ValueError, KeyError, TypeError) as e:
-        raise EvaError(f"{path}: unreadable calibration ({type(e).__name__}: {e}); delete it and run `eva eval` "
-                       "again to choose the mask threshold on the validation split") from None
+        calib = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise EvaError(f"{path}: unreadable calibration ({type(e).__name__}: {str(e).splitlines()[0]}); delete it and "
+                       "run `eva eval` again to recalibrate on the validation split") from None
+    return check_calibration(calib, path)
+
+
+def _no_constant(name: str) -> Any:
+    """json's NaN / Infinity / -Infinity are not JSON: refused (load_calibration says how to recalibrate)."""
+    raise ValueError(f"{name} is not a number in strict JSON")

@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder",
                        formatter_class=_HelpNames)
     e.add_argument("--run-dir", required=True, help="a trained run folder")
-    e.add_argument("--data", required=True, help="dataset folder the run was trained on")
+    e.add_argument("--data", required=True, help="dataset folder the run was trained on (its held-out split is "
+                   "scored); another dataset is scored whole as unseen data, with the run's own thresholds, into "
+                   "metrics-<folder name>.json (refused if it shares a background with the run's training split)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="held-out split to score")
     e.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to score")
     e.add_argument("--perturb", default=None, metavar="NAME", action=_PerturbAction,

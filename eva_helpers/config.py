@@ -1,12 +1,15 @@
 """`TrainConfig`: every training setting in one typed dataclass (notebooks override fields, the CLI builds it from flags).
 
-`asdict(cfg)` is written to `config.json` in the run folder and into every checkpoint; `from_dict` refuses unknown
-keys so a typo in a notebook cell or an old config file is reported instead of silently ignored.
+`to_dict()` is written to `config.json` in the run folder and into every checkpoint, with the dataset's path made
+absolute (a relative one would only resolve from the folder the run was started in; runs.resolve_data reads older
+relative ones); `from_dict` refuses unknown keys so a typo in a notebook cell or an old config file is reported instead
+of silently ignored.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -146,7 +149,11 @@ class TrainConfig:
         return TASKS[self.task]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as plain values, `data` absolute: what config.json and checkpoints record."""
+        d = dataclasses.asdict(self)
+        if isinstance(d.get("data"), str) and d["data"]:
+            d["data"] = os.path.abspath(os.path.expanduser(d["data"]))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "TrainConfig":

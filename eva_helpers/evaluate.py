@@ -3,6 +3,12 @@
 Writes `<run_dir>/metrics.json` (keys of DESIGN section 5) and `<run_dir>/eval_best_worst.png`. Under a second-shot
 change (`perturb`, see perturb.py) and/or with registration (`align`), the scored split's pairs change, the choices
 made on the clean validation split do not, and the results go to `metrics-<name>[-aligned].json` beside them.
+
+Another dataset than the run's (by content identity, as `eva train` checks it) is scored as unseen data: every sample
+of it, with the thresholds, calibration and baseline still chosen on the run's own dataset (its validation split; the
+depth baseline from its training labels), into `metrics-<dataset folder name>.json`; calibration.json is left alone.
+A dataset sharing backgrounds (by content) with the run's training split is refused: that is not unseen data. Every
+metrics file names the dataset it scored (path and identity).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_json
 from .errors import EvaError
 
 
@@ -132,12 +138,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     pairs; thresholds and calibration are still chosen on the clean validation split, and the results go to
     `metrics_name(perturb, align)` (calibration.json is left alone). `reuse`: a dict the caller keeps between calls on
     one run; what was chosen on validation is kept there and reused while the checkpoint and data are the same (a
-    suite of changes fits once instead of once per change).
+    suite of changes fits once instead of once per change). `data_dir` holding another dataset than the run's is scored
+    whole as unseen data (module docstring; `split` does not apply), into `metrics-<its folder name>[-<tag>].json`.
     """
     from tqdm.auto import tqdm
 
     from .calibrate import postprocess, save_calibration
     from .metrics import MetricAccumulator
+    from .runs import recorded_identity, resolve_data
     from .train import load_run
 
     if perturb is not None:
@@ -148,24 +156,41 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     run_dir = Path(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, ckpt = load_run(run_dir, which=which, device=str(dev))
-    data_dir = Path(data_dir or cfg.data)
-    stats = load_run_stats(run_dir, data_dir)
-    splits = split_positions(cfg, data_dir)
-    if not splits[split]:
+    run_data = resolve_data(cfg.data, run_dir)
+    data_dir = Path(data_dir) if data_dir is not None else run_data
+    if data_dir is None:
+        raise EvaError(f"{run_dir}: the run records no dataset; give the dataset to score (--data)")
+    ident = _identity(data_dir)
+    run_ident = recorded_identity(run_dir) or (_identity(run_data) if run_data and run_data.is_dir() else None)
+    unseen = run_ident is not None and ident != run_ident
+    if unseen:
+        from .dataset import ShardDataset
+
+        whole = ShardDataset(str(data_dir))  # opened against its manifest first: damage is reported as such
+        scored = list(range(len(whole)))
+        whole.close()
+        run_data = _check_unseen(run_dir, cfg, run_data, run_ident, data_dir)
+    else:
+        run_data = data_dir
+    stats = load_run_stats(run_dir, run_data)
+    splits = split_positions(cfg, run_data)  # thresholds and baselines are the run's own: chosen on its dataset
+    if not unseen:
+        scored = splits[split]
+    if not scored:
         raise EvaError(f"{data_dir}: the {split} split is empty (too few backgrounds for held-out splits)")
-    ds, loader = _loader(data_dir, splits[split], cfg, batch_size, perturb=perturb, align=align)
-    key = (str(ckpt["loaded_from"]), int(ckpt.get("global_step", -1)), str(data_dir))
+    ds, loader = _loader(data_dir, scored, cfg, batch_size, perturb=perturb, align=align)
+    key = (str(ckpt["loaded_from"]), int(ckpt.get("global_step", -1)), str(run_data))
     fitted = reuse if reuse is not None and reuse.get("key") == key else None
     if fitted is None:
-        fitted = {**fit_on_validation(model, data_dir, splits, cfg, dev, stats), "key": key}
+        fitted = {**fit_on_validation(model, run_data, splits, cfg, dev, stats), "key": key}
         if reuse is not None:
             reuse.clear()
             reuse.update(fitted)
     threshold, calib = fitted["threshold"], fitted["calib"]
     acc = MetricAccumulator(cfg.tasks, baseline=fitted["baseline"])
     n, aligned, toned, t0 = 0, 0, 0, time.perf_counter()
-    bar = tqdm(total=len(ds), desc=f"eval {split}" + (f" ({tag})" if tag else ""), unit="img",
-               disable=not progress)
+    what = f"{data_dir.name} (unseen)" if unseen else split
+    bar = tqdm(total=len(ds), desc=f"eval {what}" + (f" ({tag})" if tag else ""), unit="img", disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
         bar.update(x.shape[0])
         if calib is not None:  # the accumulator cuts logits at 0: hand it the post-processed decision as +-1
@@ -180,16 +205,22 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     if threshold is not None:
         metrics["baseline_threshold"] = threshold
     if calib is not None:
-        if tag is None:  # the same choice either way (clean validation); only the clean evaluation records it
+        if tag is None and not unseen:  # the same choice either way (the run's validation); recorded once
             save_calibration(run_dir, calib)
         metrics.update(mask_threshold=calib["threshold"], mask_morph=calib["morph"], mask_val_iou=calib["val_iou"])
     metrics["train_images_per_s"] = training_speed(run_dir)
+    held_out = splits["info"].get("bg_ids", {}).get(split) if not unseen else None
     metrics.update({
-        "split": split, "checkpoint": which, "checkpoint_file": Path(ckpt["loaded_from"]).name,
+        "split": "all (unseen dataset)" if unseen else split, "checkpoint": which,
+        "checkpoint_file": Path(ckpt["loaded_from"]).name,
         "checkpoint_step": int(ckpt.get("global_step", -1)), "n_images": n, "eval_images_per_s": n / max(seconds, 1e-9),
         "parameters": int(sum(p.numel() for p in model.parameters())), "model": cfg.model, "task": cfg.task,
-        "device": str(dev), "held_out_backgrounds": splits["info"].get("bg_ids", {}).get(split),
+        "device": str(dev), "held_out_backgrounds": held_out,
+        "dataset": {"path": str(data_dir.resolve()), "identity": ident, "is_the_runs": not unseen},
     })
+    if unseen:
+        metrics["thresholds_chosen_on"] = {"path": str(run_data.resolve()), "identity": run_ident,
+                                           "split": "val (mask), train (depth baseline)"}
     if tag is not None:
         from .perturb import PERTURBATIONS
 
@@ -197,12 +228,66 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         metrics.update(perturb=name, perturb_ops=PERTURBATIONS[name].ops, aligned=align)
     if align:
         metrics.update(align_applied_fraction=aligned / max(n, 1), align_tone_applied_fraction=toned / max(n, 1))
-    text = json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n"
-    atomic_write_text(run_dir / metrics_name(perturb, align), text)
+    out_name = metrics_name(perturb, align)
+    if unseen:
+        out_name = f"metrics-{data_dir.name}" + (f"-{tag}" if tag else "") + ".json"
+    atomic_write_json(run_dir / out_name, metrics, sort_keys=True)
     if figure and n:
-        fig_name = "eval_best_worst.png" if tag is None else f"eval_best_worst-{tag}.png"
+        fig_tag = "-".join(t for t in (data_dir.name if unseen else None, tag) if t)
+        fig_name = f"eval_best_worst-{fig_tag}.png" if fig_tag else "eval_best_worst.png"
         best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / fig_name)
     return metrics
+
+
+def _identity(data_dir: Path) -> str:
+    """Content identity of the dataset at `data_dir` (its manifest; a missing one is a one-line error)."""
+    from .formats import read_manifest
+    from .index import dataset_identity
+
+    return dataset_identity(read_manifest(data_dir))
+
+
+def _background_keys(data_dir: Path) -> dict[str, str]:
+    """{bg_id: content key} of a dataset's backgrounds: the source photo's sha256 as the build recorded it, else the
+    prepared background's bytes (hashed)."""
+    import zipfile
+
+    from .atomic import sha256_bytes
+    from .formats import BACKGROUNDS
+
+    keys: dict[str, str] = {}
+    try:
+        with zipfile.ZipFile(data_dir / BACKGROUNDS) as z:
+            names = set(z.namelist())
+            rows = [json.loads(ln) for ln in z.read("index.jsonl").decode("utf-8").splitlines() if ln.strip()]
+            for r in rows:
+                if r.get("kind", "bg") != "bg" or "bg_id" not in r:
+                    continue
+                member = f"bg/{r['bg_id']}.png"
+                keys[str(r["bg_id"])] = r.get("sha256") or (
+                    "png:" + sha256_bytes(z.read(member)) if member in names else f"id:{r['bg_id']}")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise EvaError(f"{data_dir / BACKGROUNDS}: cannot list the backgrounds ({type(e).__name__}: {e}); fetch or "
+                       "build the dataset again") from None
+    return keys
+
+
+def _check_unseen(run_dir: Path, cfg, run_data: Path | None, run_ident: str, data_dir: Path) -> Path:
+    """The run's own dataset (where thresholds are chosen), after checking that `data_dir` is unseen: no background of
+    it is one the run trained on. Each refusal is one line."""
+    if run_data is None or not run_data.is_dir() or _identity(run_data) != run_ident:
+        raise EvaError(f"{data_dir} is dataset {_identity(data_dir)[:12]}, not the run's ({run_ident[:12]}): scoring it "
+                       f"as unseen data needs the run's own dataset to choose thresholds on its validation split, and "
+                       f"it is not at {cfg.data}; fetch or copy it there (or give the run's dataset to --data)")
+    train_ids = set(split_positions(cfg, run_data)["info"].get("bg_ids", {}).get("train", []))
+    run_keys = _background_keys(run_data)
+    seen = {run_keys[b] for b in map(str, train_ids) if b in run_keys}
+    shared = sorted(b for b, k in _background_keys(data_dir).items() if k in seen)
+    if shared:
+        raise EvaError(f"{data_dir} shares {len(shared)} background(s) with the training split of {run_dir} (first "
+                       f"{shared[0]!r}): that is not unseen data; score the run's held-out split (--data {run_data}) "
+                       "or a dataset built from other backgrounds")
+    return run_data
 
 
 def training_speed(run_dir: Path) -> float | None:
@@ -213,16 +298,21 @@ def training_speed(run_dir: Path) -> float | None:
     return sum(speeds) / len(speeds) if speeds else None
 
 
-def load_run_stats(run_dir: Path, data_dir: Path) -> dict | None:
-    """Normalisation stats the run trained with: the run folder's copy first, then the dataset's."""
-    from .loaders import load_stats
+def load_run_stats(run_dir: Path, data_dir: Path | None) -> dict:
+    """Normalisation stats the run trained with: the run folder's copy, else its dataset's stats.json. Neither is an
+    error saying how to get them back, never a silent fallback to ImageNet's (the outputs would quietly differ)."""
+    from .stats import STATS, load_stats, read_stats_file
 
-    from .stats import read_stats_file
-
-    p = Path(run_dir) / "stats.json"
+    p = Path(run_dir) / STATS
     if p.is_file():
         return read_stats_file(p)
-    return load_stats(str(data_dir))
+    stats = load_stats(str(data_dir)) if data_dir is not None and Path(data_dir).is_dir() else None
+    if stats is None:
+        where = f"{data_dir}/{STATS}" if data_dir is not None else "the run's dataset"
+        raise EvaError(f"{p}: missing, and {where} is not there either, so the normalisation this run trained with is "
+                       f"unknown; copy the dataset's {STATS} into {run_dir}, or run `eva stats --data DATASET` on the "
+                       "dataset the run trained on")
+    return stats
 
 
 def _score_key(tasks) -> str:

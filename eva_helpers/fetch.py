@@ -4,6 +4,11 @@ Every file goes to `<name>.part` first and is renamed onto its final name only a
 entry, so a final name is always a verified file. A killed fetch keeps the `.part`: HTTP resumes it with a Range
 request, a copy resumes at its length, gdown resumes its own partial file. Already-verified files are skipped
 (a small `.eva-verified.json` remembers size + mtime + sha256 so a re-run does not re-hash gigabytes).
+
+A download cannot run away: it stops as soon as the bytes received exceed the size the entry lists (the `.part` never
+grows past it; a source that sends more is not the listed file, so that is an error, not a retry), a read that waits
+READ_TIMEOUT_S seconds for a byte fails the try, and so does a transfer slower than MIN_SPEED bytes/s averaged over
+SPEED_WINDOW_S seconds (a trickle that keeps every read alive). A failed try is retried and resumes from the `.part`.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import atomic_write_text, check_output_folder, fsync_dir, sha256_file
+from .atomic import atomic_write_text, check_output_folder, fsync_dir, json_text, sha256_file
 from .errors import EvaError, IntegrityError
 from .paths import safe_name, safe_relpath
 
@@ -26,8 +31,11 @@ PACKAGED_DATA_MANIFEST = Path(__file__).resolve().parent / "data_manifest.json"
 DRIVE_HOME = Path("/content/drive/MyDrive")
 VERIFIED = ".eva-verified.json"
 SOURCE_KINDS = ("repo_path", "drive_path", "gdown_id", "url")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # one read buffer
 _SNIFF = 1 << 16
+MIN_SPEED = 20_000  # bytes/s, averaged over SPEED_WINDOW_S: below it a try fails (and is retried, resuming)
+SPEED_WINDOW_S = 60.0
+READ_TIMEOUT_S = 60.0  # seconds one read may wait for its first byte
 
 
 class FetchError(EvaError):
@@ -123,6 +131,7 @@ def _raise_for_page(text: str, file: str, source: str) -> None:
 
 
 def _copy(src: Path, part: Path, expected: int) -> None:
+    """Copy (or resume copying) `src` into `part`, never past one byte more than the listed size."""
     if not src.is_file():
         hint = " (mount Drive first: mount_drive())" if str(src).startswith("/content/drive") else ""
         raise FetchError(f"{src}: source file not found{hint}")
@@ -131,7 +140,29 @@ def _copy(src: Path, part: Path, expected: int) -> None:
         have = 0
     with open(src, "rb") as fin, open(part, "ab" if have else "wb") as fout:
         fin.seek(have)  # resume a copy killed midway
-        shutil.copyfileobj(fin, fout, _CHUNK)
+        left = expected + 1 - have  # one byte past the listed size is enough to tell the source is larger
+        while left > 0 and (chunk := fin.read(min(_CHUNK, left))):
+            fout.write(chunk)
+            left -= len(chunk)
+
+
+class _Pace:
+    """Fails a try whose average speed over the last SPEED_WINDOW_S seconds fell below MIN_SPEED bytes/s."""
+
+    def __init__(self, have: int) -> None:
+        self.total = have
+        self.t0, self.at_t0 = time.monotonic(), have
+
+    def add(self, n: int) -> None:
+        self.total += n
+        now = time.monotonic()
+        if now - self.t0 < SPEED_WINDOW_S:
+            return
+        speed = (self.total - self.at_t0) / (now - self.t0)
+        if speed < MIN_SPEED:
+            raise _Transient(f"{self.total} bytes so far, then {speed:.0f} bytes/s over the last "
+                             f"{now - self.t0:.0f} s, below the minimum of {MIN_SPEED} bytes/s")
+        self.t0, self.at_t0 = now, self.total
 
 
 def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> None:
@@ -148,21 +179,29 @@ def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> No
     headers = {"User-Agent": "eva-maskdepth"}
     if have:
         headers["Range"] = f"bytes={have}-"
+    name = part.name[:-5]
+    got = 0
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=READ_TIMEOUT_S) as r:
             if have and r.status != 206:  # server ignored the Range: start over
                 have = 0
             if "text/html" in r.headers.get("Content-Type", ""):
                 part.unlink(missing_ok=True)
                 _raise_for_page(r.read(_SNIFF).decode("utf-8", "replace").lower(), part.name[:-5], url)
             length = r.headers.get("Content-Length")
-            got = 0
             bar(have)
+            pace = _Pace(have)
             with open(part, "ab" if have else "wb") as f:
-                while chunk := r.read(_CHUNK):
+                while chunk := r.read1(_CHUNK):  # what has arrived: a trickle cannot hold one read open for long
+                    if have + got + len(chunk) > expected:
+                        f.write(chunk[:expected - have - got])  # the .part never grows past the listed size
+                        raise FetchError(f"{name}: {url} sent more than the {expected} bytes the data manifest lists "
+                                         "(stopped there); the file at the source changed: regenerate the entry or "
+                                         "check the link")
                     f.write(chunk)
                     got += len(chunk)
                     bar(len(chunk))
+                    pace.add(len(chunk))
             if length is not None and got < int(length):
                 raise _Transient(f"connection dropped after {have + got} bytes")
     except urllib.error.HTTPError as e:
@@ -179,7 +218,11 @@ def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> No
             raise FetchError(f"{part.name[:-5]}: HTTP 404 from {url}; the link is wrong or the file was "
                              "removed") from None
         raise _Transient(f"HTTP {e.code}") from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+    except TimeoutError:
+        raise _Transient(f"no data for {READ_TIMEOUT_S:g} s after {have + got} bytes") from None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
+        if isinstance(getattr(e, "reason", None), TimeoutError):
+            raise _Transient(f"no answer from {url} within {READ_TIMEOUT_S:g} s") from None
         raise _Transient(str(e) or type(e).__name__) from None
 
 
@@ -250,8 +293,8 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
             return target
         except _Transient as e:
             if attempt == retries:
-                raise FetchError(f"{target.name}: failed after {retries + 1} tries ({e}); run the fetch again "
-                                 "to resume") from None
+                raise FetchError(f"{target.name}: failed after {retries + 1} tries (last: {e}); run the fetch "
+                                 "again to resume") from None
             time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -384,4 +427,4 @@ def save_entry(name: str, entry: dict[str, Any], data_manifest: str | os.PathLik
     doc = (json.loads(path.read_text(encoding="utf-8")) if path.is_file()
            else {"schema": DATA_MANIFEST_SCHEMA, "datasets": {}})
     doc.setdefault("datasets", {})[name] = entry
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json_text(doc))

@@ -3,6 +3,11 @@
 Input folders are only ever read. Drive folders collect junk (`.DS_Store`, `desktop.ini`, `Thumbs.db`, sub-folders):
 it is skipped and counted so the manifest can say what was left out. Unreadable images raise `BadInputError`
 naming the file, or with `on_bad="skip"` are skipped and reported.
+
+An animated image (an animated WebP or PNG) is refused, naming the file and its frame count, rather than silently
+reduced to its first frame: which frame is "the photo" is the user's choice. A pair of photos must be stored the same
+way: a greyscale bg beside a colour fg_bg (or the reverse) is refused by `check_same_kind`, since the colour difference
+alone would read as an object everywhere.
 """
 from __future__ import annotations
 
@@ -95,8 +100,13 @@ def _open(path: Path, data: bytes):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
             im = Image.open(io.BytesIO(data))
             _check_pixels(path, im.width * im.height)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise BadInputError(f"{path}: an animated image ({frames} frames); save the frame you mean as a still "
+                                    "JPEG or PNG and use that")
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: turn upright (a copy only when it must)
+                im = ImageOps.exif_transpose(im)
     except BadInputError:
         raise
     except UnidentifiedImageError:  # its message names the BytesIO, not the file
@@ -139,7 +149,31 @@ def decode_background(path: str | Path, data: bytes) -> np.ndarray:
     if im.mode in ("I", "F") + _16BIT:
         gray = _to_uint8(np.asarray(im), im.mode)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert() copies even to its own mode
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+GREY_MODES = ("1", "L", "LA", "La", "I", "F") + _16BIT
+
+
+def is_greyscale_file(path: str | Path) -> bool:
+    """Whether the image file stores one grey channel (read from its header only; nothing is decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in GREY_MODES
+    except Exception:  # unreadable: read_image says why, with the file's name
+        return False
+
+
+def check_same_kind(bg_path: str | Path, fg_bg_path: str | Path) -> None:
+    """Refuse a pair where one photo is greyscale and the other colour (module docstring): one line naming both."""
+    grey = is_greyscale_file(bg_path), is_greyscale_file(fg_bg_path)
+    if grey[0] != grey[1]:
+        g, c = (bg_path, fg_bg_path) if grey[0] else (fg_bg_path, bg_path)
+        raise BadInputError(f"{g} is greyscale but {c} is in colour: a pair is two shots of the same scene, stored the "
+                            "same way; save both in colour (or both in greyscale)")
 
 
 def read_image(path: str | Path) -> np.ndarray:

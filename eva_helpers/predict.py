@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import BadInputError, EvaError
-from .images import read_image
+from .images import check_same_kind, read_image
 
 if TYPE_CHECKING:  # align.py is imported where it is used
     from .align import Alignment
@@ -115,7 +114,10 @@ def run_model(model, prep: Prepared, stats: dict | None = None,
 
 def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | None = None) -> dict[str, np.ndarray]:
     """Model outputs (1, 1, size, size) -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1]} at the
-    photo's size, with the run's mask post-processing chosen on validation (None = a plain 0.5 cut)."""
+    photo's size, with the run's mask post-processing chosen on validation (None = a plain 0.5 cut).
+
+    Each output is resized once and then changed in place: a 24-megapixel photo holds one full-size float32 map at a
+    time (96 MB), never several."""
     h, w = shape
     result: dict[str, np.ndarray] = {}
     if "mask" in out:
@@ -123,14 +125,40 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
         if calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
             from .calibrate import postprocess
 
-            m = postprocess(out["mask"], calib["threshold"], True)[0, 0].numpy().astype(np.uint8)
-            result["mask"] = _resize(m, (w, h), nearest=True) * 255
+            m = postprocess(out["mask"], calib["threshold"], True)[0, 0].numpy().astype(np.uint8) * 255
+            result["mask"] = _resize(m, (w, h), nearest=True)
         else:
-            prob = out["mask"].sigmoid()[0, 0].numpy()
-            result["mask"] = (_resize(prob, (w, h)) > calib["threshold"]).astype(np.uint8) * 255
+            prob = _resize(out["mask"].sigmoid()[0, 0].numpy(), (w, h))  # (H, W) float32
+            mask = np.greater(prob, calib["threshold"]).view(np.uint8)  # bool -> 0/1 without a copy
+            del prob
+            result["mask"] = np.multiply(mask, 255, out=mask)
     if "depth" in out:
-        result["depth"] = np.clip(_resize(out["depth"][0, 0].numpy(), (w, h)), 0, 1).astype(np.float32)
+        depth = _resize(out["depth"][0, 0].numpy(), (w, h)).astype(np.float32, copy=False)
+        result["depth"] = np.clip(depth, 0, 1, out=depth)
     return result
+
+
+def encode_depth_png(depth01: np.ndarray, rows: int = 512) -> bytes:
+    """`formats.encode_depth`'s bytes (16-bit PNG, near = 1), converted `rows` rows at a time: the whole-image float64
+    copies it makes would be 2 x 192 MB for a 24-megapixel photo."""
+    from .formats import DEPTH_MAX, encode_png
+
+    out = np.empty(depth01.shape, np.uint16)
+    for r in range(0, depth01.shape[0], rows):
+        d = np.clip(np.asarray(depth01[r:r + rows], dtype=np.float64), 0.0, 1.0)
+        out[r:r + rows] = np.round(d * DEPTH_MAX)
+    return encode_png(out)
+
+
+def thumbnail(img: np.ndarray, longest: int = 1024) -> np.ndarray:
+    """A copy of `img` whose longest side is at most `longest` px (nearest for a mask): what a figure shows anyway,
+    without handing full-size photos to matplotlib (it keeps several float copies of each)."""
+    h, w = img.shape[:2]
+    scale = longest / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return _resize(img, size, nearest=img.ndim == 2 and img.dtype == np.uint8)
 
 
 @contextmanager
@@ -190,11 +218,12 @@ def _load(run_dir: str | Path, which: str, device: str | None):
     """The run, its frozen stats and calibration, once; checked before anything is written."""
     from .calibrate import load_calibration
     from .evaluate import load_run_stats
+    from .runs import resolve_data
     from .train import load_run
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
-    stats = load_run_stats(Path(run_dir), Path(cfg.data))
+    stats = load_run_stats(Path(run_dir), resolve_data(cfg.data, run_dir))
     return model, cfg, stats, load_calibration(run_dir), dev
 
 
@@ -202,14 +231,20 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
                 which: str = "best", device: str | None = None, align: bool = True) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
     into out_dir; returns the files written and the alignment applied."""
-    from .atomic import atomic_write_bytes, atomic_write_text
-    from .formats import encode_depth, encode_mask
+    from .atomic import atomic_write_bytes, atomic_write_json
+    from .formats import encode_mask
     from .plots import save_figure, side_by_side
 
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     _check_same_size(bg, fg_bg, bg_path, fg_bg_path)
+    check_same_kind(bg_path, fg_bg_path)
     model, cfg, stats, calib, dev = _load(run_dir, which, device)
-    pred = predict_pair(model, bg, fg_bg, cfg.size, stats, dev, calib=calib, align=align)
+    thumbs = thumbnail(bg), thumbnail(fg_bg)  # the figure's copies: the full-size photos go as soon as they are used
+    model.eval()
+    with _single_threaded():
+        prep = prepare_pair(bg, fg_bg, cfg.size, align)
+        del bg, fg_bg
+        pred = _predict_prepared(model, prep, stats, dev, calib)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -217,12 +252,13 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
         atomic_write_bytes(out / "mask.png", encode_mask(pred["mask"]))
         written.append(out / "mask.png")
     if "depth" in pred:
-        atomic_write_bytes(out / "depth.png", encode_depth(pred["depth"]))
+        atomic_write_bytes(out / "depth.png", encode_depth_png(pred["depth"]))
         written.append(out / "depth.png")
     record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), **alignment_record(pred["alignment"])}
-    atomic_write_text(out / "alignment.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_json(out / "alignment.json", record)
     written.append(out / "alignment.json")
-    fig = side_by_side(bg, fg_bg, pred.get("mask"), pred.get("depth"), title=f"{Path(run_dir).name} ({cfg.model})")
+    small = {k: thumbnail(pred.pop(k)) for k in ("mask", "depth") if k in pred}
+    fig = side_by_side(*thumbs, small.get("mask"), small.get("depth"), title=f"{Path(run_dir).name} ({cfg.model})")
     written.append(save_figure(fig, out / "prediction.png"))
     return written, pred["alignment"]
 
@@ -314,6 +350,7 @@ def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
     try:
         bg, fg_bg = load_photo(bg_path), load_photo(fg_path)
         _check_same_size(bg, fg_bg, bg_path, fg_path)
+        check_same_kind(bg_path, fg_path)
         row.update(width=fg_bg.shape[1], height=fg_bg.shape[0])
         prep = prepare_pair(bg, fg_bg, cfg.size, align)
     except EvaError as e:
@@ -325,12 +362,12 @@ def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
 
 def _write_outputs(out: Path, name: str, pred: dict[str, Any]) -> None:
     from .atomic import atomic_write_bytes
-    from .formats import encode_depth, encode_mask
+    from .formats import encode_mask
 
     if "mask" in pred:
         atomic_write_bytes(out / f"{name}_mask.png", encode_mask(pred["mask"]))
     if "depth" in pred:
-        atomic_write_bytes(out / f"{name}_depth.png", encode_depth(pred["depth"]))
+        atomic_write_bytes(out / f"{name}_depth.png", encode_depth_png(pred["depth"]))
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: list, window: int) -> Iterator[tuple[Any, Any]]:

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .errors import EvaError
 from .paths import safe_name
+
+CONFIG = "config.json"
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}
@@ -45,6 +48,43 @@ def notebook_config(task: str, data_dir: str | Path, paths, smoke: bool = False,
     over.setdefault("tensorboard", importlib.util.find_spec("tensorboard") is not None)
     cfg = TrainConfig(task=task, data=str(data_dir), seed=seed, live_plot=True, **{**over, **fields})
     return replace(cfg, run_dir=str(run_folder(paths.runs, task, cfg.model, cfg.size, data_dir, run_name)))
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """config.json of a run folder as written by `fit` (a JSON object), None when there is none; a damaged one is a
+    one-line error naming it."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvaError(f"{path}: unreadable run config ({type(e).__name__}: {e}); restore it from a backup, or train "
+                       "into a new run folder") from None
+    if not isinstance(doc, dict):
+        raise EvaError(f"{path}: not a run config (a JSON object expected); restore it from a backup")
+    return doc
+
+
+def recorded_identity(run_dir: str | Path) -> str | None:
+    """The content identity of the dataset the run trained on, as config.json recorded it (None for older runs)."""
+    ident = (read_run_config(run_dir) or {}).get("dataset_identity")
+    return ident if isinstance(ident, str) and ident else None
+
+
+def resolve_data(data: str | None, run_dir: str | Path) -> Path | None:
+    """A run's dataset path as recorded: absolute as it is; a relative one (older runs) against the run folder first,
+    then the current folder; None when the run records none. When neither exists the path comes back as recorded, so
+    the error that follows names it."""
+    if not data:
+        return None
+    p = Path(data).expanduser()
+    if p.is_absolute():
+        return p
+    for cand in (Path(run_dir) / p, p):
+        if cand.exists():
+            return cand
+    return p
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, json_text
 
 STATS = "stats.json"
 STATS_SCHEMA = "eva-stats/1"
@@ -116,7 +116,7 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
     }
     check_stats(stats, f"{data_dir} (stats of {n} samples)")  # before anything is written
     if write:
-        atomic_write_text(Path(data_dir) / STATS, json.dumps(stats, indent=1) + "\n")
+        atomic_write_text(Path(data_dir) / STATS, json_text(stats))
     return stats
 
 

@@ -149,14 +149,14 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     the file is a readable copy of the checkpoint's history, rewritten from it by the next resume."""
     path = Path(run_dir) / HISTORY
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()  # bytes: a line of non-UTF-8 bytes is one damaged line, not a crash
     except OSError:
         return []
     rows, bad = [], 0
-    for line in filter(str.strip, lines):
+    for line in filter(bytes.strip, lines):
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
             row = None
         if isinstance(row, dict):
             rows.append(row)

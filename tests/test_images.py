@@ -273,3 +273,34 @@ def test_predict_names_a_missing_file_or_a_folder(tmp_path):
         load_photo(tmp_path / "missing.jpg")
     with pytest.raises(EvaError, match=str(tmp_path)):
         load_photo(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+def test_an_animated_image_is_refused_naming_the_file_and_its_frames(tmp_path, fmt):
+    from eva_helpers.images import read_image
+
+    frames = [Image.new("RGB", (32, 24), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(BadInputError) as e:
+        read_image(path)
+    msg = str(e.value)
+    assert str(path) in msg and "3 frames" in msg and "\n" not in msg
+    still = tmp_path / f"still.{fmt.lower()}"
+    frames[0].save(still, format=fmt)
+    assert read_image(still).shape == (24, 32, 3)
+
+
+def test_a_greyscale_bg_beside_a_colour_fg_bg_is_one_line_naming_both(tmp_path):
+    from eva_helpers.images import check_same_kind
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "bg.png")
+    Image.fromarray(np.repeat(grey[..., None], 3, 2)).save(tmp_path / "fg_bg.png")
+    Image.fromarray(grey).save(tmp_path / "grey2.jpg")
+    check_same_kind(tmp_path / "bg.png", tmp_path / "grey2.jpg")  # both grey: fine
+    with pytest.raises(BadInputError) as e:
+        check_same_kind(tmp_path / "bg.png", tmp_path / "fg_bg.png")
+    msg = str(e.value)
+    assert "bg.png is greyscale" in msg and "fg_bg.png is in colour" in msg and "\n" not in msg

@@ -148,8 +148,8 @@ def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained
     calib = load_calibration(trained_run)
     saved = json.loads((trained_run / "calibration.json").read_text())
     assert saved["chosen_on"] == "val" and calib["threshold"] == metrics["mask_threshold"]
-    # predict reads the same file: a threshold of 1.0 can never be exceeded, so the mask comes out empty
-    (trained_run / "calibration.json").write_text(json.dumps({**saved, "threshold": 1.0, "morph": False}))
+    # predict reads the same file: a threshold this tiny run's probabilities never exceed gives an empty mask
+    (trained_run / "calibration.json").write_text(json.dumps({**saved, "threshold": 0.999999, "morph": False}))
     bg = np.full((32, 32, 3), 90, np.uint8)
     fg = bg.copy()
     fg[8:24, 8:24] = 250
