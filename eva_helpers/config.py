@@ -19,7 +19,7 @@ WEIGHTINGS = ("fixed", "uncertainty")
 SPLIT_BY = ("bg", "fg", "bg+fg")
 SECOND_SHOTS = ("off", "tone", "full")  # second_shot.PRESETS: how much a training pair looks like two real photos
 # What a config written before a field existed trained with: an old run folder resumes (and is described) as it was.
-LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}}
+LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}, "init_from": None, "init_which": "best"}
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
@@ -82,6 +82,10 @@ class TrainConfig:
     # the preset's SecondShot fields, e.g. {"shift": 2.0}
     second_shot: str = "full"
     second_shot_opts: dict = dataclasses.field(default_factory=dict)
+    # start from another run's weights (warm_start.py): its folder, and which checkpoint ("best" | "last"); only the
+    # tensors that fit load (a joint run from a mask-only one: the depth head starts fresh)
+    init_from: str | None = None
+    init_which: str = "best"
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs); a checkpoint is saved
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): bit-identical resume on CPU
     tensorboard: bool = False
@@ -123,6 +127,10 @@ class TrainConfig:
             raise EvaError(f"second_shot={self.second_shot!r} is not one of {list(SECOND_SHOTS)}")
         if not isinstance(self.second_shot_opts, dict):
             raise EvaError(f"second_shot_opts={self.second_shot_opts!r} is not valid: give a dict, e.g. {{'shift': 2.0}}")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from.strip()):
+            raise EvaError(f"init_from={self.init_from!r} is not valid: give a trained run folder, or None")
+        if self.init_which not in ("best", "last"):
+            raise EvaError(f"init_which={self.init_which!r} is not one of ['best', 'last']")
         if self.task not in TASKS:
             raise EvaError(f"task={self.task!r} is not one of {sorted(TASKS)}")
         if self.schedule not in SCHEDULES:

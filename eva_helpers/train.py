@@ -56,6 +56,7 @@ def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
             raise EvaError(f"{path}: unreadable config ({e})") from e
         if not isinstance(old, dict):
             raise EvaError(f"{path}: not a config (a JSON object expected); use a new run_dir")
+        init = old.pop("init", None)
         was = old.pop("dataset_identity", None)
         if was and ident and was != ident:
             raise EvaError(f"{path}: this run was trained on dataset {was[:12]} (at {old.get('data')}), but "
@@ -66,8 +67,14 @@ def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
             hint = "; a run can be extended to more epochs, not shortened" if "epochs" in diff else ""
             raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
                            f"use a new run_dir or the same settings{hint}")
+    else:
+        init = None
     if is_main:
-        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {})}
+        if cfg.init_from and not init:
+            from .warm_start import source_record
+
+            init = source_record(cfg.init_from, cfg.init_which)
+        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {}), **({"init": init} if init else {})}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -241,6 +248,10 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
         from .models import build_model
 
         model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)  # no weights: a check, not the model
+    if cfg.init_from and not (run_dir / "config.json").exists():  # a resumed run has its own weights
+        from .warm_start import check_source
+
+        check_source(cfg.init_from, cfg.init_which, model)
     divisor = int(getattr(model, "divisor", 1))
     if cfg.size % divisor:
         lo = max(divisor, cfg.size // divisor * divisor)
@@ -283,6 +294,13 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
 
         extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
         model = build_model(cfg.model, tasks=cfg.tasks, **extra, **cfg.model_kwargs)
+    if state is None and cfg.init_from:
+        from .warm_start import describe, load_into
+
+        init = json.loads((run_dir / "config.json").read_text())["init"]
+        started = load_into(model, init)
+        if info.is_main:
+            print(describe(init, started), flush=True)
     if criterion is None:
         from .losses import build_criterion
 
