@@ -204,7 +204,16 @@ def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "finished": bool(state.get("finished")), "global_step": int(state["global_step"]),
             "epochs_completed": len(history), "best": best, "best_metrics": best_row, "history": history,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.pt"),
-            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir)}
+            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir),
+            "init": _recorded_init(run_dir)}
+
+
+def _recorded_init(run_dir: Path) -> dict[str, Any] | None:
+    """Where the run's weights started (config.json "init", warm_start.py), or None: from scratch."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("init")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,

@@ -49,7 +49,7 @@ def test_joint_run_from_a_mask_run_loads_the_shared_weights(data, mask_run, tmp_
 
     monkeypatch.setattr(warm_start, "load_into", spy)
     run = tmp_path / "joint"
-    fit(_cfg(data, run, task="joint", size=64, init_from=str(mask_run)))  # another size: convolutions do not mind
+    summary = fit(_cfg(data, run, task="joint", size=64, init_from=str(mask_run)))  # another size: convs do not mind
     source = load_checkpoint(mask_run / "checkpoints" / "best.pt")["model"]
     state = seen["state"]
     shared = [k for k in source if k in state]
@@ -61,6 +61,7 @@ def test_joint_run_from_a_mask_run_loads_the_shared_weights(data, mask_run, tmp_
     sidecar = json.loads((mask_run / "checkpoints" / "best.pt.sha256").read_text())
     assert init["run_dir"] == str(mask_run.resolve()) and init["checkpoint"].endswith("best.pt")
     assert init["sha256"] == sidecar["sha256"] and len(init["sha256"]) == 64
+    assert summary["init"] == init and json.loads((run / "summary.json").read_text())["init"] == init
     # resuming the finished run neither reloads the source nor rewrites where it started
     seen.clear()
     fit(_cfg(data, run, task="joint", size=64, init_from=str(mask_run)))
