@@ -67,6 +67,14 @@ def cmd_stats(a: argparse.Namespace) -> None:
     print(f"written: {Path(a.data) / 'stats.json'}")
 
 
+def _stage(text: str) -> list[int]:
+    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages."""
+    size, sep, epochs = text.partition(":")
+    if not (sep and size.isdigit() and epochs.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
+    return [int(size), int(epochs)]
+
+
 def train_config_from_args(a: argparse.Namespace):
     from .config import TrainConfig
 
@@ -76,7 +84,7 @@ def train_config_from_args(a: argparse.Namespace):
                       checkpoint_interval_s=a.checkpoint_interval, max_steps=a.max_steps, workers=a.workers,
                       compile=a.compile, deterministic=a.deterministic, pretrained=a.pretrained,
                       tensorboard=a.tensorboard, device=a.device, second_shot=a.second_shot,
-                      init_from=a.init_from, init_which=a.init_which)
+                      init_from=a.init_from, init_which=a.init_which, size_stages=a.size_stages)
     for key in ("stem", "inputs", "mask_head"):
         if getattr(a, key, None):
             cfg.model_kwargs[key] = getattr(a, key)
@@ -236,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth-only one (the other head starts fresh)")
     t.add_argument("--init-which", choices=["best", "last"], default="best",
                    help="which checkpoint of --init-from to start from")
+    t.add_argument("--size-stages", nargs="+", type=_stage, default=None, metavar="SIZE:EPOCHS",
+                   help="progressive resizing: train these stages first, e.g. 32:5 (5 epochs at 32 px), then the "
+                        "remaining epochs at --size (validation and evaluation are always at --size)")
     t.add_argument("--epochs", type=int, default=10,
                    help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
     t.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (per process under torchrun)")

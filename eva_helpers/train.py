@@ -262,10 +262,11 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
 
         check_source(cfg.init_from, cfg.init_which, model)
     divisor = int(getattr(model, "divisor", 1))
-    if cfg.size % divisor:
-        lo = max(divisor, cfg.size // divisor * divisor)
-        raise EvaError(f"size={cfg.size} does not suit {cfg.model}: sizes must be multiples of {divisor} "
-                       f"(nearest: {lo} or {lo + divisor})")
+    for size in [cfg.size] + [st[0] for st in cfg.size_stages or []]:
+        if size % divisor:
+            lo = max(divisor, size // divisor * divisor)
+            raise EvaError(f"size={size} does not suit {cfg.model}: sizes must be multiples of {divisor} "
+                           f"(nearest: {lo} or {lo + divisor})")
 
 
 def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats) -> dict[str, Any]:
@@ -358,18 +359,16 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     from .batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
-    if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
-        from .loaders import BackgroundBank
-
-        run.backgrounds = BackgroundBank(train_set, cfg.size)
-    run.loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, seed=cfg.seed)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
     run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
                                   seed=cfg.seed) if val_set is not None else None)
     run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
 
-    stopped = False
+    stopped, loader_size = False, None
     while run.epoch < cfg.epochs and not stopped:
+        stage, size = cfg.stage_at(run.epoch)
+        if size != loader_size:  # the first epoch, or a new stage of progressive resizing
+            loader_size = _enter_stage(run, train_set, stage, size)
         stopped = train_one_epoch(run)
         if stopped:
             break
@@ -383,6 +382,27 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     return summary
 
 
+def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
+    """Training batches at `size` from here on: the workers decode and resize to it, the background bank holds it.
+    Validation stays at `cfg.size`, so every epoch's val loss (and the best checkpoint) is comparable."""
+    cfg = run.cfg
+    if cfg.size_stages and hasattr(train_set, "transform"):
+        from .augment import build_transforms
+
+        train_set.transform = build_transforms("val", size, compact=True, with_bg=False)
+        if run.info.is_main and cfg.progress:
+            print(f"stage {stage + 1} of {len(cfg.size_stages) + 1}: training at {size} px from epoch {run.epoch + 1}",
+                  flush=True)
+    if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
+        from .loaders import BackgroundBank
+
+        run.backgrounds = BackgroundBank(train_set, size)
+    run.loader = None  # a previous stage's persistent workers stop before the new ones start
+    run.loader = make_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
+    run.stage, run.stage_size = stage, size
+    return size
+
+
 def _end_epoch(run: Run) -> None:
     """Validation, history row, schedule, best tracking and the epoch-end checkpoint."""
     cfg, info, device = run.cfg, run.info, run.device
@@ -390,6 +410,8 @@ def _end_epoch(run: Run) -> None:
     loss_sum, batches, samples = D.sum_over_ranks([a["loss_sum"], a["batches"], a["samples"]], info, device)
     train_loss = loss_sum / max(1.0, batches)  # mean over every batch of every rank
     row: dict[str, Any] = {"epoch": run.epoch, "train_loss": train_loss}
+    if cfg.size_stages:
+        row.update(stage=run.stage, size=run.stage_size)
     if run.val_loader is not None:
         metrics = evaluate(run) if info.is_main else {}
         row["val_loss"] = D.broadcast_float(metrics.get("val_loss", 0.0), info, device)
