@@ -36,6 +36,7 @@ DIFF_RES = {"inputs": "diff", "mask_head": "residual"}
 TOL = {"inputs": "tolerant", "mask_head": "plain"}  # diff + the shift-tolerant difference
 W1 = {"loss_weights": {}}  # losses.DEFAULT_WEIGHTS as they are (depth 1), not TrainConfig's default depth x2
 P08, SHAKE2 = {"p": 0.8}, {"shift": 2.0, "p_shift": 0.5}
+DEFAULT = {"second_shot": "full", "loss_weights": {"depth": 2.0}, "second_shot_opts": {"p": 0.5, **SHAKE2}}
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
     "joint-diff-lr1e-3": ("joint", DIFF, {"lr": 1e-3}),
@@ -73,6 +74,12 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
                                        "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.8}}),
     "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {
         **P08, "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
+    # warm starts and progressive resizing (warm_start.py, TrainConfig.size_stages): the default's recipe (DEFAULT)
+    # with a start or a size schedule; "@NAME" in init_from is candidate NAME's run of the same seed (trained first)
+    "mask-tol-depth2": ("mask", TOL, DEFAULT),  # the demo's mask run with today's defaults
+    "joint-from-mask": ("joint", TOL, {**DEFAULT, "init_from": "@mask-tol-depth2"}),
+    "joint-prog32": ("joint", TOL, {**DEFAULT, "size_stages": [[32, 8]]}),  # 8 epochs at 32 px, then 7 at 64
+    "joint-prog32-e24": ("joint", TOL, {**DEFAULT, "epochs": 24, "size_stages": [[32, 12]]}),  # about 15's compute
 }
 LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
           "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",
@@ -102,15 +109,22 @@ def train_config(name: str, seed: int, data: Path, out: Path, demo, lr: float | 
                   val_fraction=demo.val_fraction, test_fraction=demo.test_fraction, checkpoint_interval_s=600.0,
                   progress=False)
     fields.update({**demo.train_overrides, **overrides})
+    if str(fields.get("init_from") or "").startswith("@"):  # another candidate's run of this seed
+        fields["init_from"] = train_config(fields["init_from"][1:], seed, data, out, demo, lr, epochs).run_dir
+    if "epochs" in overrides:
+        fields["run_dir"] = str(out / "runs" / f"{tag}-e{overrides['epochs']}-s{seed}")
     if lr:
         fields["lr"] = lr
     return TrainConfig(**fields)
 
 
-def run_one(cfg) -> dict:
+def run_one(cfg, source=None) -> dict:
+    """Train (or reuse) one run and score it; `source`: the config of the run it starts from, trained first."""
     from eva_helpers.evaluate import evaluate_run
     from eva_helpers.train import fit
 
+    if source is not None:
+        run_one(source)
     t0 = time.perf_counter()
     fit(cfg)
     train_s = time.perf_counter() - t0
@@ -176,7 +190,7 @@ def fmt(vals: list[float], nd: int = 3) -> str:
 
 def table(rows: dict[str, list[dict]]) -> str:
     head = ("| candidate | seeds | mask IoU | min IoU | mask Dice | depth RMSE | AbsRel | δ<1.25 | depth SSIM | "
-            "train img/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "train img/s | train s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for name, ms in rows.items():
         col = lambda k: [m.get(k) for m in ms]
@@ -184,18 +198,18 @@ def table(rows: dict[str, list[dict]]) -> str:
         lines.append(f"| {name} | {len(ms)} | {fmt(col('mask_iou'))} | {min(ious):.3f} | {fmt(col('mask_dice'))} | "
                      if ious else f"| {name} | {len(ms)} | – | – | – | ")
         lines[-1] += (f"{fmt(col('depth_rmse'))} | {fmt(col('depth_absrel'))} | {fmt(col('depth_delta1'))} | "
-                      f"{fmt(col('depth_ssim'))} | {fmt(col('train_images_per_s'), 0)} |")
+                      f"{fmt(col('depth_ssim'))} | {fmt(col('train_images_per_s'), 0)} | {fmt(col('wall_train_s'), 0)} |")
     every = [m for ms in rows.values() for m in ms]
     mb = [m for m in every if "baseline_mask_iou" in m]
     if mb:
         lines.append(f"| bg-difference baseline (no learning; threshold chosen on validation) | – | "
-                     f"{fmt([mb[0]['baseline_mask_iou']])} | – | {fmt([mb[0]['baseline_mask_dice']])} | – | – | – | – | – |")
+                     f"{fmt([mb[0]['baseline_mask_iou']])} | – | {fmt([mb[0]['baseline_mask_dice']])} | – | – | – | – | – | – |")
     db = [m for m in every if "baseline_depth_rmse" in m]
     if db:
         b = db[0]
         lines.append(f"| free depth baseline (no learning) | – | – | – | – | {fmt([b['baseline_depth_rmse']])} | "
                      f"{fmt([b.get('baseline_depth_absrel')])} | {fmt([b.get('baseline_depth_delta1')])} | "
-                     f"{fmt([b.get('baseline_depth_ssim')])} | – |")
+                     f"{fmt([b.get('baseline_depth_ssim')])} | – | – |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -246,7 +260,9 @@ def main() -> None:
     for name in names:
         for seed in args.seeds:
             cfg = train_config(name, seed, data, Path(args.out), demo, args.lr, args.epochs, sets)
-            m = run_one(cfg)
+            src = CANDIDATES[name][2].get("init_from", "")
+            m = run_one(cfg, train_config(src[1:], seed, data, Path(args.out), demo, args.lr, args.epochs)
+                        if src.startswith("@") else None)
             label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in (("lr", args.lr), *sets.items()) if v is not None)
             rows.setdefault(label, []).append(m)
             print(json.dumps({"candidate": name, "seed": seed, **{k: m.get(k) for k in KEYS + BASELINE_KEYS},

@@ -67,6 +67,14 @@ def cmd_stats(a: argparse.Namespace) -> None:
     print(f"written: {Path(a.data) / 'stats.json'}")
 
 
+def _stage(text: str) -> list[int]:
+    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages."""
+    size, sep, epochs = text.partition(":")
+    if not (sep and size.isdigit() and epochs.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
+    return [int(size), int(epochs)]
+
+
 def train_config_from_args(a: argparse.Namespace):
     from .config import TrainConfig
 
@@ -75,7 +83,8 @@ def train_config_from_args(a: argparse.Namespace):
                       seed=a.seed, lr=a.lr, schedule=a.schedule, loss_weighting=a.loss_weighting,
                       checkpoint_interval_s=a.checkpoint_interval, max_steps=a.max_steps, workers=a.workers,
                       compile=a.compile, deterministic=a.deterministic, pretrained=a.pretrained,
-                      tensorboard=a.tensorboard, device=a.device, second_shot=a.second_shot)
+                      tensorboard=a.tensorboard, device=a.device, second_shot=a.second_shot,
+                      init_from=a.init_from, init_which=a.init_which, size_stages=a.size_stages)
     for key in ("stem", "inputs", "mask_head"):
         if getattr(a, key, None):
             cfg.model_kwargs[key] = getattr(a, key)
@@ -229,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--second-shot", choices=["off", "tone", "full"], default="full",
                    help="train on pairs that look like two real photos: bg perturbed in tone, blur, noise and JPEG "
                         "(tone), plus hand shake and cast shadows (full); off: exact composites")
+    t.add_argument("--init-from", metavar="RUN_DIR", default=None,
+                   help="start from another run's weights (not its optimizer or schedule): a run of the same model "
+                        "and inputs, at any size or on any dataset; a joint run may start from a mask-only or "
+                        "depth-only one (the other head starts fresh)")
+    t.add_argument("--init-which", choices=["best", "last"], default="best",
+                   help="which checkpoint of --init-from to start from")
+    t.add_argument("--size-stages", nargs="+", type=_stage, default=None, metavar="SIZE:EPOCHS",
+                   help="progressive resizing: train these stages first, e.g. 32:5 (5 epochs at 32 px), then the "
+                        "remaining epochs at --size (validation and evaluation are always at --size)")
     t.add_argument("--epochs", type=int, default=10,
                    help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
     t.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (per process under torchrun)")

@@ -22,7 +22,8 @@ WEIGHTINGS = ("fixed", "uncertainty")
 SPLIT_BY = ("bg", "fg", "bg+fg")
 SECOND_SHOTS = ("off", "tone", "full")  # second_shot.PRESETS: how much a training pair looks like two real photos
 # What a config written before a field existed trained with: an old run folder resumes (and is described) as it was.
-LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}}
+LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}, "init_from": None, "init_which": "best",
+                                 "size_stages": None}
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
@@ -85,6 +86,13 @@ class TrainConfig:
     # the preset's SecondShot fields, e.g. {"shift": 2.0}
     second_shot: str = "full"
     second_shot_opts: dict = dataclasses.field(default_factory=dict)
+    # start from another run's weights (warm_start.py): its folder, and which checkpoint ("best" | "last"); only the
+    # tensors that fit load (a joint run from a mask-only one: the depth head starts fresh)
+    init_from: str | None = None
+    init_which: str = "best"
+    # progressive resizing: [[size, epochs], ...] trained first, in order; the remaining epochs train at `size` (which
+    # validation and evaluation always use), e.g. [[32, 5]] with size 64 and 15 epochs: 5 at 32 px, then 10 at 64 px
+    size_stages: list | None = None
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs); a checkpoint is saved
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): bit-identical resume on CPU
     tensorboard: bool = False
@@ -126,6 +134,19 @@ class TrainConfig:
             raise EvaError(f"second_shot={self.second_shot!r} is not one of {list(SECOND_SHOTS)}")
         if not isinstance(self.second_shot_opts, dict):
             raise EvaError(f"second_shot_opts={self.second_shot_opts!r} is not valid: give a dict, e.g. {{'shift': 2.0}}")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from.strip()):
+            raise EvaError(f"init_from={self.init_from!r} is not valid: give a trained run folder, or None")
+        if self.init_which not in ("best", "last"):
+            raise EvaError(f"init_which={self.init_which!r} is not one of ['best', 'last']")
+        if self.size_stages is not None:
+            ok = isinstance(self.size_stages, (list, tuple)) and all(
+                isinstance(st, (list, tuple)) and len(st) == 2 and _int(st[0]) and st[0] >= 8 and _int(st[1])
+                and st[1] >= 1 for st in self.size_stages)
+            if not ok or sum(int(st[1]) for st in self.size_stages) >= self.epochs:
+                raise EvaError(f"size_stages={self.size_stages!r} is not valid: give [[size, epochs], ...] (sizes >= 8, "
+                               f"epochs >= 1) with fewer epochs in all than epochs={self.epochs} (the rest train at "
+                               f"size={self.size}), or None")
+            self.size_stages = [[int(a), int(b)] for a, b in self.size_stages]  # lists, as config.json gives back
         if self.task not in TASKS:
             raise EvaError(f"task={self.task!r} is not one of {sorted(TASKS)}")
         if self.schedule not in SCHEDULES:
@@ -137,6 +158,15 @@ class TrainConfig:
         if not (_number(self.val_fraction) and _number(self.test_fraction) and 0 <= self.val_fraction < 1
                 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise EvaError(f"val_fraction + test_fraction must be in [0, 1) (got {self.val_fraction}, {self.test_fraction})")
+
+    def stage_at(self, epoch: int) -> tuple[int, int]:
+        """(stage number, training size) of a 0-based epoch: the size_stages in order, then `size`."""
+        end = 0
+        for i, (size, epochs) in enumerate(self.size_stages or []):
+            end += epochs
+            if epoch < end:
+                return i, size
+        return len(self.size_stages or []), self.size
 
     @property
     def splits_seed(self) -> int:

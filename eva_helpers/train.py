@@ -56,6 +56,7 @@ def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
             raise EvaError(f"{path}: unreadable config ({e})") from e
         if not isinstance(old, dict):
             raise EvaError(f"{path}: not a config (a JSON object expected); use a new run_dir")
+        init = old.pop("init", None)
         was = old.pop("dataset_identity", None)
         if was and ident and was != ident:
             raise EvaError(f"{path}: this run was trained on dataset {was[:12]} (at {old.get('data')}), but "
@@ -66,8 +67,14 @@ def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
             hint = "; a run can be extended to more epochs, not shortened" if "epochs" in diff else ""
             raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
                            f"use a new run_dir or the same settings{hint}")
+    else:
+        init = None
     if is_main:
-        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {})}
+        if cfg.init_from and not init:
+            from .warm_start import source_record
+
+            init = source_record(cfg.init_from, cfg.init_which)
+        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {}), **({"init": init} if init else {})}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -197,7 +204,16 @@ def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "finished": bool(state.get("finished")), "global_step": int(state["global_step"]),
             "epochs_completed": len(history), "best": best, "best_metrics": best_row, "history": history,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.pt"),
-            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir)}
+            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir),
+            "init": _recorded_init(run_dir)}
+
+
+def _recorded_init(run_dir: Path) -> dict[str, Any] | None:
+    """Where the run's weights started (config.json "init", warm_start.py), or None: from scratch."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("init")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
@@ -241,11 +257,16 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
         from .models import build_model
 
         model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)  # no weights: a check, not the model
+    if cfg.init_from and not (run_dir / "config.json").exists():  # a resumed run has its own weights
+        from .warm_start import check_source
+
+        check_source(cfg.init_from, cfg.init_which, model)
     divisor = int(getattr(model, "divisor", 1))
-    if cfg.size % divisor:
-        lo = max(divisor, cfg.size // divisor * divisor)
-        raise EvaError(f"size={cfg.size} does not suit {cfg.model}: sizes must be multiples of {divisor} "
-                       f"(nearest: {lo} or {lo + divisor})")
+    for size in [cfg.size] + [st[0] for st in cfg.size_stages or []]:
+        if size % divisor:
+            lo = max(divisor, size // divisor * divisor)
+            raise EvaError(f"size={size} does not suit {cfg.model}: sizes must be multiples of {divisor} "
+                           f"(nearest: {lo} or {lo + divisor})")
 
 
 def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats) -> dict[str, Any]:
@@ -283,6 +304,13 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
 
         extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
         model = build_model(cfg.model, tasks=cfg.tasks, **extra, **cfg.model_kwargs)
+    if state is None and cfg.init_from:
+        from .warm_start import describe, load_into
+
+        init = json.loads((run_dir / "config.json").read_text())["init"]
+        started = load_into(model, init)
+        if info.is_main:
+            print(describe(init, started), flush=True)
     if criterion is None:
         from .losses import build_criterion
 
@@ -331,18 +359,16 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     from .batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
-    if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
-        from .loaders import BackgroundBank
-
-        run.backgrounds = BackgroundBank(train_set, cfg.size)
-    run.loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, seed=cfg.seed)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
     run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
                                   seed=cfg.seed) if val_set is not None else None)
     run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
 
-    stopped = False
+    stopped, loader_size = False, None
     while run.epoch < cfg.epochs and not stopped:
+        stage, size = cfg.stage_at(run.epoch)
+        if size != loader_size:  # the first epoch, or a new stage of progressive resizing
+            loader_size = _enter_stage(run, train_set, stage, size)
         stopped = train_one_epoch(run)
         if stopped:
             break
@@ -356,6 +382,27 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     return summary
 
 
+def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
+    """Training batches at `size` from here on: the workers decode and resize to it, the background bank holds it.
+    Validation stays at `cfg.size`, so every epoch's val loss (and the best checkpoint) is comparable."""
+    cfg = run.cfg
+    if cfg.size_stages and hasattr(train_set, "transform"):
+        from .augment import build_transforms
+
+        train_set.transform = build_transforms("val", size, compact=True, with_bg=False)
+        if run.info.is_main and cfg.progress:
+            print(f"stage {stage + 1} of {len(cfg.size_stages) + 1}: training at {size} px from epoch {run.epoch + 1}",
+                  flush=True)
+    if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
+        from .loaders import BackgroundBank
+
+        run.backgrounds = BackgroundBank(train_set, size)
+    run.loader = None  # a previous stage's persistent workers stop before the new ones start
+    run.loader = make_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
+    run.stage, run.stage_size = stage, size
+    return size
+
+
 def _end_epoch(run: Run) -> None:
     """Validation, history row, schedule, best tracking and the epoch-end checkpoint."""
     cfg, info, device = run.cfg, run.info, run.device
@@ -363,6 +410,8 @@ def _end_epoch(run: Run) -> None:
     loss_sum, batches, samples = D.sum_over_ranks([a["loss_sum"], a["batches"], a["samples"]], info, device)
     train_loss = loss_sum / max(1.0, batches)  # mean over every batch of every rank
     row: dict[str, Any] = {"epoch": run.epoch, "train_loss": train_loss}
+    if cfg.size_stages:
+        row.update(stage=run.stage, size=run.stage_size)
     if run.val_loader is not None:
         metrics = evaluate(run) if info.is_main else {}
         row["val_loss"] = D.broadcast_float(metrics.get("val_loss", 0.0), info, device)

@@ -48,6 +48,8 @@ class Run:
     resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
     accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
     history: list = field(default_factory=list)
+    stage: int = 0  # progressive resizing: the stage being trained and its size (cfg.stage_at)
+    stage_size: int = 0
     best: dict = field(default_factory=dict)
     finished: bool = False
 
