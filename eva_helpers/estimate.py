@@ -72,9 +72,10 @@ def measure_bytes_per_composite(bg_dir: str | Path, fg_dir: str | Path, size: in
             dirs[kind].mkdir()
             for f in list_images(folder).files[:PROBE_FILES]:
                 shutil.copyfile(f, dirs[kind] / f.name)
+        # an unreadable photo among the first few is the build's to report (it names the file): skipped here
         m = build_dataset(dirs["bg"], dirs["fg"], Path(tmp) / "out", size=size, positions=2, seed=seed,
                           teacher="geometric", flips=flips, shard_size=PROBE_SAMPLES, limit=PROBE_SAMPLES, workers=1,
-                          progress=False)
+                          on_bad="skip", progress=False)
         per = sum(s["bytes"] for s in m["shards"]) / max(1, m["counts"]["samples"])
         per_bg = (m.get("backgrounds") or {}).get("bytes", 0) / max(1, m["counts"]["backgrounds"])
     return per, per_bg
@@ -104,7 +105,11 @@ def estimate_build(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, 
                    flips: bool, shard_size: int, seed: int = 0, mode: str = "layered") -> BuildEstimate:
     """The cost of building `out_dir`, printed; an EvaError in one line when its destination lacks the space."""
     n, n_bg, _ = count_composites(bg_dir, fg_dir, positions, flips)
-    per, per_bg = measure_bytes_per_composite(bg_dir, fg_dir, size, seed, flips)
+    try:
+        per, per_bg = measure_bytes_per_composite(bg_dir, fg_dir, size, seed, flips)
+    except EvaError as e:  # the first photos are unreadable: the build itself names them
+        print(f"no size estimate: the probe build of the first photos failed ({e})")
+        per, per_bg = 0.0, 0.0
     out = Path(out_dir)
     need = max(0.0, n * per + n_bg * per_bg - _already_built(out))
     seconds = n / BUILD_RATE
