@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvaError
-from .paths import Paths
+from .estimate import BUILD_RATE
+from .paths import Paths, require_drive_mounted
 
 DEFAULT_DATASET = "my-dataset"  # the folder notebook 01 builds under <paths.data>
 SAMPLE = "sample"  # the shipped 64 px sample (data_manifest.json)
 ORIGIN = ".eva-origin"  # in a cached copy: the folder (on Drive) it was copied from
 SMOKE_BUILD = {"size": 48, "positions": 1, "teacher": "geometric", "shard_size": 200}
-BUILD_RATE = 1100  # composites/s, layered mode, 2 CPU cores (bench/RESULTS.md): the time estimates use it
 
 
 # ---- 01: build ------------------------------------------------------------------------------------------------------
@@ -59,7 +59,9 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                dataset: str = DEFAULT_DATASET, size: int = 224, positions: int = 20, seed: int = 0,
                teacher: str = "auto", mode: str = "layered", scale_range: tuple[float, float] = (0.3, 0.7),
                flips: bool = True, shard_size: int = 1000) -> BuildPlan:
-    """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher."""
+    """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher; then
+    what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space."""
+    from .estimate import estimate_build
     from .paths import safe_name, sample_assets
 
     safe_name(dataset, what="DATASET", source="notebook 01")  # the build goes to <paths.data>/<dataset>, nowhere else
@@ -71,6 +73,9 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                      out, size, positions, seed, resolve_teacher(teacher, out), mode, tuple(scale_range), flips,
                      shard_size)
     print(plan)
+    require_drive_mounted(out, "the build")
+    estimate_build(plan.bg_dir, plan.fg_dir, out, size=size, positions=positions, flips=flips, shard_size=shard_size,
+                   seed=seed, mode=mode)
     return plan
 
 
@@ -78,6 +83,7 @@ def build(plan: BuildPlan) -> dict[str, Any]:
     """Build (or resume) the dataset of `plan`; returns its manifest."""
     from .build import build_dataset
 
+    require_drive_mounted(plan.out_dir, "the build")
     return build_dataset(plan.bg_dir, plan.fg_dir, plan.out_dir, size=plan.size, positions=plan.positions,
                          seed=plan.seed, teacher=plan.teacher, mode=plan.mode, scale_range=plan.scale_range,
                          flips=plan.flips, shard_size=plan.shard_size)
@@ -116,11 +122,11 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     SMOKE: notebook 01's SMOKE build of `dataset` when complete, else the shipped sample. Otherwise: a folder path, a
     dataset notebook 01 built under `paths.data`, or a name in data_manifest.json; none of these is a clear error.
     """
-    from .fetch import load_data_manifest
     from .formats import MANIFEST
-    from .locate import in_data, resolve_dataset
+    from .locate import in_data, known_dataset, resolve_dataset
 
     name = dataset or DEFAULT_DATASET
+    require_drive_mounted(paths.root, "reading and caching the dataset")
 
     def folder(n: str) -> Path:  # a plain name lives under paths.data; anything else is a folder path as given
         return paths.data / n if in_data(n) else Path(n).expanduser()
@@ -133,7 +139,7 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
         if (own / MANIFEST).is_file() and not _complete(own):
             raise EvaError(f"{own}: the build is not finished; run notebook 01 again with DATASET = {name!r} "
                            "(it resumes where it stopped)")
-        known = name in load_data_manifest().get("datasets", {})
+        known = known_dataset(name, paths)
         if not (Path(name).expanduser() / MANIFEST).is_file() and not (own / MANIFEST).is_file() and not known:
             raise EvaError(f"no dataset {name!r}: run notebook 01 first (it builds {own}; about "
                            f"{estimate_build_minutes(400_000):.0f} min of CPU work for 400k composites at 224 px), "
@@ -143,6 +149,7 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     if (origin / MANIFEST).is_file() and origin.resolve() != Path(data_dir).resolve():
         from .atomic import atomic_write_text
 
+        require_drive_mounted(origin, "copying stats.json")
         atomic_write_text(Path(data_dir) / ORIGIN, str(origin.resolve()))  # where stats.json must go back to
         _sync_stats(origin, data_dir)
     print(f"dataset: {data_dir}" + ("  (the shipped 64 px sample)" if name == SAMPLE else ""))
@@ -185,6 +192,7 @@ def explore_stats(data_dir: str | Path, limit: int | None = None) -> dict[str, A
     except OSError:
         origin = None  # not a copy: stats.json was written in the dataset folder itself
     if origin is not None and (origin / "manifest.json").is_file():
+        require_drive_mounted(origin, "keeping stats.json beside the dataset")
         atomic_copy(Path(data_dir) / "stats.json", origin / "stats.json")
         print(f"stats.json kept at {origin} (notebooks 03-05 normalise with it)")
     plot_stats(stats)

@@ -1,8 +1,14 @@
 """The steps of the training notebooks (03-05), one call each: model summary, training, TensorBoard, evaluation with
 its figure, the comparison table, the prediction browser and the two labelled photo uploads of notebook 05.
 
+Before training, a run folder that exists is checked against the dataset it was trained on (the same `DATASET` name,
+rebuilt with other content, is refused in one line that says what changed and how to start a new run), and the code
+that trains is recorded in `code.json` (one entry per session whose code differs), so a reconnect that installed newer
+code is seen. Every step that writes into a run folder on Drive first checks that Drive is mounted.
+
 Uploads are validated before anything runs on them (exactly one readable photo per step, the second the same size as
-the first); outside Colab (or with SMOKE) a sample pair of the dataset is used and the notebook says so.
+the first); they wait for a file, so they run only with UPLOAD_PHOTOS (otherwise, and outside Colab or with SMOKE, a
+sample pair of the dataset is used and the notebook says so).
 """
 from __future__ import annotations
 
@@ -12,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .errors import BadInputError
-from .paths import in_colab
+from .errors import BadInputError, EvaError
+from .paths import in_colab, require_drive_mounted
 
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
+CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each session trained this run with
+DATASET_RECORD = "dataset.json"  # what the run's dataset was: identity, samples, shards, build parameters
 
 
 def show_model(cfg: TrainConfig) -> None:
@@ -24,10 +32,100 @@ def show_model(cfg: TrainConfig) -> None:
     summary(build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs), cfg.size)
 
 
+def _dataset_facts(data: str | Path) -> dict[str, Any]:
+    from .formats import read_manifest
+    from .index import dataset_identity
+
+    m = read_manifest(data)
+    params = m.get("params") or {}
+    return {"identity": dataset_identity(m), "name": Path(str(data)).name, "samples": (m.get("counts") or {}).get("samples"),
+            "shards": len(m.get("shards", [])),
+            **{k: params.get(k) for k in ("size", "positions", "seed", "teacher", "mode", "flips") if k in params}}
+
+
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_run_dataset(cfg: TrainConfig) -> None:
+    """Refuse, in one line, a run folder trained on other dataset content than `cfg.data` (a rebuilt or extended
+    dataset under the same name), saying what changed and how to start a new run on purpose."""
+    run = Path(cfg.run_dir)
+    old = _read_json(run / "config.json")
+    if not isinstance(old, dict) or not old.get("dataset_identity") or not cfg.data:
+        return
+    now = _dataset_facts(cfg.data)
+    if old["dataset_identity"] == now["identity"]:
+        return
+    was = _read_json(run / DATASET_RECORD) or {}
+    changes = [f"{k} {was[k]} -> {now[k]}" for k in ("samples", "shards", "size", "positions", "seed", "teacher", "mode",
+                                                      "flips") if k in was and was.get(k) != now.get(k)]
+    what = ", ".join(changes) if changes else f"content {old['dataset_identity'][:12]} -> {now['identity'][:12]}"
+    raise EvaError(f"{run}: this run was trained on another version of dataset {now['name']!r} ({what}); to keep "
+                   f"training it, restore that dataset; to start a new run on this one on purpose, set RUN_NAME = "
+                   f"'{run.name}-2' (or another new name) and run all again")
+
+
+def record_code(run_dir: str | Path) -> dict[str, str]:
+    """Append this session's code (version, commit) to `<run>/code.json` when it differs from the last entry, and say
+    so when the run was trained with other code before. Returns this session's entry."""
+    import json
+    from datetime import datetime, timezone
+
+    from .atomic import atomic_write_text
+    from .session import describe_code, installed_code
+
+    path = Path(run_dir) / CODE
+    history = _read_json(path)
+    history = history if isinstance(history, list) else []
+    now = installed_code()
+    last = history[-1] if history else None
+    same = last is not None and (last.get("version"), last.get("commit")) == (now.get("version"), now.get("commit"))
+    if last is not None and not same:
+        print(f"{Path(run_dir).name}: trained so far with {describe_code(last)}; this session runs "
+              f"{describe_code(now)}, so the rest of the run uses other code")
+    if not same:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        history.append({**now, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        atomic_write_text(path, json.dumps(history, indent=1) + "\n")
+    return now
+
+
+def _split_sizes(cfg: TrainConfig) -> dict[str, int]:
+    from .evaluate import split_positions
+
+    return {k: len(v) for k, v in split_positions(cfg, cfg.data).items() if k in ("train", "val", "test")}
+
+
+def _epochs_done(run_dir: Path) -> int:
+    from .runs import read_summary
+
+    return int((read_summary(run_dir) or {}).get("epochs_completed") or 0)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """`fit(cfg)` (resumes, or extends to more epochs), then one plain sentence on where the run stands."""
+    """`fit(cfg)` (resumes, or extends to more epochs), then one plain sentence on where the run stands.
+
+    First: Drive mounted, the run's dataset unchanged, the code recorded, the time estimated."""
+    import json
+
+    from .atomic import atomic_write_text
+    from .estimate import estimate_training
     from .train import fit
 
+    run = require_drive_mounted(Path(cfg.run_dir), "training")
+    check_run_dataset(cfg)
+    record_code(run)
+    if cfg.data and not (run / DATASET_RECORD).is_file():
+        atomic_write_text(run / DATASET_RECORD, json.dumps(_dataset_facts(cfg.data), indent=1) + "\n")
+    left = cfg.epochs - _epochs_done(run)
+    if left > 0:
+        estimate_training(cfg, _split_sizes(cfg)["train"], left)
     s = fit(cfg)
     best = s.get("best") or {}
     if s["finished"]:
@@ -64,7 +162,13 @@ def tensorboard(cfg: TrainConfig) -> str:
 
 def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """Held-out test split beside the baseline: metrics.json in the run folder, the best/worst figure shown."""
+    from .estimate import estimate_evaluation
     from .runs import current_metrics
+
+    require_drive_mounted(Path(cfg.run_dir), "the evaluation")
+    metrics_file, best = Path(cfg.run_dir) / "metrics.json", Path(cfg.run_dir) / "checkpoints" / "best.pt"
+    if not metrics_file.is_file() or (best.is_file() and metrics_file.stat().st_mtime < best.stat().st_mtime):
+        estimate_evaluation(cfg, _split_sizes(cfg)["test"])
 
     metrics = current_metrics(cfg.run_dir, cfg.data)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
@@ -78,13 +182,19 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: bool = False):
-    """Notebook 05's table: joint against the single-task runs of 03/04 and the baseline (Markdown)."""
+    """Notebook 05's table: joint against the single-task runs of 03/04 that match it (dataset, split and its seed,
+    size, epochs) and the baseline (Markdown), saved as `comparison.md` in the joint run folder."""
     from IPython.display import Markdown
 
+    from .atomic import atomic_write_text
     from .demo import results_table
     from .runs import compare_runs
 
-    return Markdown(results_table(compare_runs(cfg, joint_metrics, train_missing)))
+    run = require_drive_mounted(Path(cfg.run_dir), "the comparison")
+    table = results_table(compare_runs(cfg, joint_metrics, train_missing))
+    atomic_write_text(run / "comparison.md", table + "\n")
+    print(f"table saved in {run / 'comparison.md'}")
+    return Markdown(table)
 
 
 def _run(cfg: TrainConfig):
@@ -132,9 +242,11 @@ def check_upload(uploaded: dict[str, bytes], role: str, like: np.ndarray | None 
     return img
 
 
-def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.ndarray | None = None) -> np.ndarray:
-    """Colab: an upload button for one photo (`role` says which); otherwise (or SMOKE) sample 0 of the dataset."""
-    if in_colab() and not smoke:
+def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.ndarray | None = None,
+                 upload: bool = True) -> np.ndarray:
+    """Colab with `upload` (UPLOAD_PHOTOS): an upload button for one photo (`role` says which); otherwise (or SMOKE)
+    sample 0 of the dataset. An upload waits for a file, which would hold up "Run all": off by default."""
+    if in_colab() and not smoke and upload:
         from google.colab import files  # type: ignore
 
         print(f"Choose ONE photo: {role}")
@@ -142,7 +254,9 @@ def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.
     from .dataset import ShardDataset
 
     key = "bg" if like is None else "fg_bg"
-    print(f"{role}: no upload outside Colab (or with SMOKE): using sample 0 of {data_dir} ({key})")
+    why = ("UPLOAD_PHOTOS is off (set it to True and run these cells to upload your own)" if in_colab() and not smoke
+           else "no upload outside Colab (or with SMOKE)")
+    print(f"{role}: {why}: using sample 0 of {data_dir} ({key})")
     return ShardDataset(data_dir)[0][key]
 
 

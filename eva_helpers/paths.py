@@ -24,6 +24,46 @@ def in_colab() -> bool:
     return True
 
 
+# ---- is Drive there? ----------------------------------------------------------------------------------------------
+# After `drive.flush_and_unmount()` the folder /content/drive is an ordinary local folder: a write "to Drive" would
+# land on the runtime's disk (lost with it) and a training cell would start again from epoch 0. `session.finish`
+# records that it unmounted; the mount table is the other witness.
+_unmounted_by_us = False
+
+
+def _is_mount(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def mark_drive_unmounted(unmounted: bool = True) -> None:
+    """Record that this session unmounted Drive (`finish`) or mounted it again (`mount_drive`)."""
+    global _unmounted_by_us
+    _unmounted_by_us = unmounted
+
+
+def under_drive(path: str | os.PathLike) -> bool:
+    """Whether `path` lies under the Drive mount point (only the path is looked at)."""
+    mount = Path(os.path.abspath(DRIVE_MOUNT))
+    p = Path(os.path.abspath(path))
+    return p == mount or mount in p.parents
+
+
+def drive_mounted() -> bool:
+    return not _unmounted_by_us and _is_mount(DRIVE_MOUNT)
+
+
+def require_drive_mounted(path: str | os.PathLike, what: str = "this cell") -> Path:
+    """`path`, after checking that Drive is mounted when `path` is under the Drive mount point; else one EvaError.
+
+    Every notebook step that writes under the Drive root (a build, a run folder, stats, the dataset list) calls this
+    first, so nothing is written to a local folder that only looks like Drive."""
+    if under_drive(path) and not drive_mounted():
+        why = "finish() unmounted it" if _unmounted_by_us else "it is not mounted"
+        raise EvaError(f"{path}: Google Drive is not mounted ({why}), so {what} would write to the runtime's local "
+                       "disk instead; run the environment cell (paths = start()) again, then this cell")
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class Paths:
     """The folders a notebook works with. `root` may be on Drive; `cache` is always fast local disk."""
@@ -52,19 +92,20 @@ def mount_drive(root: str | os.PathLike | None = None, mount: bool = True) -> Pa
 
     Priority: explicit `root`, then $EVA_HOME, then Drive in Colab, then ./eva_home locally.
     """
-    on_drive = False
     if root is None and os.environ.get(ENV_HOME):
         root = os.environ[ENV_HOME]
+    colab = mount and in_colab()
     if root is None:
-        if mount and in_colab():
-            from google.colab import drive  # type: ignore
-
-            drive.mount(str(DRIVE_MOUNT))
-            root, on_drive = DRIVE_ROOT, True
-        else:
-            root = Path.cwd() / "eva_home"
+        root = DRIVE_MOUNT / "MyDrive" / "eva-maskdepth" if colab else Path.cwd() / "eva_home"
     root = Path(root).expanduser().resolve()
-    on_drive = on_drive or str(root).startswith(str(DRIVE_MOUNT))
+    on_drive = under_drive(root)
+    if on_drive and colab:
+        from google.colab import drive  # type: ignore
+
+        drive.mount(str(DRIVE_MOUNT))  # asks once per session; mounting again after finish() is fine
+        mark_drive_unmounted(False)
+    if on_drive:
+        require_drive_mounted(root, "creating the folders")
     paths = Paths(root=root, data=root / "data", runs=root / "runs", cache=default_cache(), on_drive=on_drive)
     for p in (paths.data, paths.runs, paths.cache):
         p.mkdir(parents=True, exist_ok=True)

@@ -108,11 +108,34 @@ def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **e
     return metrics
 
 
+MATCH_FIELDS = ("split_by", "split seed", "val_fraction", "test_fraction", "size", "epochs")
+
+
+def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:
+    """What makes the run at `run_dir` not comparable with `cfg`: its dataset content, split and split seed, size or
+    epochs ("field: theirs -> ours"); [] when it matches or has no config yet."""
+    try:
+        other = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    ours = {**cfg.to_dict(), "split seed": cfg.splits_seed}
+    theirs = {**other, "split seed": other.get("split_seed") if other.get("split_seed") is not None else other.get("seed")}
+    diff = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in MATCH_FIELDS if theirs.get(k) != ours.get(k)]
+    if other.get("dataset_identity"):
+        from .formats import read_manifest
+        from .index import dataset_identity
+
+        ident = dataset_identity(read_manifest(cfg.data))
+        if ident != other["dataset_identity"]:
+            diff.insert(0, f"dataset content: {other['dataset_identity'][:12]} -> {ident[:12]}")
+    return diff
+
+
 def compare_runs(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: bool = False,
                  tasks: tuple[str, ...] = ("mask", "depth")) -> dict[str, dict]:
     """{row name: metrics} for the single-task runs beside `cfg`'s joint run (same dataset, model, size).
 
-    A finished single-task run is evaluated (or its fresh metrics reused). A missing or unfinished one is trained here
+    A run whose dataset, split, split seed, size or epochs differ from `cfg` is left out, saying what differs. A finished single-task run is evaluated (or its fresh metrics reused). A missing or unfinished one is trained here
     only when `train_missing`; otherwise it is reported as missing, with what to run instead.
     """
     from .train import fit
@@ -121,6 +144,11 @@ def compare_runs(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing:
     results: dict[str, dict] = {}
     for task in tasks:
         other = run_folder(runs, task, cfg.model, cfg.size, cfg.data)
+        diff = differences(cfg, other)
+        if diff:
+            print(f"{task}-only run {other} left out of the table: it differs from this joint run in "
+                  f"{'; '.join(diff)} (run notebook 0{3 if task == 'mask' else 4} with the same settings)")
+            continue
         summary = read_summary(other) or {}
         done = summary.get("finished") or (cfg.max_steps and summary.get("global_step", 0) >= cfg.max_steps)
         if not done:

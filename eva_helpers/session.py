@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .paths import DRIVE_MOUNT, Paths, in_colab, mount_drive
+from .paths import DRIVE_MOUNT, Paths, in_colab, mark_drive_unmounted, mount_drive
 
 
 def _gib(n: float) -> str:
@@ -54,7 +54,23 @@ def environment() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     env["versions"] = ", ".join(versions)
+    env["code"] = describe_code(installed_code())
     return env
+
+
+def installed_code() -> dict[str, str]:
+    """What eva_helpers code runs here: version, commit (when pip installed it from git or it is a git checkout) and
+    where it came from. A reconnect that installs newer code shows a different commit."""
+    from . import __version__
+    from .colab_install import installed_source
+
+    return {"version": __version__, **installed_source()}
+
+
+def describe_code(code: dict[str, str]) -> str:
+    commit = code.get("commit")
+    return (f"eva_helpers {code['version']}" + (f", commit {commit[:12]}" if commit else ", commit unknown")
+            + (f" ({code['source']})" if code.get("source") else ""))
 
 
 def banner() -> str:
@@ -106,6 +122,7 @@ def finish(paths: Paths | None = None, unmount: bool | None = None) -> str:
         from google.colab import drive  # type: ignore
 
         drive.flush_and_unmount()
-        msg = "Drive flushed and unmounted: every file written is uploaded (run the first cells again to continue)"
+        mark_drive_unmounted()  # a later cell that writes to Drive stops and says to run start() again
+        msg = "Drive flushed and unmounted: every file written is uploaded (run the environment cell, paths = start(), again to continue)"
     print(msg)
     return msg

@@ -158,8 +158,9 @@ def test_environment_banner():
     from eva_helpers.session import environment
 
     env = environment()
-    assert set(env) == {"gpu", "ram", "disk", "cpus", "versions"}
+    assert set(env) == {"gpu", "ram", "disk", "cpus", "versions", "code"}
     assert "torch" in env["versions"] and "eva_helpers" in env["versions"] and "GiB" in env["disk"]
+    assert env["code"].startswith("eva_helpers ") and "commit" in env["code"]  # which code runs: seen after a reconnect
 
 
 def test_user_errors_in_a_notebook_are_one_line_and_stop_run_all(paths, capsys, monkeypatch):

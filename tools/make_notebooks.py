@@ -8,7 +8,6 @@ come from TrainConfig, so a changed default reaches the notebooks by running thi
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -18,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eva_helpers.config import RECIPE_LR, TrainConfig  # noqa: E402
-from eva_helpers.notebook import BUILD_RATE, DEFAULT_DATASET  # noqa: E402
+from eva_helpers.estimate import BUILD_RATE  # noqa: E402
+from eva_helpers.notebook import DEFAULT_DATASET  # noqa: E402
 
 REPO = "eva-maskdepth/eva-maskdepth"
-VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "eva_helpers" / "__init__.py").read_text()).group(1)
-REF = f"v{VERSION}"  # releases are tagged v<version>: a reconnect installs the same code
+REF = "main"  # the default branch: it always exists (tests/test_colab_journey.py checks REF with git rev-parse)
 OUT = ROOT / "notebooks"
 INSTALL_SCRIPT = (ROOT / "eva_helpers" / "colab_install.py").read_text()
 assert "'''" not in INSTALL_SCRIPT, "colab_install.py is embedded in r'''...''': it must not contain '''"
@@ -38,23 +37,29 @@ INSTALL = f'''#@title Install eva_helpers (never touches Colab's torch, torchvis
 REPO_URL = "https://github.com/{REPO}"  #@param {{type:"string"}}
 REF = "{REF}"  #@param {{type:"string"}}
 DRIVE_COPY = "/content/drive/MyDrive/eva-maskdepth/install"  #@param {{type:"string"}}
-# REF pins a tag or commit, so a reconnect installs the same code. If pip cannot reach REPO_URL, a wheel, a zip of the
-# repository or the repository folder in DRIVE_COPY is installed instead; failing both, two ways forward are printed.
+# REF: a branch, tag or commit of REPO_URL ("main" = the code as the repository stands now; put a commit here to
+# install the same code after every reconnect). The banner below prints the version and commit installed, and each
+# run folder records it in code.json. Private repository: add a token in Colab's Secrets (key icon) as GITHUB_TOKEN,
+# never in this cell. If pip cannot reach REPO_URL, the newest wheel, zip or repository folder in DRIVE_COPY is
+# installed instead (it says when that is not REF); failing both, two ways forward are printed. If pip changed a
+# package this session had already imported, the cell stops: restart the session and run all again.
 import importlib.util
 if importlib.util.find_spec("eva_helpers") is None:
     EVA_INSTALL = r\'\'\'{INSTALL_SCRIPT}\'\'\'
     exec(compile(EVA_INSTALL, "colab_install.py", "exec"), ns := {{"__name__": "colab_install"}})
     if not ns["ensure_installed"](REPO_URL, REF, DRIVE_COPY, mount=True):
         raise SystemExit("eva_helpers is not installed: follow one of the two ways printed above")
-import eva_helpers
-print("eva_helpers", eva_helpers.__version__)'''
+from eva_helpers.session import describe_code, installed_code
+print(describe_code(installed_code()))'''
 
 START_MD = ("## Environment and folders\nPrints the GPU, RAM, disk and library versions (check the GPU after a reconnect), "
             "then mounts Google Drive: datasets and runs live in `MyDrive/eva-maskdepth`, fast copies in the local cache.")
 START = '''from eva_helpers.session import start, finish
 paths = start()'''
 FINISH_MD = ("## Save and flush\nDrive uploads late: this forces every file written above (checkpoints, metrics, stats) "
-             "onto Drive and unmounts it. Run it before closing the tab; run the first cells again to keep working.")
+             "onto Drive and unmounts it. Run it before closing the tab. After it, a cell that would write to Drive "
+             "stops and says so (it would write to the runtime's local disk instead): run the environment cell "
+             "(`paths = start()`) again to keep working.")
 FINISH = "finish(paths);"
 SMOKE_NOTE = "`SMOKE = True` runs everything on the embedded sample at tiny sizes in about a minute on a CPU."
 
@@ -116,7 +121,10 @@ SHARD_SIZE = 1000  #@param {{type:"integer"}}''',
 plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET, size=SIZE, positions=POSITIONS,
                      seed=SEED, teacher=TEACHER, mode=MODE, scale_range=(SCALE_MIN, SCALE_MAX), flips=FLIPS,
                      shard_size=SHARD_SIZE)'''),
-        ("md", f"## Build\n**Time**: compositing runs at about {BUILD_RATE:,} composites/s on Colab's 2 vCPUs, so 100 bg "
+        ("md", f"## Build\nThe cell above already printed what this build costs: composites, shards, the GB it writes "
+               "to Drive (measured on a small probe build of your photos at `SIZE`: an estimate) and the time; it "
+               "stops before building when the destination has less free space than that (400k composites at 224 px "
+               "are about 20-25 GB, more than the free 15 GB of Drive).\n\n**Time**: compositing runs at about {BUILD_RATE:,} composites/s on Colab's 2 vCPUs, so 100 bg "
                f"x 100 fg x 2 flips x 20 positions (400k) takes about {minutes_400k:.0f} minutes, plus the upload of "
                "the shards to Drive. `layered` runs the teacher once per background; `per-composite` runs it on every "
                "composite (hours for 400k, GPU only). The embedded sample at the defaults takes well under a minute. "
@@ -134,7 +142,9 @@ plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET
 )
 
 DATA_MD = ("## The dataset\nNeeds notebook 01's dataset (`DATASET`), or runs on the shipped sample with `SMOKE`. A dataset "
-           "on Drive is copied to the local disk once (verified), because reading zips through Drive is slow.")
+           "on Drive is copied to the local disk once (verified; the size and an estimate of the time are printed "
+           "first), because reading zips through Drive is slow. The copy keeps the name `DATASET`, and so do run "
+           "folders: `<task>-<model>-<size>px-<DATASET>`.")
 DATA_CELL = '''from eva_helpers import notebook as nb
 data_dir = nb.dataset_for(DATASET, paths, SMOKE)'''
 
@@ -181,7 +191,7 @@ LR = 0.0  #@param {{type:"number"}}
 # LR: 0 = the model family's recipe ({RECIPE_LR['unet']:g} for UNets, {RECIPE_LR['resnet']:g} for pretrained ResNets)
 SEED = {D.seed}  #@param {{type:"integer"}}
 RUN_NAME = ""  #@param {{type:"string"}}
-# RUN_NAME: empty = <task>-<model>-<size>px-<dataset> in MyDrive/eva-maskdepth/runs'''
+# RUN_NAME: empty = <task>-<model>-<size>px-<DATASET> in MyDrive/eva-maskdepth/runs'''
 
 
 def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
@@ -202,11 +212,15 @@ nt.show_model(cfg)'''),
         ("code", "nt.tensorboard(cfg);"),
         ("md", "## Train\nCheckpoints land in the run folder every few minutes and at each epoch end. After a disconnect, "
                "run all cells again: training resumes mid-epoch from the last checkpoint and ends exactly where an "
-               "uninterrupted run would. **Time**: the progress bar shows samples/s and the time left for the epoch; "
-               "multiply by `EPOCHS`. A finished run is not trained again (raise `EPOCHS` to extend it)."),
+               "uninterrupted run would. **Time**: an estimate is printed first (two steps of the model timed on this "
+               "runtime), then the progress bar shows samples/s and the time left for the epoch. A finished run is not "
+               "trained again (raise `EPOCHS` to extend it). If `DATASET` was rebuilt since this run started, the cell "
+               "stops and says what changed: restore the dataset, or set `RUN_NAME` to start a new run on purpose. "
+               "`code.json` in the run folder records the eva_helpers version and commit of each session that trained it."),
         ("code", "summary = nt.train(cfg)"),
         ("md", "## Evaluate on held-out backgrounds, beside the no-learning baseline\nWrites `metrics.json` and a "
-               "best/worst figure into the run folder (a progress bar counts the test images)."),
+               "best/worst figure into the run folder (an estimate of the time first, then a progress bar counts the "
+               "test images)."),
         ("code", "metrics = nt.evaluate(cfg)"),
     ]
 
@@ -226,24 +240,31 @@ JOINT_PARAMS = TRAIN_PARAMS.replace('RUN_NAME = ""  #@param {type:"string"}',
                                     'TRAIN_MISSING = False  #@param {type:"boolean"}\n'
                                     '# TRAIN_MISSING: train the mask-only and depth-only runs for the comparison here '
                                     'when notebooks 03/04 have not (triples the time)\n'
+                                    'UPLOAD_PHOTOS = False  #@param {type:"boolean"}\n'
+                                    '# UPLOAD_PHOTOS: the last cells ask for your own two photos (they wait for the '
+                                    'files, so leave it off for Run all)\n'
                                     'RUN_NAME = ""  #@param {type:"string"}')
 joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("md", "## Joint against single-task models and the baseline\nThe mask-only and depth-only runs of notebooks 03 "
-           "and 04 with the same `DATASET`, `MODEL` and `SIZE` are picked up from the runs folder. A missing one is "
-           "trained here only with `TRAIN_MISSING = True` (**time**: about as long as the joint training, each); "
-           "otherwise the table shows what exists and says what is missing."),
+           "and 04 with the same `DATASET`, `MODEL` and `SIZE` are picked up from the runs folder, and used only when "
+           "they match this run (the same dataset content, split and its seed, size and epochs); otherwise the line "
+           "above the table says what differs. A missing one is trained here only with `TRAIN_MISSING = True` "
+           "(**time**: about as long as the joint training, each); otherwise the table shows what exists and says what "
+           "is missing. The table is saved as `comparison.md` in the joint run folder."),
     ("code", "nt.comparison(cfg, metrics, TRAIN_MISSING)"),
     ("md", "## Browse predictions\nTest and validation samples: targets against predictions."),
     ("code", "nt.browse_predictions(cfg)"),
-    ("md", "## Your own photos\n**Step 1**: upload the background alone. **Step 2**: upload the same photo with the "
+    ("md", "## Your own photos\nWith `UPLOAD_PHOTOS = True` (a parameter, off by default so that Run all never waits "
+           "for a file): **Step 1**: upload the background alone. **Step 2**: upload the same photo with the "
            "object in it (same size, same framing). Each step takes exactly one photo and says what is wrong otherwise. "
-           "Outside Colab (or with `SMOKE`) a sample pair of the dataset is used.\n\nA second shot by hand moves a "
+           "With it off, outside Colab or with `SMOKE`, a sample pair of the dataset is used.\n\nA second shot by hand moves a "
            "little and changes exposure: the background is registered to the second photo and its tone matched first, "
            "only when that clearly fits, and the line above the figure says what was applied. A whole shoot: put the "
            "backgrounds in one folder and the photos with objects in another, under the same names, then "
            "`eva predict --run-dir RUN --bg BG_DIR --fg-bg FG_DIR --out OUT`."),
-    ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE)'),
-    ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg)'),
+    ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE, upload=UPLOAD_PHOTOS)'),
+    ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg,\n'
+             '                         upload=UPLOAD_PHOTOS)'),
     ("code", "nt.predict_photos(cfg, bg, fg_bg);"),
 ]
 notebook("05_train_joint", "05 · Train mask and depth together",
