@@ -34,20 +34,42 @@ def run_folder(runs: str | Path, task: str, model: str, size: int, data: str | P
 
 def notebook_config(task: str, data_dir: str | Path, paths, smoke: bool = False, *, model: str = "",
                     epochs: int | None = None, batch_size: int | None = None, size: int | None = None,
-                    lr: float | None = None, seed: int = 0, run_name: str = "", **fields: Any) -> TrainConfig:
+                    lr: float | None = None, seed: int = 0, run_name: str = "", init_from: str = "",
+                    size_stages: str = "", **fields: Any) -> TrainConfig:
     """The TrainConfig of a training notebook: its parameters over TrainConfig's defaults (empty/0 = the default).
 
     SMOKE replaces model, epochs, batch size, size and steps by `SMOKE_TRAIN`. The run folder is named by
     `run_folder` under `paths.runs` unless `run_name` is given. TensorBoard logs are on when tensorboard is installed.
+    `init_from`: a run folder, or the name of one in `paths.runs`, to start from (warm_start.py); `size_stages`:
+    "32:5 48:2" = 5 epochs at 32 px, 2 at 48, then the rest at `size`.
     """
     given = {"model": model or None, "epochs": epochs or None, "batch_size": batch_size or None, "size": size or None,
-             "lr": lr or None}
+             "lr": lr or None, "init_from": _run_path(paths, init_from) if init_from else None,
+             "size_stages": parse_stages(size_stages) if size_stages else None}
     over = {k: v for k, v in given.items() if v is not None}
     if smoke:
         over.update(SMOKE_TRAIN)
+        over.pop("size_stages", None)  # a smoke run is a few steps at one size
     over.setdefault("tensorboard", importlib.util.find_spec("tensorboard") is not None)
     cfg = TrainConfig(task=task, data=str(data_dir), seed=seed, live_plot=True, **{**over, **fields})
     return replace(cfg, run_dir=str(run_folder(paths.runs, task, cfg.model, cfg.size, data_dir, run_name)))
+
+
+def _run_path(paths, name: str) -> str:
+    """A run folder as given, or the run of that name in the runs folder (where the notebooks put them)."""
+    given = Path(name).expanduser()
+    return str(given if given.is_dir() or given.is_absolute() else Path(paths.runs) / name)
+
+
+def parse_stages(text: str) -> list[list[int]]:
+    """ "32:5 48:2" -> [[32, 5], [48, 2]] (size in px : epochs); a malformed stage is one line."""
+    out = []
+    for part in text.replace(",", " ").split():
+        size, sep, epochs = part.partition(":")
+        if not (sep and size.isdigit() and epochs.isdigit()):
+            raise EvaError(f"SIZE_STAGES {text!r}: write SIZE:EPOCHS stages separated by spaces, e.g. \"32:5\"")
+        out.append([int(size), int(epochs)])
+    return out
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:

@@ -87,3 +87,19 @@ def test_cli_size_stages(tmp_path):
            "--size-stages", "32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0 and "SIZE:EPOCHS" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_notebook_parameters(tmp_path):
+    from types import SimpleNamespace
+
+    from eva_helpers.runs import notebook_config, parse_stages
+
+    assert parse_stages("32:5 48:2") == [[32, 5], [48, 2]] and parse_stages("32:5,48:2") == [[32, 5], [48, 2]]
+    with pytest.raises(EvaError, match="SIZE:EPOCHS"):
+        parse_stages("32")
+    paths = SimpleNamespace(runs=tmp_path / "runs")
+    cfg = notebook_config("joint", tmp_path / "data", paths, epochs=15, size=64, init_from="mask-unet_small-64px-x",
+                          size_stages="32:5")
+    assert cfg.init_from == str(tmp_path / "runs" / "mask-unet_small-64px-x") and cfg.size_stages == [[32, 5]]
+    smoke = notebook_config("joint", tmp_path / "data", paths, True, size_stages="32:5")
+    assert smoke.size_stages is None

@@ -190,6 +190,11 @@ SIZE = {D.size}  #@param {{type:"integer"}}
 LR = 0.0  #@param {{type:"number"}}
 # LR: 0 = the model family's recipe ({RECIPE_LR['unet']:g} for UNets, {RECIPE_LR['resnet']:g} for pretrained ResNets)
 SEED = {D.seed}  #@param {{type:"integer"}}
+INIT_FROM = ""  #@param {{type:"string"}}
+# INIT_FROM: a run (its name in the runs folder, or a folder) whose weights this run starts from where they fit: the
+# same model at another SIZE or on another DATASET, or notebook 03's mask run for a joint run; empty = from scratch
+SIZE_STAGES = ""  #@param {{type:"string"}}
+# SIZE_STAGES: smaller images first, e.g. "32:5" = 5 epochs at 32 px, then the rest at SIZE; empty = all at SIZE
 RUN_NAME = ""  #@param {{type:"string"}}
 # RUN_NAME: empty = <task>-<model>-<size>px-<DATASET> in MyDrive/eva-maskdepth/runs'''
 
@@ -203,7 +208,7 @@ def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
                "its last checkpoint and the learning-rate schedule is stretched to the new end."),
         ("code", f'''from eva_helpers.runs import notebook_config
 cfg = notebook_config("{task}", data_dir, paths, SMOKE, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE, size=SIZE,
-                      lr=LR, seed=SEED, run_name=RUN_NAME{extra})
+                      lr=LR, seed=SEED, run_name=RUN_NAME, init_from=INIT_FROM, size_stages=SIZE_STAGES{extra})
 cfg'''),
         ("md", "## The model"),
         ("code", '''from eva_helpers import notebook_train as nt
