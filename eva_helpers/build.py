@@ -8,6 +8,7 @@ precision its maps could differ, and the shards built so far were labelled from 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from .errors import EvaError
 from .images import load_sources
 from .index import VerifyRecord, verify_file, write_index
 from .labels import composite_label, layer_object, ring_px
+from .lease import LEASE_NAME, hold
 from .teachers import describe_labels, get_teacher, normalise
 
 MODES = ("layered", "per-composite", "hybrid")
@@ -60,8 +62,18 @@ class _Ctx:
 _CTX: _Ctx | None = None
 
 
-def _init_worker(ctx: _Ctx) -> None:
+def _init_worker(ctx: _Ctx, parent_pid: int | None = None) -> None:
+    """A build worker dies with the main process (a SIGKILLed or SIGTERMed build leaves no orphan behind) and
+    leaves the signals to it: Ctrl-C (sent to the whole process group) stops the main process, which lets the
+    shards under way finish, and SIGTERM ends a worker at once, as it would any process."""
+    import signal
+
+    from .loaders import _die_with_parent
+
     global _CTX
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
     _CTX = ctx
 
 
@@ -269,7 +281,7 @@ def _check_out_dir(out: Path, params: dict, sources_sha: str) -> dict | None:
             raise BuildConflictError(f"{out}: holds a build of different input images; choose another output folder")
         return old
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if not p.name.startswith(TMP_PREFIX)
+        foreign = [p.name for p in out.iterdir() if not p.name.startswith(TMP_PREFIX) and p.name != LEASE_NAME
                    and not (p.name == formats.SHARD_DIR and p.is_dir() and not any(p.iterdir()))]
         if foreign:
             raise BuildConflictError(f"{out}: not empty and not a dataset (found {foreign[0]!r}); "
@@ -294,6 +306,25 @@ def _backgrounds_zip(bg_srcs, fg_srcs, prepared, depth16, ranges) -> bytes:
     return buf.getvalue()
 
 
+def _one_build_per_folder(build):
+    """Run `build` holding the output folder's lease (lease.py): a second build into a folder another live build
+    writes stops at once, in one line naming it. The folder's place is checked first, so the lease never creates a
+    folder inside an input folder or under a file; a refused build removes the lease (and a folder it created)."""
+
+    @functools.wraps(build)
+    def held(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, **kw: Any) -> dict:
+        out = Path(out_dir)
+        check_output_folder(out, "dataset")
+        for src_dir in (Path(bg_dir), Path(fg_dir)):
+            if out.resolve() == src_dir.resolve() or src_dir.resolve() in out.resolve().parents:
+                raise BuildConflictError(f"{out}: output folder must not be inside the input folder {src_dir}")
+        with hold(out, "dataset build"):
+            return build(bg_dir, fg_dir, out_dir, **kw)
+
+    return held
+
+
+@_one_build_per_folder
 def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *, size: int = 224,
                   positions: int = 20, seed: int = 0, teacher: str = "geometric", mode: str = "layered",
                   scale_range: tuple[float, float] = (0.3, 0.7), flips: bool = True, shard_size: int = 1000,
@@ -323,9 +354,6 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     teacher_kwargs = dict(teacher_kwargs or {})
     bg_srcs, bg_list = load_sources(bg_dir, "bg", on_bad, prepare=lambda a: prepare_background(a, size))
     fg_srcs, fg_list = load_sources(fg_dir, "fg", on_bad)
-    for src_dir in (Path(bg_dir), Path(fg_dir)):
-        if out.resolve() == src_dir.resolve() or src_dir.resolve() in out.resolve().parents:
-            raise BuildConflictError(f"{out}: output folder must not be inside the input folder {src_dir}")
     params = {"size": size, "positions": positions, "seed": seed, "teacher": teacher, "mode": mode,
               "teacher_kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in sorted(teacher_kwargs.items())
                                  if k not in _UNCOMPARED_KW},
@@ -476,7 +504,7 @@ def _run_shards(ctx: _Ctx, todo: list[int], n_workers: int, finish) -> None:
     # fork shares the prepared inputs copy-on-write (Linux, Colab); spawn pickles ctx once per worker elsewhere
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method), initializer=_init_worker,
-                               initargs=(ctx,))
+                               initargs=(ctx, os.getpid()))
     try:
         for fut in as_completed([pool.submit(_worker_build, k) for k in todo]):
             finish(fut.result())

@@ -151,13 +151,19 @@ class CheckpointManager:
         self.is_main = is_main  # under DDP only rank 0 writes
         self.local_dir = default_local_dir(run_dir) if local_dir is True else (Path(local_dir) if local_dir else None)
         if is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.dir)  # half-written copies left by a killed save
+            self.prepare()
         self._last_time = time.monotonic()
         self.save_seconds: list[float] = []  # wall time of each save (benchmark, overhead report)
         self.bytes_written = 0  # into the run folder (checkpoint files and sidecars)
         self.bytes_dropped = 0  # files of the run folder replaced or deleted (what a Drive trash could receive)
         self.loaded_from: Path | None = None
+
+    def prepare(self) -> None:
+        """Create checkpoints/ and clear the half-written copies a killed save left: the first write of a run, done
+        once its checks have passed (a manager made with is_main=False only reads until then)."""
+        self.is_main = True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dir)
 
     def due(self) -> bool:
         """True when `interval_s` has passed since the last save (or since construction)."""

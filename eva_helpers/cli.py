@@ -2,13 +2,15 @@
 
 User errors print one line naming the file or flag at fault and exit 2, with no traceback: EvaError, OSError (a full
 disk, a permission refused, a path through a file), the same re-raised from a DataLoader worker, and a command line
-argparse cannot read. Heavy imports happen per command.
+argparse cannot read. Ctrl-C and SIGTERM stop every command the same way, in one line, exiting 130 and 143 (training
+saves a checkpoint at that step first). Heavy imports happen per command.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -352,8 +354,11 @@ def _run(argv: list[str] | None) -> int:
     except UsageError as e:
         print(f"eva: error: {_unrecognized(parser, argv, str(e))}", file=sys.stderr)
         return 2
+    from .signals import exit_code, sigterm_interrupts, signal_name
+
     try:
-        args.func(args)
+        with sigterm_interrupts():  # SIGTERM (a runtime or scheduler stopping us) takes Ctrl-C's path
+            args.func(args)
     except Exception as e:  # noqa: BLE001 - user errors become one line; anything else is a bug and keeps its traceback
         line = user_message(e)
         if line is None:
@@ -361,9 +366,12 @@ def _run(argv: list[str] | None) -> int:
         _close_progress_bars()
         print(f"eva {args.command}: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"eva {args.command}: interrupted (run the same command again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # what was saved or verified stays; training says which checkpoint it saved
+        _close_progress_bars()
+        line = str(e) or (f"stopped by {signal_name(getattr(e, 'signum', signal.SIGINT))} (run the same command "
+                          "again to resume)")
+        print(f"eva {args.command}: {line}", file=sys.stderr)
+        return exit_code(e)
     return 0
 
 

@@ -125,16 +125,10 @@ def _torch_device(device: str | None):
 
 
 def _autocast(device):
-    """bf16 autocast where the GPU supports it, else fp16 on CUDA; nothing on CPU."""
-    import contextlib
+    """Autocast in the precision the device runs natively (precision.amp_dtype); nothing on CPU."""
+    from .precision import autocast  # imports torch: only the deep teachers get here
 
-    import torch
-
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    # native bf16 from Ampere (A100/L4/H100) on; a T4 "supports" bf16 only by slow emulation, so fp16 there
-    dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return autocast(device)
 
 
 def _same_shape_batches(images: list[np.ndarray], batch_size: int):

@@ -18,13 +18,16 @@ import torch
 from torch import nn
 
 from . import distributed as D
+from . import lease, precision
 from .atomic import atomic_write_text, check_output_folder, remove_stale_temps
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import TrainConfig, is_extension, result_changing_differences
 from .errors import EvaError, IntegrityError
 from .formats import read_manifest
 from .sampler import ResumableSampler
-from .train_loop import Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, train_one_epoch
+from .signals import StopRequest
+from .train_loop import (Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, stop_agreed,
+                         stopped_error, train_one_epoch)
 
 FORMAT = "eva-ckpt/1"
 SUMMARY = "summary.json"
@@ -44,10 +47,11 @@ def _dataset_identity(data: str | None) -> str | None:
         return None
 
 
-def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
+def _check_config(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Refuse to resume a run folder whose recorded config differs in a field that changes the result, or whose
-    dataset (by content identity, not path: the same dataset on Drive and in /content resumes) is another one."""
-    path = run_dir / "config.json"
+    dataset (by content identity, not path: the same dataset on Drive and in /content resumes) is another one.
+    Returns the config record to write once every check of the run has passed."""
+    path, init = run_dir / "config.json", None
     ident = _dataset_identity(cfg.data)
     if path.exists():
         try:
@@ -67,15 +71,11 @@ def _check_config(run_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
             hint = "; a run can be extended to more epochs, not shortened" if "epochs" in diff else ""
             raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
                            f"use a new run_dir or the same settings{hint}")
-    else:
-        init = None
-    if is_main:
-        if cfg.init_from and not init:
-            from .warm_start import source_record
+    if cfg.init_from and not init:  # where a new run's weights start (a resumed run keeps its record)
+        from .warm_start import source_record
 
-            init = source_record(cfg.init_from, cfg.init_which)
-        record = {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {}), **({"init": init} if init else {})}
-        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        init = source_record(cfg.init_from, cfg.init_which)
+    return {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {}), **({"init": init} if init else {})}
 
 
 def seed_everything(seed: int) -> None:
@@ -88,8 +88,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool) -> dict | None:
-    """The normalisation stats of this run, frozen in `<run_dir>/stats.json` at its start.
+def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool) -> tuple[dict | None, bool]:
+    """The normalisation stats of this run, frozen in `<run_dir>/stats.json` at its start, and whether that copy
+    still has to be written (by `_start_writing`, once every check has passed).
 
     eval and predict read that copy, and a resumed run keeps it, so a later `eva stats` on the dataset cannot change
     how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
@@ -99,14 +100,12 @@ def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool
 
     path = Path(run_dir) / "stats.json"
     if path.is_file():
-        return read_stats_file(path)
+        return read_stats_file(path), False
     if stats is not None:
         check_stats(stats, "the stats given to fit")
     if stats is None and cfg.data:
         stats = compute_stats(cfg.data, limit=2000, progress=cfg.progress and is_main, write=is_main)
-    if stats is not None and is_main:
-        atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
-    return stats
+    return stats, stats is not None
 
 
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
@@ -182,19 +181,30 @@ def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _record_extension(run_dir: Path, state: dict[str, Any], cfg: TrainConfig, is_main: bool) -> None:
-    """A checkpoint trained for fewer epochs than `cfg.epochs`: say so plainly and record it in extensions.json."""
+def _extension(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+    """The extension record when the checkpoint was trained for fewer epochs than `cfg.epochs`, else None."""
     old = state.get("config", {})
     if not is_extension(old, cfg.to_dict()):
-        return
-    ext = {"from_epochs": int(old["epochs"]), "to_epochs": cfg.epochs, "at_epoch": int(state["epoch"]),
-           "global_step": int(state["global_step"])}
-    exts = read_extensions(run_dir)
-    if is_main:
+        return None
+    return {"from_epochs": int(old["epochs"]), "to_epochs": cfg.epochs, "at_epoch": int(state["epoch"]),
+            "global_step": int(state["global_step"])}
+
+
+def _start_writing(run_dir: Path, ckm: CheckpointManager, config: dict[str, Any], ext: dict[str, Any] | None,
+                   stats: dict | None) -> None:
+    """The run's first writes, once every check has passed: a refused command leaves the run folder as it was
+    (no config rewritten for epochs it never trained, no extension recorded that never happened)."""
+    remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    ckm.prepare()
+    if ext is not None:
+        exts = read_extensions(run_dir)
         if ext not in exts:  # a crash before the next checkpoint finds the same extension again
             atomic_write_text(run_dir / EXTENSIONS, json.dumps(exts + [ext], indent=1) + "\n")
-        print(f"extending {run_dir.name} from {ext['from_epochs']} to {cfg.epochs} epochs ({ext['at_epoch']} done): "
-              f"the learning-rate schedule is re-timed to end with epoch {cfg.epochs}", flush=True)
+        print(f"extending {run_dir.name} from {ext['from_epochs']} to {ext['to_epochs']} epochs ({ext['at_epoch']} "
+              f"done): the learning-rate schedule is re-timed to end with epoch {ext['to_epochs']}", flush=True)
+    if stats is not None:
+        atomic_write_text(run_dir / "stats.json", json.dumps(stats, indent=1) + "\n")
 
 
 def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -220,6 +230,10 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
         criterion: nn.Module | None = None, stats: dict | None = None) -> dict[str, Any]:
     """Train (or resume, or just report a finished run) in `cfg.run_dir`; returns the run's summary dict.
 
+    One writer per run folder: a second process training into it stops at once (lease.py). SIGINT (the Stop button,
+    Ctrl-C) and SIGTERM stop training at the end of the current step with a checkpoint of that step, then raise
+    `signals.Interrupted` (a KeyboardInterrupt); running the same call again resumes from it exactly.
+
     Args:
         cfg: the run's settings; `run_dir` is required.
         model, train_set, val_set, criterion: injected objects (tests, custom data); built from `cfg` when None.
@@ -229,17 +243,37 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
         raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
     run_dir = Path(cfg.run_dir)
     _preflight(cfg, run_dir, model, train_set)
-    if train_set is None:  # opened (and verified) before the run folder is created: damaged data claims nothing
-        train_set, built_val, built_stats = build_data(cfg)
-        val_set = built_val if val_set is None else val_set
-        stats = built_stats if stats is None else stats
     info, device = D.init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    held = None
     try:
-        return _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats)
+        held = _claim(run_dir, info, device)
+        if train_set is None:  # opened (and verified) before anything is written: damaged data claims nothing
+            train_set, built_val, built_stats = build_data(cfg)
+            val_set = built_val if val_set is None else val_set
+            stats = built_stats if stats is None else stats
+        return _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held)
     finally:
+        if held is not None:
+            held.release()
         torch.use_deterministic_algorithms(was_deterministic)  # a notebook's later cells keep their own setting
         D.shutdown(info)
+
+
+def _claim(run_dir: Path, info: D.DistInfo, device: torch.device) -> lease.Lease | None:
+    """Rank 0 takes the run folder's lease (a second trainer stops here, in one line); every rank learns the outcome,
+    so none waits for a rank that was refused."""
+    held, error = None, None
+    if info.is_main:
+        try:
+            held = lease.acquire(run_dir, "training")
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have been told
+            error = e
+    if not D.broadcast_flag(error is None, info, device):
+        if error is not None:
+            raise error
+        raise EvaError(f"{run_dir}: rank 0 could not claim this run folder (its message says why)")
+    return held
 
 
 def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_set: Any) -> None:
@@ -269,32 +303,33 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
                            f"(nearest: {lo} or {lo + divisor})")
 
 
-def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats) -> dict[str, Any]:
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
-    D.barrier(info)
-    _check_config(run_dir, cfg, info.is_main)
+def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held) -> dict[str, Any]:
+    # every check first (config, checkpoint, stats, the checkpoint's fit to the model): until they have all passed,
+    # nothing in the run folder is written, so a refused command leaves it as it was
+    config = _check_config(run_dir, cfg)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    ckm = CheckpointManager(run_dir, cfg.keep_last, cfg.checkpoint_interval_s, is_main=info.is_main)
-    D.barrier(info)
+    ckm = CheckpointManager(run_dir, cfg.keep_last, cfg.checkpoint_interval_s, is_main=False)  # reads only, for now
     state = ckm.load_latest()
+    ext = None
     if state is not None:
         diff = result_changing_differences(state.get("config", {}), cfg.to_dict())
         if diff:
             raise EvaError(f"{ckm.loaded_from}: checkpoint was trained with other settings for {diff}")
-        _record_extension(run_dir, state, cfg, info.is_main)
+        ext = _extension(state, cfg)
         if (state.get("finished") and int(state["epoch"]) >= cfg.epochs) or (
                 cfg.max_steps and state["global_step"] >= cfg.max_steps):
+            if info.is_main:
+                _start_writing(run_dir, ckm, config, ext, None)
+            D.barrier(info)
             return summary_of(state, run_dir)
 
     seed_everything(cfg.seed)
-    stats = run_stats(run_dir, cfg, stats, info.is_main)
+    stats, write_stats = run_stats(run_dir, cfg, stats, info.is_main)
     if model is None and state is not None and state.get("model_args"):
         from .models import rebuild_model  # the architecture the checkpoint was trained with, whatever the defaults now
 
@@ -307,7 +342,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     if state is None and cfg.init_from:
         from .warm_start import describe, load_into
 
-        init = json.loads((run_dir / "config.json").read_text())["init"]
+        init = config["init"]  # recorded by _check_config; written with config.json once every check passed
         started = load_into(model, init)
         if info.is_main:
             print(describe(init, started), flush=True)
@@ -325,31 +360,20 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     sched = _make_scheduler(cfg, opt, steps_per_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = precision.amp_dtype(device) if cfg.amp else None  # bf16 only where native, fp16 + scaler elsewhere
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler(amp_dtype))
 
     run = Run(cfg=cfg, run_dir=run_dir, info=info, device=device, model=model, raw_model=model, criterion=criterion,
               optimizer=opt, scheduler=sched, scaler=scaler, amp_dtype=amp_dtype, sampler=sampler, stats=stats,
-              ckm=ckm, model_args=model_args)
+              ckm=ckm, model_args=model_args, lease=held)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler") is not None:
-            start = min(sampler.num_samples, int(state["global_consumed"]) // info.world_size)
-            left = math.ceil((sampler.num_samples - start) / cfg.batch_size)
-            left += (cfg.epochs - int(state["epoch"]) - 1) * steps_per_epoch
-            _load_scheduler(sched, state["scheduler"], cfg.epochs * steps_per_epoch, left)
-        if state.get("scaler") is not None and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        criterion.load_state_dict(state["criterion"])
-        run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
-        run.resume_consumed = int(state["global_consumed"])
-        run.accum = _rank_accum(state["epoch_accum"], info)
-        run.history, run.best = list(state["history"]), dict(state["best"] or {})
-        set_rng_state(state["rng"])  # last: building the model and optimizer above drew from the RNGs
-        if info.is_main:
-            print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)
+        _load_state(run, state, steps_per_epoch)
+    # checks passed: from here on the run folder is written
+    if info.is_main:
+        _start_writing(run_dir, ckm, config, ext, stats if write_stats else None)
+    D.barrier(info)
+    if state is not None and info.is_main:
+        print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)
     if info.enabled:
         dev_ids = [device.index] if device.type == "cuda" else None
         run.model = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
@@ -364,17 +388,22 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
                                   seed=cfg.seed) if val_set is not None else None)
     run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
 
-    stopped, loader_size = False, None
-    while run.epoch < cfg.epochs and not stopped:
-        stage, size = cfg.stage_at(run.epoch)
-        if size != loader_size:  # the first epoch, or a new stage of progressive resizing
-            loader_size = _enter_stage(run, train_set, stage, size)
-        stopped = train_one_epoch(run)
-        if stopped:
-            break
-        _end_epoch(run)
-    if run.tb is not None:
-        run.tb.close()
+    try:
+        with StopRequest() as run.stop:  # SIGINT/SIGTERM: a checkpoint at the end of the current step, then stop
+            stopped, loader_size = False, None
+            while run.epoch < cfg.epochs and not stopped:
+                stage, size = cfg.stage_at(run.epoch)
+                if size != loader_size:  # the first epoch, or a new stage of progressive resizing
+                    loader_size = _enter_stage(run, train_set, stage, size)
+                stopped = train_one_epoch(run)
+                if stopped:
+                    break
+                _end_epoch(run)
+                if stop_agreed(run):
+                    raise stopped_error(run)  # the epoch-end checkpoint is that step's
+    finally:
+        if run.tb is not None:
+            run.tb.close()
     summary = summary_of(_state(run), run_dir)
     if info.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
@@ -401,6 +430,35 @@ def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
     run.loader = make_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
     run.stage, run.stage_size = stage, size
     return size
+
+
+def _load_state(run: Run, state: dict[str, Any], steps_per_epoch: int) -> None:
+    """Continue from `state`; a checkpoint that does not fit this model (another architecture copied in) is a
+    one-line error, raised before anything is written."""
+    cfg, info, sampler, sched = run.cfg, run.info, run.sampler, run.scheduler
+    try:
+        run.raw_model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.criterion.load_state_dict(state["criterion"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise EvaError(f"{run.ckm.loaded_from}: this checkpoint does not fit the model {cfg.model} "
+                       f"({_first_line(str(e))}); use a new run_dir, or put back this run's own checkpoint") from e
+    if sched is not None and state.get("scheduler") is not None:
+        start = min(sampler.num_samples, int(state["global_consumed"]) // info.world_size)
+        left = math.ceil((sampler.num_samples - start) / cfg.batch_size)
+        left += (cfg.epochs - int(state["epoch"]) - 1) * steps_per_epoch
+        _load_scheduler(sched, state["scheduler"], cfg.epochs * steps_per_epoch, left)
+    if state.get("scaler") is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
+    run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
+    run.resume_consumed = int(state["global_consumed"])
+    run.accum = _rank_accum(state["epoch_accum"], info)
+    run.history, run.best = list(state["history"]), dict(state["best"] or {})
+    set_rng_state(state["rng"])  # last: building the model and optimizer above drew from the RNGs
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
 
 
 def _end_epoch(run: Run) -> None:

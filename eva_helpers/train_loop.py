@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .errors import EvaError
 from .sampler import ResumableSampler
+from .signals import Interrupted, signal_name
 
 @dataclass
 class Run:
@@ -42,6 +44,8 @@ class Run:
     state_fn: Callable[[], dict] | None = None
     augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
     backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
+    lease: Any = None  # lease.Lease on the run folder (rank 0): training stops if another process took it over
+    stop: Any = None  # signals.StopRequest: set by SIGINT/SIGTERM, answered after the current step
     epoch: int = 0
     global_step: int = 0
     pos: int = 0  # samples of this epoch consumed by this rank
@@ -86,7 +90,20 @@ def train_one_epoch(run: Run) -> bool:
                disable=not (cfg.progress and info.is_main), leave=False)
     t_last = time.perf_counter()
     onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-    for batch in run.loader:
+    batches = iter(run.loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception:
+            if run.stop is None or not run.stop.requested:
+                raise
+            # the signal also reached the loader's workers (Ctrl-C goes to the whole process group): the state of
+            # the last finished step is still whole, so it is saved as if the signal had come after that step
+            bar.close()
+            run.ckm.save(run.state_fn())
+            raise stopped_error(run) from None
         gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
         x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen, run.backgrounds)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
@@ -124,12 +141,51 @@ def train_one_epoch(run: Run) -> bool:
             D.barrier(info)
             bar.close()
             return True
-        if D.broadcast_flag(run.ckm.due(), info, device):
+        due, stop = _after_step_flags(run)
+        if due or stop:
             run.ckm.save(run.state_fn())  # reads RNG states, never draws from them: saving keeps determinism
             D.barrier(info)
             t_last = time.perf_counter()
+        if stop:
+            bar.close()
+            raise stopped_error(run)
     bar.close()
     return False
+
+
+def _after_step_flags(run: Run) -> tuple[bool, bool]:
+    """(save now: rank 0's checkpoint interval has passed, stop now: a signal reached any rank). Raises when another
+    process has taken the run folder's lease over: this one must not write any more."""
+    due = run.ckm.due()
+    stop = run.stop is not None and run.stop.requested
+    lost = run.lease is not None and run.lease.lost is not None
+    if run.info.enabled:  # one collective for all three: every rank takes the same branch
+        due_n, stop_n, lost_n = D.sum_over_ranks([float(due and run.info.is_main), float(stop), float(lost)],
+                                                 run.info, run.device)
+        due, stop, lost = due_n > 0, stop_n > 0, lost_n > 0
+    if lost:
+        if run.lease is not None:
+            run.lease.check()
+        raise EvaError(f"{run.run_dir}: another process took this run folder over; stopped without writing more")
+    return due, stop
+
+
+def stop_agreed(run: Run) -> bool:
+    """Whether a stop signal reached any rank (between steps, e.g. during validation)."""
+    stop = run.stop is not None and run.stop.requested
+    if run.info.enabled:
+        stop = D.sum_over_ranks([float(stop)], run.info, run.device)[0] > 0
+    return stop
+
+
+def stopped_error(run: Run) -> Interrupted:
+    """The one line that says where training stopped and which checkpoint the next run resumes from."""
+    signum = run.stop.signum if run.stop is not None and run.stop.signum is not None else signal.SIGINT
+    where = (f"epoch {run.epoch + 1}, {run.pos} of {run.sampler.num_samples} samples" if run.pos
+             else f"the end of epoch {run.epoch}")
+    last = run.run_dir / "checkpoints" / "last.pt"
+    return Interrupted(f"stopped by {signal_name(signum)} at step {run.global_step} ({where}): saved {last}; the "
+                       "next run in this run folder (the same command or cell) resumes from it", signum)
 
 
 class NonFiniteLossError(EvaError):
