@@ -145,13 +145,19 @@ def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_p
 
 
 # ---- 3. run folders that stay put --------------------------------------------------------------------------------
+def _record_config(run_dir: Path, cfg) -> None:
+    """What fit writes as config.json (with the dataset identity) once its checks pass."""
+    from eva_helpers.train import _check_config
+
+    (run_dir / "config.json").write_text(json.dumps(_check_config(run_dir, cfg)))
+
+
 def _fake_fit(monkeypatch):
     """fit's record of the run (config.json with the dataset identity), without the training."""
-    from eva_helpers.train import _check_config
 
     def fit(cfg):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        _check_config(Path(cfg.run_dir), cfg, True)
+        _record_config(Path(cfg.run_dir), cfg)
         return {"finished": True, "global_step": 6, "epochs_completed": cfg.epochs, "best": None}
 
     monkeypatch.setattr("eva_helpers.train.fit", fit)
@@ -217,14 +223,14 @@ def test_build_prints_its_cost_and_refuses_when_drive_is_too_small(colab, monkey
 
     paths = start()
     monkeypatch.setattr(estimate, "free_bytes", lambda folder: 15 * 10**9)  # the free 15 GB of Drive
-    build_plan(paths, size=224, positions=20, dataset="small")
+    build_plan(paths, size=224, positions=20, dataset="small", teacher="geometric")
     out = capsys.readouterr().out
     n = 12 * 16 * 2 * 20  # the sample's photos
     assert f"{n:,} composites in 8 shards" in out and "GB to write" in out and "15.0 GB free" in out
     per = float(re.search(r"\((\d+) kB per composite, measured", out).group(1))
     assert 20 <= per <= 150, per  # measured on the photos at 224 px, not a guess
     with pytest.raises(EvaError, match=r"needs about \d+\.\d GB \(an estimate\) but only 15\.0 GB are free") as e:
-        build_plan(paths, size=224, positions=1100, dataset="big")  # 422k composites
+        build_plan(paths, size=224, positions=1100, dataset="big", teacher="geometric")  # 422k composites
     assert "POSITIONS" in str(e.value) and not (paths.data / "big").exists()
 
 
@@ -258,7 +264,6 @@ def test_comparison_uses_only_matching_runs_and_is_saved(tmp_path, sample_datase
     from eva_helpers.notebook_train import comparison
     from eva_helpers.paths import mount_drive
     from eva_helpers.runs import notebook_config
-    from eva_helpers.train import _check_config
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     paths = mount_drive(tmp_path / "home")
@@ -267,7 +272,7 @@ def test_comparison_uses_only_matching_runs_and_is_saved(tmp_path, sample_datase
         cfg = notebook_config(task, sample_dataset, paths, True, epochs=epochs)
         run = Path(cfg.run_dir)
         run.mkdir(parents=True)
-        _check_config(run, cfg if task == "depth" else replace(cfg, epochs=2), True)
+        _record_config(run, cfg if task == "depth" else replace(cfg, epochs=2))
         (run / "summary.json").write_text(json.dumps({"finished": True}))
         (run / "metrics.json").write_text(json.dumps({"mask_iou": 0.9, "depth_rmse": 0.1}))
     comparison(joint, {"mask_iou": 0.5, "depth_rmse": 0.2})
