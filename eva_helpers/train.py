@@ -404,6 +404,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     finally:
         if run.tb is not None:
             run.tb.close()
+        run.loader = run.val_loader = None  # their workers stop now, not when the garbage collector finds `run`
     summary = summary_of(_state(run), run_dir)
     if info.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -103,3 +103,31 @@ def test_notebook_parameters(tmp_path):
     assert cfg.init_from == str(tmp_path / "runs" / "mask-unet_small-64px-x") and cfg.size_stages == [[32, 5]]
     smoke = notebook_config("joint", tmp_path / "data", paths, True, size_stages="32:5")
     assert smoke.size_stages is None
+
+
+def test_fit_leaves_no_loader_worker_behind(tmp_path, monkeypatch):
+    """A notebook or a bench trains several runs in one process: each fit's (and each stage's) loader workers stop
+    when they are done, not when the garbage collector gets round to the run."""
+    import gc
+
+    from eva_helpers import train
+
+    def children() -> int:
+        tasks = Path(f"/proc/{os.getpid()}/task")
+        return sum(len((t / "children").read_text().split()) for t in tasks.iterdir())
+
+    if not Path(f"/proc/{os.getpid()}/task").is_dir():
+        pytest.skip("needs Linux's /proc")
+    monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
+    data = write_synthetic_dataset(tmp_path / "data", size=32)
+    during = []
+    real = train._end_epoch
+    monkeypatch.setattr(train, "_end_epoch", lambda run: (during.append(children()), real(run))[1])
+    gc.disable()  # what the collector would hide
+    try:
+        train.fit(TrainConfig(**_cfg(data, tmp_path / "run", workers=2, deterministic=False, epochs=3,
+                                     checkpoint_interval_s=300.0)))
+        after = children()
+    finally:
+        gc.enable()
+    assert max(during) <= 4 and after == 0, (during, after)  # 2 training + 2 validation workers at most, then none
