@@ -60,3 +60,23 @@ def all_bytes(dataset: Path) -> dict[str, bytes]:
 def read_shard(path: Path) -> tuple[list[dict], zipfile.ZipFile]:
     zf = zipfile.ZipFile(path)
     return formats.read_jsonl(zf.read(formats.INDEX)), zf
+
+
+def build_killed_at_shard(bg: Path, fg: Path, out: Path, monkeypatch, shard: int, **kw) -> None:
+    """`build_dataset` stopped (KeyboardInterrupt) as it starts shard `shard`, as a disconnect leaves it: the shards
+    before it are built and recorded."""
+    import pytest
+
+    import eva_helpers.build as build_mod
+
+    real = build_mod.build_shard
+
+    def dies(ctx, k):
+        if k == shard:
+            raise KeyboardInterrupt
+        return real(ctx, k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(build_mod, "build_shard", dies)
+        with pytest.raises(KeyboardInterrupt):
+            build_mod.build_dataset(bg, fg, out, **kw)

@@ -21,6 +21,17 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (deterministic CPU training, and no stall on a busy shared machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
     """The embedded sample at 32 px, one position per (bg, fg, flip): 384 composites, geometric teacher."""

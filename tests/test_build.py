@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _build_helpers import all_bytes, folder_state, read_shard, sample_inputs
+from _build_helpers import all_bytes, build_killed_at_shard, folder_state, read_shard, sample_inputs
 from eva_helpers import formats
 from eva_helpers.atomic import TMP_PREFIX, sha256_file
 from eva_helpers.build import BuildConflictError, build_dataset
@@ -354,19 +354,7 @@ class _OtherGPU:
 
 def _half_build(inputs, out, monkeypatch):
     """A build killed after its first two shards, as a disconnect leaves it."""
-    import eva_helpers.build as build_mod
-
-    real = build_mod.build_shard
-
-    def dies_at_shard_2(ctx, k):
-        if k == 2:
-            raise KeyboardInterrupt
-        return real(ctx, k)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(build_mod, "build_shard", dies_at_shard_2)
-        with pytest.raises(KeyboardInterrupt):
-            build_dataset(*inputs, out, **KW)
+    build_killed_at_shard(*inputs, out, monkeypatch, 2, **KW)
     assert len(formats.read_manifest(out)["shards"]) == 2
 
 

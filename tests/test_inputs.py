@@ -21,12 +21,7 @@ WEIRD = {"bg": {"mean": [0.1, 0.9, 0.3], "std": [0.05, 0.5, 2.0]},
          "fg_bg": {"mean": [0.7, 0.2, 0.5], "std": [0.3, 0.01, 0.2]}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

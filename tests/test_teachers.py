@@ -264,8 +264,7 @@ def test_a_resume_whose_teacher_maps_differently_keeps_the_recorded_background_m
     pytest.importorskip("transformers")
     import zipfile
 
-    import eva_helpers.build as build_mod
-    from _build_helpers import sample_inputs
+    from _build_helpers import build_killed_at_shard, sample_inputs
     from eva_helpers import formats
     from eva_helpers.build import build_dataset
 
@@ -274,17 +273,7 @@ def test_a_resume_whose_teacher_maps_differently_keeps_the_recorded_background_m
     _tiny_depth_anything(model, seed=0)
     kw = dict(size=32, positions=2, limit=8, shard_size=4, workers=1, progress=False, mode="hybrid",
               teacher="depth-anything-v2-small", teacher_kwargs={"model_dir": model, "device": "cpu"})
-    real = build_mod.build_shard
-
-    def dies_at_shard_1(ctx, k):
-        if k == 1:
-            raise KeyboardInterrupt
-        return real(ctx, k)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(build_mod, "build_shard", dies_at_shard_1)
-        with pytest.raises(KeyboardInterrupt):
-            build_dataset(bg, fg, tmp_path / "ds", **kw)
+    build_killed_at_shard(bg, fg, tmp_path / "ds", monkeypatch, 1, **kw)
     bgz = (tmp_path / "ds" / formats.BACKGROUNDS).read_bytes()
     _tiny_depth_anything(model, seed=1)  # the teacher now maps the backgrounds differently
     m = build_dataset(bg, fg, tmp_path / "ds", **kw)
