@@ -43,7 +43,8 @@ def score(cfg, clean: dict, perturb: str, align: bool, reuse: dict) -> dict:
         try:
             m = json.loads(path.read_text())
             same_ckpt = all(m.get(k) == clean.get(k) for k in ("checkpoint_file", "checkpoint_step"))
-            if same_ckpt and m.get("perturb_ops") == perturb_ops(perturb):  # the change as defined today
+            current = not align or "align_jpeg_applied_fraction" in m  # scored by the alignment that matches JPEG
+            if same_ckpt and current and m.get("perturb_ops") == perturb_ops(perturb):  # the change as defined today
                 return m
         except (OSError, ValueError):
             pass  # damaged or stale: score again (atomic writes make this rare)

@@ -14,6 +14,9 @@ shift search once "found" shifts on clean smooth pairs and dropped clean mask Io
   search, since a smooth scene's shake shows in its flat parts too).
 - Tone: per RGB channel fg_bg ~ gain * bg + offset by trimmed least squares started from identity (the object never
   gets a say), on the registered bg; applied only if not near identity and it clearly lowers the robust residual.
+- Compression: when fg_bg's pixels show a JPEG at least `JPEG_GAP` qualities coarser than bg's (a lossless bg counts
+  as 100), the registered bg is saved again with fg_bg's quality and chroma layout (`compression.py`), so the
+  blocky ringing that JPEG adds around every edge is alike in both photos instead of reading as "object".
 
 Convention: bg is warped by M (2x3, bg -> fg_bg pixel coordinates) = `cv2.getRotationMatrix2D(c, angle, scale)` with
 (dx, dy) added to its last column, c = ((W - 1) / 2, (H - 1) / 2): angle in degrees, counter-clockwise on screen;
@@ -39,6 +42,7 @@ TONE_KEEP = 0.6           # tone fit: refit on the best-fitting 60 % of pixels
 TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identity in every channel is not applied
 MAX_SAMPLES = 6_000       # pixels used by a residual or a fit (deterministic stride)
 SEARCH_SIDE, SEARCH_RADIUS = 128, 4  # last resort: every whole-pixel shift within 4 px of a <= 128 px copy
+JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPEG quality is this much lower
 
 
 def _cv2():
@@ -63,6 +67,10 @@ class Alignment:
     inliers: int = 0
     reason: str = "identity"
     tone_reason: str = "identity"
+    jpeg_applied: bool = False  # bg saved again as a JPEG with fg_bg's settings (below)
+    jpeg_quality: int = 0       # fg_bg's JPEG quality as read from its pixels (0: no coarse JPEG seen)
+    jpeg_subsampled: bool = False
+    jpeg_reason: str = "identity"
     residual_before: float = 0.0  # robust RGB residual (levels, textured pixels) of the pair as given
     residual_after: float = 0.0   # ... after what was applied
 
@@ -357,11 +365,26 @@ def _check(bg: np.ndarray, fg_bg: np.ndarray) -> None:
         raise BadInputError(f"align_pair: {bg.shape[1]}x{bg.shape[0]} px is too small to align (need >= 16 px)")
 
 
-def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True,
-               tone: bool = True) -> tuple[np.ndarray, Alignment]:
-    """(H, W, 3) uint8 RGB bg and fg_bg (same shape) -> (bg registered and tone-matched to fg_bg, (H, W, 3) uint8;
-    the Alignment). Pixels the warp leaves without a source take fg_bg's values (no false difference at borders).
-    When nothing is confident nothing is applied, and the result is a copy of bg, byte for byte."""
+def _compression(bg: np.ndarray, fg_bg: np.ndarray) -> dict:
+    """Whether bg should be saved again with fg_bg's JPEG settings (module docstring), as Alignment fields."""
+    from .compression import estimate_jpeg
+
+    fg = estimate_jpeg(fg_bg)
+    if fg is None:
+        return dict(jpeg_reason="fg_bg shows no coarse JPEG")
+    ours = estimate_jpeg(bg)
+    fields = dict(jpeg_quality=fg.quality, jpeg_subsampled=fg.subsampled)
+    bg_q = 100 if ours is None else ours.quality
+    if bg_q - fg.quality < JPEG_GAP:
+        return dict(fields, jpeg_reason=f"compressed alike (fg_bg quality {fg.quality}, bg {bg_q})")
+    return dict(fields, jpeg_applied=True, jpeg_reason=f"fg_bg quality {fg.quality}, bg {bg_q}")
+
+
+def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone: bool = True,
+               compression: bool = True) -> tuple[np.ndarray, Alignment]:
+    """(H, W, 3) uint8 RGB bg and fg_bg (same shape) -> (bg registered, tone-matched and compressed like fg_bg,
+    (H, W, 3) uint8; the Alignment). Pixels the warp leaves without a source take fg_bg's values (no false difference
+    at borders). When nothing is confident nothing is applied, and the result is a copy of bg, byte for byte."""
     _check(bg, fg_bg)
     cv2 = _cv2()
     H, W = bg.shape[:2]
@@ -383,11 +406,12 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True,
     fields.update(_tone(s_bg, s_fg, valid) if tone else dict(tone_reason="tone off"))
     if fields.get("tone_applied"):
         s_bg = _lut(s_bg, fields["gain"], fields["offset"])
+    fields.update(_compression(bg, fg_bg) if compression else dict(jpeg_reason="compression off"))
     sel = _samples(valid & texture)  # residuals reported on the textured pixels every version shares
     res = [_trimmed(_worst(s_fg.reshape(-1, 3)[sel].astype(np.float32) - b.reshape(-1, 3)[sel]))
            for b in (s_bg0, s_bg)]
     alignment = Alignment(**fields, residual_before=round(res[0], 3), residual_after=round(res[1], 3))
-    if not (alignment.applied or alignment.tone_applied):
+    if not (alignment.applied or alignment.tone_applied or alignment.jpeg_applied):
         return bg.copy(), alignment
     out = bg
     if alignment.applied:
@@ -396,4 +420,8 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True,
         out = _lut(out, alignment.gain, alignment.offset)
     if alignment.applied:
         out = np.where(inside[..., None], out, fg_bg)  # no source -> fg_bg's pixel: no false difference
+    if alignment.jpeg_applied:  # last, as a camera saves: on fg_bg's block grid, since bg now sits in its frame
+        from .compression import encode_decode
+
+        out = encode_decode(out, alignment.jpeg_quality, alignment.jpeg_subsampled)
     return out, alignment

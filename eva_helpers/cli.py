@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "on clean validation) -> metrics-NAME.json; 'list' shows what each does. NAME: "
                         + _perturb_names())
     e.add_argument("--align", action="store_true",
-                   help="register bg to fg_bg (and match its tone) before the model and the baseline see each pair, "
-                        "as predict does -> metrics-<NAME or clean>-aligned.json")
+                   help="register bg to fg_bg (and match its tone and JPEG compression) before the model and the "
+                        "baseline see each pair, as predict does -> metrics-<NAME or clean>-aligned.json")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, or "
@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(folders: <name>_mask.png, <name>_depth.png and alignment.csv)")
     pr.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to use")
     pr.add_argument("--no-align", action="store_true",
-                    help="use bg as it is; otherwise bg is registered to fg_bg and its tone matched, each only "
-                         "when confident")
+                    help="use bg as it is; otherwise bg is registered to fg_bg, its tone matched and, when fg_bg "
+                         "was saved as a much coarser JPEG, saved again like it: each only when confident")
     pr.add_argument("--batch-size", type=int, default=16,
                     help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
                          "time, so each result equals the single-pair command's)")

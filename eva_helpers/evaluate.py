@@ -188,7 +188,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
             reuse.update(fitted)
     threshold, calib = fitted["threshold"], fitted["calib"]
     acc = MetricAccumulator(cfg.tasks, baseline=fitted["baseline"])
-    n, aligned, toned, t0 = 0, 0, 0, time.perf_counter()
+    n, aligned, toned, recompressed, t0 = 0, 0, 0, 0, time.perf_counter()
     what = f"{data_dir.name} (unseen)" if unseen else split
     bar = tqdm(total=len(ds), desc=f"eval {what}" + (f" ({tag})" if tag else ""), unit="img", disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
@@ -199,6 +199,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         n += x.shape[0]
         aligned += sum(bool(m.get("align_applied")) for m in batch["meta"])
         toned += sum(bool(m.get("align_tone_applied")) for m in batch["meta"])
+        recompressed += sum(bool(m.get("align_jpeg_applied")) for m in batch["meta"])
     bar.close()
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {k: float(v) for k, v in acc.compute().items()}
@@ -227,7 +228,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         name = perturb or "clean"
         metrics.update(perturb=name, perturb_ops=PERTURBATIONS[name].ops, aligned=align)
     if align:
-        metrics.update(align_applied_fraction=aligned / max(n, 1), align_tone_applied_fraction=toned / max(n, 1))
+        metrics.update(align_applied_fraction=aligned / max(n, 1), align_tone_applied_fraction=toned / max(n, 1),
+                       align_jpeg_applied_fraction=recompressed / max(n, 1))
     out_name = metrics_name(perturb, align)
     if unseen:
         out_name = f"metrics-{data_dir.name}" + (f"-{tag}" if tag else "") + ".json"

@@ -237,5 +237,6 @@ class PerturbedDataset:
             bg, how = align_pair(sample["bg"], sample["fg_bg"])
             sample["bg"] = bg
             sample["meta"] = {**sample["meta"], "align_applied": bool(how.applied),
-                              "align_tone_applied": bool(how.tone_applied)}
+                              "align_tone_applied": bool(how.tone_applied),
+                              "align_jpeg_applied": bool(how.jpeg_applied)}
         return self.transform(sample, seed) if self.transform is not None else sample

@@ -1,9 +1,9 @@
 """`eva predict`: a trained run applied to a user's photos, any size: one pair, or the folders of a whole shoot.
 
 One code path for one pair and for many, so a folder's masks are byte-identical to the single-pair command's:
-read (`images.read_image`, the build's decoder) -> register and tone-match bg to fg_bg at full resolution
-(`align.align_pair`, only when confident; it says what it did) -> resize both to the model's size -> the model on that
-pair alone -> the run's calibrated threshold -> back to the photo's own size.
+read (`images.read_image`, the build's decoder) -> register, tone-match and (after a much coarser fg_bg JPEG)
+re-compress bg like fg_bg at full resolution (`align.align_pair`, only when confident; it says what it did) -> resize
+both to the model's size -> the model on that pair alone -> the run's calibrated threshold -> back to the photo's size.
 
 The model sees one pair at a time even in folder mode. Batched convolutions choose their kernels and reduction order
 by shape: on CPU (oneDNN and the native path alike) unet_small's outputs for a pair moved by up to 2.4e-7 between a
@@ -199,6 +199,9 @@ def describe_alignment(al: "Alignment") -> str:
         parts.append(f"shift ({al.dx:+.1f}, {al.dy:+.1f}) px, rotation {al.angle:.1f}°, scale {al.scale:.3f}")
     if al.tone_applied:
         parts.append("tone gain (" + ", ".join(f"{g:.2f}" for g in al.gain) + ")")
+    if al.jpeg_applied:
+        parts.append(f"bg saved as JPEG quality {al.jpeg_quality} {'4:2:0' if al.jpeg_subsampled else '4:4:4'} "
+                     "like fg_bg")
     tone_reason = al.tone_reason
     if not parts:
         line = f"not aligned: {al.reason}"
@@ -394,7 +397,8 @@ def summarize_alignments(rows: list[tuple[str, "Alignment"]]) -> str:
     n = len(rows)
     geo = [a for _, a in rows if a.applied]
     tone = sum(a.tone_applied for _, a in rows)
-    line = f"alignment: {len(geo)} of {n} pairs registered, {tone} tone-matched"
+    jpeg = sum(a.jpeg_applied for _, a in rows)
+    line = f"alignment: {len(geo)} of {n} pairs registered, {tone} tone-matched, {jpeg} compressed like fg_bg"
     if geo:
         shifts = sorted(math.hypot(a.dx, a.dy) for a in geo)
         line += f" (shift median {shifts[len(shifts) // 2]:.1f} px, max {shifts[-1]:.1f} px)"

@@ -40,6 +40,9 @@ class SecondShot:
     noise: float = 4.0  # Gaussian sensor noise, sigma up to this (0..255 units)
     p_jpeg: float = 0.5
     jpeg_quality: tuple = (30, 95)  # uniform in [lo, hi]
+    # when both photos are saved as JPEG, the share that use one quality (one camera's two shots; or a pair whose
+    # compression `align` matched): outside the object the pair then differs by little more than the object's own blocks
+    p_jpeg_same: float = 0.0
     p_shift: float = 0.0  # hand shake: share of pairs whose bg is warped
     shift: float = 0.0  # translation up to this many px per axis (at the training size); half rounded to whole px
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
@@ -278,6 +281,8 @@ def apply_second_shot(bg: torch.Tensor, fg_bg: torch.Tensor, mask: torch.Tensor,
     jpeg_bg, jpeg_fg = side()
     strength = _uniform(gen, b, opts.shadow[0], opts.shadow[1], dev)
     shadow_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=dev))
+    if opts.p_jpeg_same > 0:  # an option, not a draw, decides: runs without it keep their stream
+        quality2 = torch.where(torch.rand(b, generator=gen, device=dev) < opts.p_jpeg_same, quality, quality2)
 
     idx = on.nonzero()[:, 0]
     if not len(idx):

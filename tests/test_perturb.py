@@ -193,7 +193,7 @@ def _fake_align(monkeypatch, calls: list) -> None:
 
     class Alignment:
         def __init__(self, applied):
-            self.applied, self.tone_applied = applied, False
+            self.applied, self.tone_applied, self.jpeg_applied = applied, False, False
 
         def as_row(self):
             return {"applied": self.applied}
