@@ -111,7 +111,8 @@ def _epochs_done(run_dir: Path) -> int:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """`fit(cfg)` (resumes, or extends to more epochs), then one plain sentence on where the run stands.
 
-    First: Drive mounted, the run's dataset unchanged, the code recorded, the time estimated."""
+    First: Drive mounted, the run's dataset unchanged, the time estimated; the code and the dataset are recorded in the
+    run folder once fit's own checks have passed."""
     import json
 
     from .atomic import atomic_write_text
@@ -120,13 +121,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     run = require_drive_mounted(Path(cfg.run_dir), "training")
     check_run_dataset(cfg)
-    record_code(run)
-    if cfg.data and not (run / DATASET_RECORD).is_file():
-        atomic_write_text(run / DATASET_RECORD, json.dumps(_dataset_facts(cfg.data), indent=1) + "\n")
+
+    def records(run_dir: Path) -> None:  # written once fit's checks have passed: a refused run leaves none behind
+        record_code(run_dir)
+        if cfg.data and not (run_dir / DATASET_RECORD).is_file():
+            atomic_write_text(run_dir / DATASET_RECORD, json.dumps(_dataset_facts(cfg.data), indent=1) + "\n")
+
     left = cfg.epochs - _epochs_done(run)
     if left > 0:
         estimate_training(cfg, _split_sizes(cfg)["train"], left)
-    s = fit(cfg)
+    s = fit(cfg, on_start=records)
     best = s.get("best") or {}
     if s["finished"]:
         state = "finished"

@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -191,9 +191,12 @@ def _extension(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None
 
 
 def _start_writing(run_dir: Path, ckm: CheckpointManager, config: dict[str, Any], ext: dict[str, Any] | None,
-                   stats: dict | None) -> None:
+                   stats: dict | None, on_start: Callable[[Path], None] | None = None) -> None:
     """The run's first writes, once every check has passed: a refused command leaves the run folder as it was
     (no config rewritten for epochs it never trained, no extension recorded that never happened)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:  # the caller's own records (notebook training: code.json, dataset.json)
+        on_start(run_dir)
     remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     ckm.prepare()
@@ -227,7 +230,8 @@ def _recorded_init(run_dir: Path) -> dict[str, Any] | None:
 
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
-        criterion: nn.Module | None = None, stats: dict | None = None) -> dict[str, Any]:
+        criterion: nn.Module | None = None, stats: dict | None = None,
+        on_start: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train (or resume, or just report a finished run) in `cfg.run_dir`; returns the run's summary dict.
 
     One writer per run folder: a second process training into it stops at once (lease.py). SIGINT (the Stop button,
@@ -238,6 +242,8 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
         cfg: the run's settings; `run_dir` is required.
         model, train_set, val_set, criterion: injected objects (tests, custom data); built from `cfg` when None.
             An injected dataset takes keys `(position, sample_seed)` like ShardDataset.
+        on_start: called with the run folder once every check has passed, before fit's own first write (main
+            process only): records of the caller's that a refused run must not leave behind.
     """
     if not cfg.run_dir:
         raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
@@ -252,7 +258,7 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
             train_set, built_val, built_stats = build_data(cfg)
             val_set = built_val if val_set is None else val_set
             stats = built_stats if stats is None else stats
-        return _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held)
+        return _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held, on_start)
     finally:
         if held is not None:
             held.release()
@@ -303,7 +309,8 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
                            f"(nearest: {lo} or {lo + divisor})")
 
 
-def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held) -> dict[str, Any]:
+def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats, held,
+         on_start=None) -> dict[str, Any]:
     # every check first (config, checkpoint, stats, the checkpoint's fit to the model): until they have all passed,
     # nothing in the run folder is written, so a refused command leaves it as it was
     config = _check_config(run_dir, cfg)
@@ -324,7 +331,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         if (state.get("finished") and int(state["epoch"]) >= cfg.epochs) or (
                 cfg.max_steps and state["global_step"] >= cfg.max_steps):
             if info.is_main:
-                _start_writing(run_dir, ckm, config, ext, None)
+                _start_writing(run_dir, ckm, config, ext, None, on_start)
             D.barrier(info)
             return summary_of(state, run_dir)
 
@@ -370,7 +377,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         _load_state(run, state, steps_per_epoch)
     # checks passed: from here on the run folder is written
     if info.is_main:
-        _start_writing(run_dir, ckm, config, ext, stats if write_stats else None)
+        _start_writing(run_dir, ckm, config, ext, stats if write_stats else None, on_start)
     D.barrier(info)
     if state is not None and info.is_main:
         print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)

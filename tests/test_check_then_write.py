@@ -96,3 +96,35 @@ def test_a_refused_first_command_leaves_no_folder_behind(tmp_path, data):
     run = tmp_path / "new-run"
     assert main(train_args(bad, run, 1)) == 2
     assert not run.exists()
+
+
+def _notebook_cfg(data: Path, run: Path, epochs: int, size: int = 32):
+    from eva_helpers.config import TrainConfig
+
+    return TrainConfig(task="joint", data=str(data), run_dir=str(run), batch_size=8, size=size, workers=0,
+                       epochs=epochs, second_shot="off", progress=False)
+
+
+def test_a_refused_notebook_training_leaves_no_records(tmp_path, data):
+    """Notebook training records the code and the dataset in the run folder (code.json, dataset.json) only once fit's
+    checks have passed. (Failed before: they were written first, so a refused run left them behind.)"""
+    from eva_helpers.errors import EvaError
+    from eva_helpers.notebook_train import train
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(EvaError, match="multiples of"):
+        train(_notebook_cfg(data, fresh, 1, size=40))  # refused by fit before it claims the folder
+    assert not fresh.exists()
+
+    run = tmp_path / "run"
+    assert main(train_args(data, run, 1)) == 0
+    stats = json.loads((run / "stats.json").read_text())
+    stats["bg"]["std"] = [0.0, 0.0, 0.0]
+    (run / "stats.json").write_text(json.dumps(stats))
+    before = snapshot(run)
+    with pytest.raises(EvaError, match="stats.json"):
+        train(_notebook_cfg(data, run, 2))  # refused by fit's checks on a run it has claimed
+    assert snapshot(run) == before
+
+    train(_notebook_cfg(data, tmp_path / "ok", 1))
+    assert {"code.json", "dataset.json", "config.json"} <= {p.name for p in (tmp_path / "ok").iterdir()}

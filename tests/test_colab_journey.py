@@ -155,8 +155,10 @@ def _record_config(run_dir: Path, cfg) -> None:
 def _fake_fit(monkeypatch):
     """fit's record of the run (config.json with the dataset identity), without the training."""
 
-    def fit(cfg):
+    def fit(cfg, on_start=None):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        if on_start is not None:
+            on_start(Path(cfg.run_dir))
         _record_config(Path(cfg.run_dir), cfg)
         return {"finished": True, "global_step": 6, "epochs_completed": cfg.epochs, "best": None}
 
