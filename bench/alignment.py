@@ -29,7 +29,7 @@ measures instead what alignment does to those models' masks on photos at 224 px:
   - every test pair is scored (per-image mask IoU against the 224 px label) as given ("clean") and with fg_bg and its
     mask moved 1, 2, 5, 10, 20 px in one of 8 directions drawn from the sample's row (`perturb.shift_offsets` /
     `shift_array`: the second-shot convention of `eva eval --perturb shift1`), and with fg_bg saved again as a JPEG at
-    quality 60 and 40 with 4:2:0 chroma (`perturb._jpeg`, as `--perturb jpeg40` does at the model's size; here at the
+    quality 60 and 40 with 4:2:0 chroma (`compression.encode_decode`, as `--perturb jpeg40` does at the model's size; here at the
     photo's 224 px, as a chat app re-compresses a photo before `eva predict` resizes it), each without and with
     alignment;
   - the model's mask is `predict.predict_pair(model, bg, fg_bg, cfg.size, stats, "cpu", calib=the run's calibration,
@@ -265,8 +265,9 @@ def baseline_mask(bg: np.ndarray, fg_bg: np.ndarray, size: int, threshold: float
 
 def score_runs(runs: list[dict], data: Path, limit: int | None) -> tuple[dict, dict, list[int]]:
     """-> (scores[run][who][condition] = list of (bg_id, IoU); flags[condition] = list of (warp, tone); positions)."""
+    from eva_helpers.compression import encode_decode
     from eva_helpers.dataset import ShardDataset
-    from eva_helpers.perturb import _jpeg, shift_array, shift_offsets
+    from eva_helpers.perturb import shift_array, shift_offsets
     from eva_helpers.predict import predict_pair
 
     positions = sorted(set().union(*(r["positions"] for r in runs)))
@@ -289,7 +290,7 @@ def score_runs(runs: list[dict], data: Path, limit: int | None) -> tuple[dict, d
                 dy, dx = shift_offsets(row, d)
                 fg, mask, depth = (shift_array(a, dy, dx) for a in (fg, mask, depth))
             elif d < 0:
-                fg = _jpeg(fg, -d)
+                fg = encode_decode(fg, -d, subsampled=True)
             # depth is scored where the moved photo shows the scene, not the replicated border band it gains
             real = np.zeros((h, w), bool)
             real[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -25,10 +26,11 @@ MIN_ON_GRID = 0.85     # share of the tested coefficients that must be on the gr
 MIN_TESTED = 32        # coefficients needed to judge a quality at all
 NEIGHBOURS = 3         # finer qualities after the coarsest fit that may be the one (they share most steps)
 
-# ITU T.81 Annex K luma table, row-major (libjpeg scales it by quality)
-_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+# ITU T.81 Annex K base tables, row-major (libjpeg scales them by quality)
+_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+         14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+         49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+_CHROMA = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
 
 
 @dataclass(frozen=True)
@@ -40,19 +42,27 @@ class JpegGuess:
     on_grid: float
 
 
-def luma_tables() -> np.ndarray:
-    """(100, 64) libjpeg's luma quantisation steps for qualities 1..100 (row q - 1)."""
-    q = np.arange(1, 101, dtype=np.float64)[:, None]
+@lru_cache(maxsize=1)
+def quant_tables() -> np.ndarray:
+    """(2, 100, 64) libjpeg's luma (0) and chroma (1) quantisation steps for qualities 1..100 (row q - 1), read-only;
+    the training's JPEG simulation (second_shot.py) uses the same ones."""
+    q = np.arange(1, 101, dtype=np.float64)[None, :, None]
     scale = np.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
-    return np.clip(np.floor((_LUMA[None] * scale + 50.0) / 100.0), 1, 255)
+    tables = np.clip(np.floor((np.array([_LUMA, _CHROMA], np.float64)[:, None] * scale + 50.0) / 100.0), 1, 255)
+    tables.setflags(write=False)
+    return tables
 
 
-def _dct_matrix() -> np.ndarray:
-    """(64, 64) D kron D, D the orthonormal 8x8 DCT-II: a block's 64 coefficients are (D kron D) @ block.ravel()."""
+@lru_cache(maxsize=1)
+def dct_matrix() -> np.ndarray:
+    """(64, 64) D kron D, D the orthonormal 8x8 DCT-II (JPEG's FDCT): a block's 64 coefficients are
+    (D kron D) @ block.ravel(); read-only."""
     n = np.arange(8)
     d = np.cos(math.pi * (2 * n[None] + 1) * n[:, None] / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
-    return np.kron(d, d)
+    k = np.kron(d, d)
+    k.setflags(write=False)
+    return k
 
 
 def _window(rgb: np.ndarray) -> np.ndarray:
@@ -71,8 +81,8 @@ def _luma_qualities(win: np.ndarray) -> list[tuple[int, float]]:
     h, w = y.shape
     blocks = y.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64)
     clipped = ((win == 0) | (win == 255)).any(2).reshape(h // 8, 8, w // 8, 8).any((1, 3)).ravel()
-    coef = blocks[~clipped] @ _dct_matrix().T  # (blocks, 64); a clipped block's luma no longer is JPEG's
-    tables = luma_tables().astype(np.float32)[:, None, :]  # (100, 1, 64), coarsest first
+    coef = blocks[~clipped] @ dct_matrix().T  # (blocks, 64); a clipped block's luma no longer is JPEG's
+    tables = quant_tables()[0].astype(np.float32)[:, None, :]  # (100, 1, 64) luma, coarsest first
     c = coef.astype(np.float32)[None]  # (1, blocks, 64)
     # per quality: coefficients that survived quantisation (zeros fit every grid) at steps that tell (>= MIN_STEP)
     tested = (np.abs(c) >= tables / 2) & (tables >= MIN_STEP)
@@ -87,15 +97,10 @@ def _luma_qualities(win: np.ndarray) -> list[tuple[int, float]]:
 
 
 def encode_decode(rgb: np.ndarray, quality: int, subsampled: bool) -> np.ndarray:
-    """(H, W, 3) uint8 RGB saved as a JPEG with these settings and read back (libjpeg through OpenCV)."""
-    import cv2
+    """(H, W, 3) uint8 RGB saved as a JPEG with these settings and read back, with the dataset's own codec."""
+    from .formats import decode_image, encode_jpeg
 
-    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if subsampled else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB
-        raise RuntimeError("OpenCV could not encode a JPEG")
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return decode_image(encode_jpeg(rgb, quality, subsampled=subsampled))
 
 
 def estimate_jpeg(rgb: np.ndarray) -> JpegGuess | None:

@@ -127,18 +127,6 @@ def shift_array(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return arr[_shift_index(h, dy)][:, _shift_index(w, dx)]
 
 
-def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """A real JPEG round trip with 4:2:0 chroma, as phone cameras save (our dataset stores 4:4:4)."""
-    import cv2
-
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality),
-              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), params)
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB
-        raise RuntimeError("cv2 could not encode a JPEG")
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
-
-
 def _noise(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     n = _rng(seed, "noise").standard_normal(img.shape) * sigma
     return _lut(img.astype(np.float64) + n)
@@ -198,8 +186,10 @@ def perturb_sample(sample: dict[str, Any], name: str, seed: int) -> dict[str, An
         elif kind == "shift":
             dy, dx = shift_offsets(seed, *args)
             fg, mask, depth = (shift_array(a, dy, dx) for a in (fg, mask, depth))
-        elif kind == "jpeg":
-            fg = _jpeg(fg, *args)
+        elif kind == "jpeg":  # a real JPEG round trip with 4:2:0 chroma, as phone cameras save (the dataset: 4:4:4)
+            from .compression import encode_decode
+
+            fg = encode_decode(fg, *args, subsampled=True)
         elif kind == "noise":
             fg = _noise(fg, *args, seed)
         elif kind == "blur":

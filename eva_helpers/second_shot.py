@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from .compression import dct_matrix, quant_tables
 from .errors import EvaError
 
 
@@ -130,28 +131,16 @@ def warp_similarity(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, angle: 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-# JPEG (ITU T.81 Annex K) base tables; quality scaling as libjpeg does it.
-_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-         14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-         49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
-_CHROMA = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
-
-
 def _quant_tables(quality: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) qualities 1..100 -> luma and chroma tables (N, 8, 8), as libjpeg scales them."""
-    q = quality.to(dtype).clamp(1, 100)
-    s = torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)[:, None, None]
-    base = torch.tensor([_LUMA, _CHROMA], device=device, dtype=dtype).view(2, 1, 8, 8)
-    tabs = ((base * s + 50.0) / 100.0).floor().clamp(1, 255)  # (2, N, 8, 8)
-    return tabs[0], tabs[1]
+    """(N,) whole qualities 1..100 -> libjpeg's luma and chroma tables (N, 8, 8) (compression.quant_tables)."""
+    tabs = torch.tensor(quant_tables(), device=device, dtype=dtype)  # (2, 100, 64), a copy of the read-only tables
+    i = quality.long().clamp(1, 100) - 1
+    return tabs[0, i].view(-1, 8, 8), tabs[1, i].view(-1, 8, 8)
 
 
 def _dct_kron(device, dtype) -> torch.Tensor:
     """(64, 64) D kron D, D the 8x8 orthonormal DCT-II (JPEG's FDCT): vec(D X D^T) = (D kron D) vec(X)."""
-    n = torch.arange(8, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * n[None] + 1) * n[:, None] / 16) * math.sqrt(2 / 8)
-    d[0] /= math.sqrt(2)
-    return torch.kron(d, d).to(device=device, dtype=dtype)
+    return torch.tensor(dct_matrix(), device=device, dtype=dtype)
 
 
 def _quantise_blocks(c: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
