@@ -29,9 +29,9 @@ measures instead what alignment does to those models' masks on photos at 224 px:
   - every test pair is scored (per-image mask IoU against the 224 px label) as given ("clean") and with fg_bg and its
     mask moved 1, 2, 5, 10, 20 px in one of 8 directions drawn from the sample's row (`perturb.shift_offsets` /
     `shift_array`: the second-shot convention of `eva eval --perturb shift1`), and with fg_bg saved again as a JPEG at
-    quality 60 and 40 with 4:2:0 chroma (`compression.encode_decode`, as `--perturb jpeg40` does at the model's size; here at the
-    photo's 224 px, as a chat app re-compresses a photo before `eva predict` resizes it), each without and with
-    alignment;
+    quality 60 and 40 with 4:2:0 chroma (`compression.encode_decode`, as `--perturb jpeg40` does at the model's
+    size; here at the photo's 224 px, as a chat app re-compresses a photo before `eva predict` resizes it), each
+    without and with alignment;
   - the model's mask is `predict.predict_pair(model, bg, fg_bg, cfg.size, stats, "cpu", calib=the run's calibration,
     align=False)` on the 224 px photos, where for "+ align" bg is first `align.align_pair(bg, fg_bg)`'s output: the
     same pixels predict_pair(align=True) feeds the model (checked on the first pairs), computed once per pair for all
@@ -58,6 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from eva_helpers.align import align_pair  # noqa: E402
+from eva_helpers.compression import encode_decode  # noqa: E402
 from eva_helpers.paths import sample_assets  # noqa: E402
 
 SIZE, SHIFTS = 224, (1, 2, 5, 10, 20)
@@ -92,8 +93,8 @@ def composite(bg: np.ndarray, cut: np.ndarray, rng: np.random.Generator) -> tupl
 
 
 def jpeg(im: np.ndarray, q: int = 90) -> np.ndarray:
-    buf = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])[1]
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    """A phone's save: JPEG at quality q, 4:2:0."""
+    return encode_decode(im, q, subsampled=True)
 
 
 def shift(im: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -265,7 +266,6 @@ def baseline_mask(bg: np.ndarray, fg_bg: np.ndarray, size: int, threshold: float
 
 def score_runs(runs: list[dict], data: Path, limit: int | None) -> tuple[dict, dict, list[int]]:
     """-> (scores[run][who][condition] = list of (bg_id, IoU); flags[condition] = list of (warp, tone); positions)."""
-    from eva_helpers.compression import encode_decode
     from eva_helpers.dataset import ShardDataset
     from eva_helpers.perturb import shift_array, shift_offsets
     from eva_helpers.predict import predict_pair
