@@ -372,8 +372,10 @@ def _compression(bg: np.ndarray, fg_bg: np.ndarray) -> dict:
     fg = estimate_jpeg(fg_bg)
     if fg is None:
         return dict(jpeg_reason="fg_bg shows no coarse JPEG")
-    ours = estimate_jpeg(bg)
     fields = dict(jpeg_quality=fg.quality, jpeg_subsampled=fg.subsampled)
+    if 100 - fg.quality < JPEG_GAP:  # not even a lossless bg would be that much finer: no need to read bg's
+        return dict(fields, jpeg_reason=f"fg_bg quality {fg.quality}: fine enough")
+    ours = estimate_jpeg(bg)
     bg_q = 100 if ours is None else ours.quality
     if bg_q - fg.quality < JPEG_GAP:
         return dict(fields, jpeg_reason=f"compressed alike (fg_bg quality {fg.quality}, bg {bg_q})")

@@ -19,7 +19,9 @@ from functools import lru_cache
 
 import numpy as np
 
-MAX_SIDE = 256         # the estimate reads at most a 256 x 256 window (1,024 blocks: plenty to tell)
+MAX_SIDE = 256         # the estimate reads at most a 256 x 256 window (a photo's worth of content) ...
+MAX_BLOCKS = 256       # ... and tests at most 256 of its unclipped 8x8 blocks, spread over it (plenty to tell)
+CHECK_SIDE = 128       # the re-encoding check saves the central <= 128 px of that window again
 MIN_STEP = 4           # only steps >= 4 tell a quantised coefficient from rounding noise (std ~0.3 level)
 TOLERANCE = 1.0        # a coefficient within this of a multiple of the step is on the grid
 MIN_ON_GRID = 0.85     # share of the tested coefficients that must be on the grid
@@ -65,10 +67,10 @@ def dct_matrix() -> np.ndarray:
     return k
 
 
-def _window(rgb: np.ndarray) -> np.ndarray:
-    """The central <= MAX_SIDE px of the image, cut on the 16-px grid JPEG's blocks start from (top left)."""
+def _window(rgb: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
+    """The central <= `side` px of the image, cut on the 16-px grid JPEG's blocks start from (top left)."""
     h, w = rgb.shape[:2]
-    ch, cw = min(h, MAX_SIDE) // 16 * 16, min(w, MAX_SIDE) // 16 * 16
+    ch, cw = min(h, side) // 16 * 16, min(w, side) // 16 * 16
     y0, x0 = (h - ch) // 2 // 16 * 16, (w - cw) // 2 // 16 * 16
     return rgb[y0:y0 + ch, x0:x0 + cw]
 
@@ -81,7 +83,9 @@ def _luma_qualities(win: np.ndarray) -> list[tuple[int, float]]:
     h, w = y.shape
     blocks = y.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64)
     clipped = ((win == 0) | (win == 255)).any(2).reshape(h // 8, 8, w // 8, 8).any((1, 3)).ravel()
-    coef = blocks[~clipped] @ dct_matrix().T  # (blocks, 64); a clipped block's luma no longer is JPEG's
+    keep = np.flatnonzero(~clipped)  # a clipped block's luma no longer is JPEG's
+    keep = keep[np.linspace(0, len(keep) - 1, min(len(keep), MAX_BLOCKS)).round().astype(int)] if len(keep) else keep
+    coef = blocks[keep] @ dct_matrix().T  # (blocks, 64)
     tables = quant_tables()[0].astype(np.float32)[:, None, :]  # (100, 1, 64) luma, coarsest first
     c = coef.astype(np.float32)[None]  # (1, blocks, 64)
     # per quality: coefficients that survived quantisation (zeros fit every grid) at steps that tell (>= MIN_STEP)
@@ -112,8 +116,9 @@ def estimate_jpeg(rgb: np.ndarray) -> JpegGuess | None:
     fits = _luma_qualities(win)
     if not fits:
         return None
-    ref = win.astype(np.int16)
-    best = min((float(np.abs(encode_decode(win, q, sub).astype(np.int16) - ref).mean()), i, sub)
+    check = _window(win, CHECK_SIDE)  # central, on the same 16-px grid
+    ref = check.astype(np.int16)
+    best = min((float(np.abs(encode_decode(check, q, sub).astype(np.int16) - ref).mean()), i, sub)
                for i, (q, _) in enumerate(fits) for sub in (True, False))  # ties: the coarser quality, then 4:4:4
     q, on_grid = fits[best[1]]
     return JpegGuess(quality=q, subsampled=best[2], on_grid=round(on_grid, 3))
