@@ -1,4 +1,4 @@
-"""Alignment of real-looking pairs (eva_helpers.align): is nothing applied on clean pairs, are shifts recovered, is
+"""Alignment of real-looking pairs (eva_helpers.evaluation.align): is nothing applied on clean pairs, are shifts recovered, is
 tone matched, and how long does it take.
 
     nice -n 10 python bench/alignment.py [--pairs 16] [--seed 0] [--big-runs 3]
@@ -57,8 +57,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from eva_helpers.align import align_pair  # noqa: E402
-from eva_helpers.compression import encode_decode  # noqa: E402
+from eva_helpers.evaluation.align import align_pair  # noqa: E402
+from eva_helpers.data.compression import encode_decode  # noqa: E402
 from eva_helpers.paths import sample_assets  # noqa: E402
 
 SIZE, SHIFTS = 224, (1, 2, 5, 10, 20)
@@ -185,7 +185,7 @@ CHECK_PAIRS = 3  # pairs on which predict_pair(align=True) is checked to give th
 
 def build_224(work: Path) -> Path:
     """The embedded sample at SIZE px (built once; a second call verifies and reuses it)."""
-    from eva_helpers.build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
 
     out = work / f"sample-{SIZE}px"
     build_dataset(sample_assets() / "bg", sample_assets() / "fg", out, size=SIZE, workers=1, progress=False, **BUILD)
@@ -193,7 +193,7 @@ def build_224(work: Path) -> Path:
 
 
 def bg_ids(data_dir: Path, positions) -> list[str]:
-    from eva_helpers.dataset import ShardDataset
+    from eva_helpers.data.dataset import ShardDataset
 
     ds = ShardDataset(str(data_dir))
     return sorted({str(ds.index.record(int(p))["bg_id"]) for p in positions}, key=str)
@@ -202,8 +202,8 @@ def bg_ids(data_dir: Path, positions) -> list[str]:
 def test_positions(cfg, data: Path) -> tuple[list[int], str]:
     """The run's test split on the SIZE px data, and a line saying which backgrounds it holds out (and whether the
     run's own data holds out the same ones)."""
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.evaluate import split_positions
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.evaluation.heldout import split_positions
 
     sp = split_positions(cfg, data)
     here = [str(b) for b in sp["info"]["bg_ids"]["test"]]
@@ -220,9 +220,9 @@ def test_positions(cfg, data: Path) -> tuple[list[int], str]:
 
 
 def load_runs(run_dirs: list[Path], data: Path) -> list[dict]:
-    from eva_helpers.calibrate import load_calibration
-    from eva_helpers.evaluate import load_run_stats
-    from eva_helpers.train import load_run
+    from eva_helpers.evaluation.calibrate import load_calibration
+    from eva_helpers.evaluation.heldout import load_run_stats
+    from eva_helpers.training.fit import load_run
 
     runs = []
     for rd in run_dirs:
@@ -245,7 +245,7 @@ def iou(pred: np.ndarray, target: np.ndarray) -> float:
     """Per-image mask IoU (metrics.binary_mask_metrics: empty on empty = 1) of two (H, W) masks (nonzero = object)."""
     import torch
 
-    from eva_helpers.metrics import binary_mask_metrics
+    from eva_helpers.evaluation.metrics import binary_mask_metrics
 
     p, t = (torch.from_numpy(np.ascontiguousarray(a != 0))[None, None] for a in (pred, target))
     return float(binary_mask_metrics(p, t)["mask_iou"][0])
@@ -255,8 +255,8 @@ def baseline_mask(bg: np.ndarray, fg_bg: np.ndarray, size: int, threshold: float
     """The free baseline's mask (baseline.bg_difference_mask, open/close) at the model's size, back to the photos'."""
     import torch
 
-    from eva_helpers.baseline import bg_difference_mask
-    from eva_helpers.predict import _resize
+    from eva_helpers.evaluation.baseline import bg_difference_mask
+    from eva_helpers.evaluation.predict import _resize
 
     h, w = fg_bg.shape[:2]
     small = [torch.from_numpy(np.array(_resize(a, (size, size)))).permute(2, 0, 1)[None] for a in (bg, fg_bg)]
@@ -266,9 +266,9 @@ def baseline_mask(bg: np.ndarray, fg_bg: np.ndarray, size: int, threshold: float
 
 def score_runs(runs: list[dict], data: Path, limit: int | None) -> tuple[dict, dict, list[int]]:
     """-> (scores[run][who][condition] = list of (bg_id, IoU); flags[condition] = list of (warp, tone); positions)."""
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.perturb import shift_array, shift_offsets
-    from eva_helpers.predict import predict_pair
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.evaluation.perturb import shift_array, shift_offsets
+    from eva_helpers.evaluation.predict import predict_pair
 
     positions = sorted(set().union(*(r["positions"] for r in runs)))
     if limit is not None and limit < len(positions):  # evenly strided: every held-out background keeps pairs

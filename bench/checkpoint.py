@@ -34,8 +34,8 @@ import sys, time
 T0 = float(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 import torch
-from eva_helpers.config import TrainConfig
-from eva_helpers.train import fit
+from eva_helpers.training.config import TrainConfig
+from eva_helpers.training.fit import fit
 cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[3]))
 orig = torch.optim.AdamW.step
 def step(self, *a, **k):
@@ -53,8 +53,8 @@ def _filled_state(model_name: str, cfg) -> tuple[dict, int]:
     """A checkpoint state as fit() writes it, with the AdamW moments filled (no forward pass: any input layout)."""
     import torch
 
-    from eva_helpers.checkpoint import rng_state
-    from eva_helpers.losses import build_criterion
+    from eva_helpers.training.checkpoint import rng_state
+    from eva_helpers.training.losses import build_criterion
     from eva_helpers.models import build_model
 
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def _legacy_manager_class():
     import torch
 
     from eva_helpers.atomic import atomic_write_text, sha256_file
-    from eva_helpers.checkpoint import LAST, SIDECAR, _STEP_RE, CheckpointManager, _copy, ckpt_name
+    from eva_helpers.training.checkpoint import LAST, SIDECAR, _STEP_RE, CheckpointManager, _copy, ckpt_name
 
     class StepsManager(CheckpointManager):
         bytes_deleted = 0
@@ -120,7 +120,7 @@ def rotation_comparison(cfg, models=("unet_medium", "resnet34_unet"), saves: int
     import shutil
     import tempfile as _tempfile
 
-    from eva_helpers.checkpoint import CheckpointManager
+    from eva_helpers.training.checkpoint import CheckpointManager
 
     StepsManager = _legacy_manager_class()
     rows = []
@@ -163,8 +163,8 @@ def main() -> None:
 
     import torch
 
-    from eva_helpers.checkpoint import CheckpointManager
-    from eva_helpers.config import TrainConfig
+    from eva_helpers.training.checkpoint import CheckpointManager
+    from eva_helpers.training.config import TrainConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="eva-bench-ckpt-"))
     run_dir = Path(a.run_dir) if a.run_dir else tmp / "run"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_data(out: Path, size: int, positions: int) -> Path:
     try:
-        from eva_helpers.build import build_dataset
+        from eva_helpers.compositing.build import build_dataset
         from eva_helpers.paths import sample_assets
 
         build_dataset(sample_assets() / "bg", sample_assets() / "fg", out, size=size, positions=positions, seed=0,
@@ -129,17 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--verify-rounds", type=int, default=2, help="on/off alternations for the verified-read cost")
     args = ap.parse_args(argv)
 
-    from eva_helpers.augment import build_transforms
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.extract import extract_dataset
-    from eva_helpers.loaders import make_loader, prepare_batch
+    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.data.extract import extract_dataset
+    from eva_helpers.data.loaders import make_loader, prepare_batch
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="eva-bench-"))
     data = args.data or build_data(tmp / "data", args.size, args.positions)
-    from eva_helpers.batch_augment import BatchAugment
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.loaders import BackgroundBank
+    from eva_helpers.training.batch_augment import BatchAugment
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.data.loaders import BackgroundBank
 
     decode_only = build_transforms("val", args.size, compact=True, with_bg=False)  # what train.build_data gives them
     worker_aug = build_transforms("train", args.size, compact=True, crop_scale=(1.0, 1.0))

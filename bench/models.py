@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eva_helpers.losses import build_criterion  # noqa: E402
+from eva_helpers.training.losses import build_criterion  # noqa: E402
 from eva_helpers.models import build_model, count_parameters, list_models  # noqa: E402
 
 TASK_SETS = {"mask": ("mask",), "joint": ("mask", "depth")}

@@ -95,7 +95,7 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 def train_config(name: str, seed: int, data: Path, out: Path, demo, lr: float | None, epochs: int | None,
                  sets: dict | None = None):
-    from eva_helpers.config import TrainConfig
+    from eva_helpers.training.config import TrainConfig
 
     task, model_kwargs, overrides = CANDIDATES[name]
     sets = dict(sets or {})
@@ -129,8 +129,8 @@ def _cpu_s() -> float:
 
 def run_one(cfg, source=None) -> dict:
     """Train (or reuse) one run and score it; `source`: the config of the run it starts from, trained first."""
-    from eva_helpers.evaluate import evaluate_run
-    from eva_helpers.train import fit
+    from eva_helpers.evaluation.heldout import evaluate_run
+    from eva_helpers.training.fit import fit
 
     if source is not None:
         run_one(source)
@@ -153,11 +153,11 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
     """Train `steps` batches with the lr rising geometrically lo -> hi; returns (lr, smoothed loss) pairs."""
     import torch
 
-    from eva_helpers.losses import build_criterion
+    from eva_helpers.training.losses import build_criterion
     from eva_helpers.models import build_model
-    from eva_helpers.train import build_data, prepare, seed_everything
-    from eva_helpers.train_loop import make_loader
-    from eva_helpers.sampler import ResumableSampler
+    from eva_helpers.training.fit import build_data, prepare, seed_everything
+    from eva_helpers.training.loop import make_loader
+    from eva_helpers.data.sampler import ResumableSampler
 
     cfg = train_config(name, 0, data, Path("/tmp"), demo, None, None)
     seed_everything(0)

@@ -36,7 +36,7 @@ HEADING = "## Robustness to a real second shot (`bench/robustness.py`)"
 
 def score(cfg, clean: dict, perturb: str, align: bool, reuse: dict) -> dict:
     """The run's metrics under one change: the stored file when it scored the same checkpoint, else a fresh eval."""
-    from eva_helpers.evaluate import evaluate_run, metrics_name
+    from eva_helpers.evaluation.heldout import evaluate_run, metrics_name
 
     path = Path(cfg.run_dir) / metrics_name(perturb, align)
     if path.is_file():
@@ -53,7 +53,7 @@ def score(cfg, clean: dict, perturb: str, align: bool, reuse: dict) -> dict:
 
 def perturb_ops(name: str) -> list:
     """The change's definition as metrics files store it (JSON round trip)."""
-    from eva_helpers.perturb import PERTURBATIONS
+    from eva_helpers.evaluation.perturb import PERTURBATIONS
 
     return json.loads(json.dumps(PERTURBATIONS[name].ops))
 
@@ -105,7 +105,7 @@ def write_results(text: str) -> None:
 
 
 def main() -> None:
-    from eva_helpers.perturb import PERTURBATIONS, SUITE, describe
+    from eva_helpers.evaluation.perturb import PERTURBATIONS, SUITE, describe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", default=["joint-diff"], metavar="CANDIDATE",

@@ -6,7 +6,7 @@ Builds the embedded sample at 32 px with --positions 261 (100,224 samples) and 1
 on 2 cores), then for each dataset runs, each in a fresh process: `make_splits(by="bg")` + `ShardDataset(train split)`
 timed, the main process's RSS growth over that (the index's memory), then a DataLoader with 2 workers (the product's
 `make_loader`, batch 64) timed over --samples samples, with each worker's peak RSS (VmHWM), its private memory (USS:
-pages nobody shares) and the main process's peak RSS read from /proc. "old" is eva_helpers/dataset.py as it was at
+pages nobody shares) and the main process's peak RSS read from /proc. "old" is eva_helpers/data/dataset.py as it was at
 commit da5ac18 (every index.jsonl parsed into dicts), loaded from git into a temp module; "new" is the package's.
 Prints one JSON line per measurement and a markdown table. Linux only (/proc).
 """
@@ -30,13 +30,13 @@ POSITIONS = {"100k": 261, "400k": 1042}
 
 
 def old_dataset_module() -> types.ModuleType:
-    """eva_helpers/dataset.py at OLD_COMMIT as module eva_helpers._old_dataset (its relative imports still resolve)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:eva_helpers/dataset.py"], check=True,
+    """eva_helpers/data/dataset.py at OLD_COMMIT as module eva_helpers._old_dataset (its relative imports still resolve)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:eva_helpers/data/dataset.py"], check=True,
                          capture_output=True, text=True).stdout
     mod = types.ModuleType("eva_helpers._old_dataset")
     mod.__package__ = "eva_helpers"
     sys.modules[mod.__name__] = mod
-    exec(compile(src, f"{OLD_COMMIT}:eva_helpers/dataset.py", "exec"), mod.__dict__)
+    exec(compile(src, f"{OLD_COMMIT}:eva_helpers/data/dataset.py", "exec"), mod.__dict__)
     return mod
 
 
@@ -63,11 +63,11 @@ def measure(which: str, data: Path, samples: int, batch: int = 64) -> dict:
 
     import torch
 
-    from eva_helpers.augment import build_transforms
-    from eva_helpers.loaders import make_loader
+    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.loaders import make_loader
 
     torch.set_num_threads(1)
-    mod = old_dataset_module() if which == "old" else __import__("eva_helpers.dataset", fromlist=["x"])
+    mod = old_dataset_module() if which == "old" else __import__("eva_helpers.data.dataset", fromlist=["x"])
     tf = build_transforms("train", 32, compact=True)
     gc.collect()
     rss0 = _status()["VmRSS"]
@@ -102,7 +102,7 @@ def measure(which: str, data: Path, samples: int, batch: int = 64) -> dict:
 
 
 def build(out: Path, positions: int) -> float:
-    from eva_helpers.build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
     from eva_helpers.paths import sample_assets
 
     t0 = time.perf_counter()
@@ -113,9 +113,9 @@ def build(out: Path, positions: int) -> float:
 
 def cold_costs(data: Path) -> dict:
     """What an older dataset (no index.npz) pays once: the index rebuilt from the shards, and hashing every file."""
-    from eva_helpers import formats
+    from eva_helpers.data import formats
     from eva_helpers.atomic import sha256_file
-    from eva_helpers.index import build_columns, index_bytes
+    from eva_helpers.data.columns import build_columns, index_bytes
 
     m = formats.read_manifest(data)
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import UsageError, user_message
+from eva_helpers.errors import UsageError, user_message
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_build(a: argparse.Namespace) -> None:
-    from .build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
 
     manifest = build_dataset(
         a.bg, a.fg, a.out, size=a.size, positions=a.positions, seed=a.seed, teacher=a.teacher, mode=a.mode,
@@ -53,14 +53,14 @@ def cmd_build(a: argparse.Namespace) -> None:
 
 
 def cmd_fetch(a: argparse.Namespace) -> None:
-    from .fetch import fetch_dataset
+    from eva_helpers.fetching.fetch import fetch_dataset
 
     path = fetch_dataset(a.name, data_manifest=a.manifest, cache=a.cache)
     print(path)
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
-    from .stats import compute_stats
+    from eva_helpers.data.stats import compute_stats
 
     stats = compute_stats(a.data, limit=a.limit)
     for k in ("bg", "fg_bg"):
@@ -78,7 +78,7 @@ def _stage(text: str) -> list[int]:
 
 
 def train_config_from_args(a: argparse.Namespace):
-    from .config import TrainConfig
+    from eva_helpers.training.config import TrainConfig
 
     cfg = TrainConfig(task=a.task, data=a.data, run_dir=a.run_dir, model=a.model or TrainConfig.model,
                       epochs=a.epochs, batch_size=a.batch_size, size=a.size,
@@ -94,7 +94,7 @@ def train_config_from_args(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .train import fit
+    from eva_helpers.training.fit import fit
 
     summary = fit(train_config_from_args(a))
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; one summary is enough
@@ -102,7 +102,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from .evaluate import evaluate_run
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     metrics = evaluate_run(a.run_dir, a.data, split=a.split, which=a.which, perturb=a.perturb, align=a.align)
     print(json.dumps(metrics, indent=1))
@@ -113,7 +113,7 @@ class _PerturbAction(argparse.Action):
     at once (like --help, before the required flags are asked for); any other name is a one-line usage error."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from .perturb import PERTURBATIONS, describe, names_line
+        from eva_helpers.evaluation.perturb import PERTURBATIONS, describe, names_line
 
         if value == "list":
             print(describe())
@@ -126,8 +126,8 @@ class _PerturbAction(argparse.Action):
 
 def cmd_predict(a: argparse.Namespace) -> None:
     """Two photos -> one pair; two folders -> every pair matched by file name (exit 2 at the end if any failed)."""
-    from .errors import BadInputError, EvaError
-    from .predict import describe_alignment, predict_folders, predict_one
+    from eva_helpers.errors import BadInputError, EvaError
+    from eva_helpers.evaluation.predict import describe_alignment, predict_folders, predict_one
 
     if a.batch_size < 1:
         raise EvaError(f"--batch-size {a.batch_size}: must be at least 1")
@@ -154,14 +154,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from eva_helpers.demo import run_demo
 
     report = run_demo(a.out, minutes=a.minutes, seed=a.seed)
     print(f"report: {report}")
 
 
 def _perturb_names() -> str:
-    from .perturb import names_line
+    from eva_helpers.evaluation.perturb import names_line
 
     return names_line()
 
@@ -354,7 +354,7 @@ def _run(argv: list[str] | None) -> int:
     except UsageError as e:
         print(f"eva: error: {_unrecognized(parser, argv, str(e))}", file=sys.stderr)
         return 2
-    from .signals import exit_code, sigterm_interrupts, signal_name
+    from eva_helpers.signals import exit_code, sigterm_interrupts, signal_name
 
     try:
         with sigterm_interrupts():  # SIGTERM (a runtime or scheduler stopping us) takes Ctrl-C's path

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EvaError
+from eva_helpers.errors import EvaError
 
 BUILD_RATE = 1100  # composites/s, layered mode, Colab's 2 vCPUs (bench/RESULTS.md, five rounds 1,089-1,171)
 DRIVE_READ_MB_S = (30, 100)  # assumed range for large files read through the Drive mount (not measured here)
@@ -52,7 +52,7 @@ class BuildEstimate:
 
 def count_composites(bg_dir: str | Path, fg_dir: str | Path, positions: int, flips: bool) -> tuple[int, int, int]:
     """(composites, backgrounds, cut-outs) a build of these folders makes (junk files are not counted)."""
-    from .images import list_images
+    from eva_helpers.compositing.images import list_images
 
     n_bg, n_fg = len(list_images(bg_dir).files), len(list_images(fg_dir).files)
     return n_bg * n_fg * (2 if flips else 1) * positions, n_bg, n_fg
@@ -62,8 +62,8 @@ def measure_bytes_per_composite(bg_dir: str | Path, fg_dir: str | Path, size: in
                                 flips: bool = True) -> tuple[float, float]:
     """(bytes per composite, bytes per background) of a probe build: a few of the photos at `size` px, geometric
     labels, in a temp folder on local disk (deleted after)."""
-    from .build import build_dataset
-    from .images import list_images
+    from eva_helpers.compositing.build import build_dataset
+    from eva_helpers.compositing.images import list_images
 
     with tempfile.TemporaryDirectory(prefix="eva-probe-") as tmp:
         dirs = {}
@@ -130,8 +130,8 @@ def time_steps(cfg: Any, batch: int, steps: int = 2) -> tuple[float, float]:
     runtime (one warm-up step, then `steps` timed ones), with random inputs."""
     import torch
 
-    from .models import build_model
-    from .models.inputs import X_CHANNELS
+    from eva_helpers.models import build_model
+    from eva_helpers.models.inputs import X_CHANNELS
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs).to(dev)

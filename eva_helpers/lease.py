@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import atomic_write_text
-from .errors import EvaError
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.errors import EvaError
 
 LEASE_NAME = ".eva-lease.json"
 HEARTBEAT_S = 15.0  # how often the holder refreshes its heartbeat

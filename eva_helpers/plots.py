@@ -40,7 +40,7 @@ def spread_indices(n: int, k: int = 6, seed: int = 0) -> list[int]:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    from .atomic import atomic_write_bytes
+    from eva_helpers.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")

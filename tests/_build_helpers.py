@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.paths import sample_assets
 
 BG = ["aitzgorri", "coffee", "wine_room"]  # a wide, a wide and a tall photo
@@ -67,7 +67,7 @@ def build_killed_at_shard(bg: Path, fg: Path, out: Path, monkeypatch, shard: int
     before it are built and recorded."""
     import pytest
 
-    import eva_helpers.build as build_mod
+    import eva_helpers.compositing.build as build_mod
 
     real = build_mod.build_shard
 

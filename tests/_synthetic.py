@@ -1,4 +1,4 @@
-"""A tiny dataset folder in exactly the `eva_helpers.formats` layout, with known geometry (test helper).
+"""A tiny dataset folder in exactly the `eva_helpers.data.formats` layout, with known geometry (test helper).
 
 Each background is a flat colour (distinct per bg), its depth a vertical ramp (0.1 at the top .. 0.6 at the
 bottom). The object is a pure colour rectangle (distinct per fg) with full alpha and depth 1.0 (nearest), so
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.atomic import sha256_file
 
 BG_COLOURS = [(40, 60, 200), (200, 40, 40), (40, 180, 60), (150, 110, 60), (200, 200, 40), (40, 200, 200)]

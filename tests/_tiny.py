@@ -87,7 +87,7 @@ class TinyCriterion(nn.Module):
 
 
 def tiny_config(run_dir, **kw):
-    from eva_helpers.config import TrainConfig
+    from eva_helpers.training.config import TrainConfig
 
     base = dict(task="joint", run_dir=str(run_dir), model="tiny", epochs=3, batch_size=4, size=16, lr=1e-2,
                 seed=7, workers=0, amp=False, channels_last=False, checkpoint_interval_s=0.05, keep_last=2,
@@ -97,7 +97,7 @@ def tiny_config(run_dir, **kw):
 
 
 def run_tiny(run_dir, *, n: int = 24, val: int = 8, delay_s: float = 0.0, gate: str | None = None, **kw) -> dict:
-    from eva_helpers.train import fit
+    from eva_helpers.training.fit import fit
 
     torch.set_num_threads(1)
     cfg = tiny_config(run_dir, **kw)

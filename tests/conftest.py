@@ -35,7 +35,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
     """The embedded sample at 32 px, one position per (bg, fg, flip): 384 composites, geometric teacher."""
-    from eva_helpers.build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
     from eva_helpers.paths import sample_assets
 
     out = tmp_path_factory.mktemp("data") / "sample-32"
@@ -49,8 +49,8 @@ def trained_run(tmp_path_factory, sample_dataset) -> Path:
     """A joint unet_small trained for a few steps: enough to exercise eval, predict and the CLI."""
     import torch
 
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.train import fit
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.training.fit import fit
 
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "joint"

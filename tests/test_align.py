@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eva_helpers.align import IDENTITY, Alignment, align_pair
+from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair
 from eva_helpers.errors import BadInputError
 from eva_helpers.paths import sample_assets
 
@@ -213,7 +213,7 @@ def test_bad_inputs_are_clear_errors(bad) -> None:
 def test_a_wrong_estimate_is_refused(monkeypatch) -> None:
     """The guard against a bad search (86 of 256 clean pairs once got a shift): a confident-looking but wrong
     3 px candidate must not lower the residual, so nothing is applied."""
-    from eva_helpers import align
+    from eva_helpers.evaluation import align
 
     monkeypatch.setattr(align, "_features", lambda g_bg, g_fg: (np.float64([[1, 0, 3], [0, 1, 0]]), 200))
     monkeypatch.setattr(align, "_refine", lambda g_bg, g_fg, m, sel: m)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from _synthetic import BG_COLOURS, FG_COLOURS, RAMP, sample_layout, write_synthetic_dataset
-from eva_helpers.augment import build_transforms
-from eva_helpers.dataset import ShardDataset
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset
 
 N_BG, N_FG, SIZE = 4, 4, 48
 
@@ -103,8 +103,8 @@ def test_seeded_output_identical_in_a_fresh_process(syn):
     ds = ShardDataset(syn, transform=build_transforms("train", 32, independent_jitter=True))
     here = [digest(ds[(i, 100 + i)]) for i in range(4)]
     code = (
-        "import hashlib, sys; from eva_helpers.dataset import ShardDataset; "
-        "from eva_helpers.augment import build_transforms; "
+        "import hashlib, sys; from eva_helpers.data.dataset import ShardDataset; "
+        "from eva_helpers.data.augment import build_transforms; "
         f"ds = ShardDataset({str(syn)!r}, transform=build_transforms('train', 32, independent_jitter=True)); "
         "print(' '.join(hashlib.sha256(b''.join(ds[(i, 100 + i)][k].numpy().tobytes() "
         "for k in ('bg', 'fg_bg', 'mask', 'depth'))).hexdigest() for i in range(4)))"

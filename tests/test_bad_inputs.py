@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.atomic import sha256_file
 from eva_helpers.cli import main
 from eva_helpers.paths import sample_assets
@@ -277,7 +277,7 @@ CASES = [
     Case("stats-shard-missing", "stats --data {data}", ("shard-00002.zip",),
          _then(_own_data, lambda env, mp: (env.data / formats.shard_name(2)).unlink())),
     Case("stats-disk-full", "stats --data {data}", ("stats.json", "space"),
-         _then(_own_data, _oserror("eva_helpers.stats.atomic_write_text", errno.ENOSPC, "{data}/stats.json"))),
+         _then(_own_data, _oserror("eva_helpers.data.stats.atomic_write_text", errno.ENOSPC, "{data}/stats.json"))),
     # ---- damaged data: one case per kind of damage, each caught on the way in whatever the command
     Case("tamper-member-replaced", "stats --data {data}", ("shard-00000.zip",), _tamper("member-replaced")),
     Case("tamper-background-swapped", TRAIN, ("backgrounds.zip",), _tamper("background-swapped")),
@@ -434,7 +434,7 @@ def test_a_damaged_history_file_is_a_warning_not_a_traceback(env, monkeypatch, c
 def test_notebook_cells_print_the_same_one_line(capsys):
     """session.start()'s IPython handler shows what the CLI shows: a worker's error unwrapped, an OSError's file."""
     from eva_helpers.errors import IntegrityError
-    from eva_helpers.session import _one_line_error
+    from eva_helpers.colab.session import _one_line_error
 
     wrapped = IntegrityError("Caught IntegrityError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                              "call last):\n  File \"x.py\", line 1, in f\neva_helpers.errors.IntegrityError: "

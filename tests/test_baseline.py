@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from eva_helpers.baseline import (FreeBaseline, bg_difference, bg_difference_mask, evaluate_baseline,
+from eva_helpers.evaluation.baseline import (FreeBaseline, bg_difference, bg_difference_mask, evaluate_baseline,
                                   evaluate_depth_baseline, fit_mean_depth, fit_threshold, open_close,
                                   paste_at_contact)
 from eva_helpers.errors import EvaError

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from eva_helpers.batch_augment import BatchAugment
-from eva_helpers.config import TrainConfig, result_changing_differences
+from eva_helpers.training.batch_augment import BatchAugment
+from eva_helpers.training.config import TrainConfig, result_changing_differences
 from eva_helpers.errors import EvaError
 from eva_helpers.paths import sample_assets
-from eva_helpers.second_shot import PRESETS, SecondShot, jpeg_like, second_shot_from, warp_similarity
+from eva_helpers.training.second_shot import PRESETS, SecondShot, jpeg_like, second_shot_from, warp_similarity
 
 CPU = torch.device("cpu")
 
@@ -130,7 +130,7 @@ def test_options_are_checked():
 
 
 def test_bad_options_create_no_run_folder(tmp_path, sample_dataset):
-    from eva_helpers.train import fit
+    from eva_helpers.training.fit import fit
 
     run = tmp_path / "run"
     cfg = TrainConfig(task="mask", data=str(sample_dataset), run_dir=str(run), size=32, epochs=1, max_steps=1,
@@ -151,10 +151,10 @@ def test_a_run_from_before_second_shot_resumes_as_it_trained():
 def test_training_workers_only_decode(tmp_path, sample_dataset):
     """The training dataset's transform draws nothing (every augmentation happens on the batch) and ships no bg: the
     BackgroundBank gives the same bytes the val transform would have shipped."""
-    from eva_helpers.augment import build_transforms
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.loaders import BackgroundBank, collate, prepare_batch
-    from eva_helpers.train import build_data
+    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.data.loaders import BackgroundBank, collate, prepare_batch
+    from eva_helpers.training.fit import build_data
 
     for size in (32, 48):  # the dataset's own size, and one the workers resize to
         cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / "r"), size=size)

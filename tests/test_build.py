@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from _build_helpers import all_bytes, build_killed_at_shard, folder_state, read_shard, sample_inputs
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.atomic import TMP_PREFIX, sha256_file
-from eva_helpers.build import BuildConflictError, build_dataset
-from eva_helpers.compose import placed_alpha
+from eva_helpers.compositing.build import BuildConflictError, build_dataset
+from eva_helpers.compositing.compose import placed_alpha
 from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.images import load_sources
-from eva_helpers.labels import MIN_CONTRAST, layer_object, object_contrast
+from eva_helpers.compositing.images import load_sources
+from eva_helpers.compositing.labels import MIN_CONTRAST, layer_object, object_contrast
 
 pytestmark = pytest.mark.timeout(120)
 KW = dict(size=48, positions=2, seed=0, shard_size=10, workers=1, progress=False)  # 3*3*2*2 = 36 samples, 4 shards
@@ -109,7 +109,7 @@ def test_labels_match_provenance(inputs, reference):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_band_png_encoder_is_lossless(dtype):
-    from eva_helpers.build import BandPNG
+    from eva_helpers.compositing.build import BandPNG
 
     rng = np.random.default_rng(0)
     top = np.iinfo(dtype).max
@@ -226,7 +226,7 @@ def test_resume_does_not_rehash_shards_it_wrote(inputs, tmp_path, monkeypatch):
 
 
 def test_crash_before_first_shard_resumes(inputs, reference, tmp_path, monkeypatch):
-    import eva_helpers.build as build_mod
+    import eva_helpers.compositing.build as build_mod
 
     def boom(*a, **k):
         raise RuntimeError("killed while the teacher runs")
@@ -243,7 +243,7 @@ def test_crash_before_first_shard_resumes(inputs, reference, tmp_path, monkeypat
 def test_a_teacher_that_cannot_load_claims_nothing(inputs, tmp_path, monkeypatch):
     """A teacher that fails to load (a missing package, a typo in its folder) must not claim the output folder, or the
     corrected command would be refused as a build with other parameters."""
-    import eva_helpers.build as build_mod
+    import eva_helpers.compositing.build as build_mod
 
     def boom(*a, **k):
         raise EvaError("cannot load depth model 'x'")
@@ -259,7 +259,7 @@ def test_a_teacher_that_cannot_load_claims_nothing(inputs, tmp_path, monkeypatch
 
 _KILL_SCRIPT = """
 import sys
-from eva_helpers.build import build_dataset
+from eva_helpers.compositing.build import build_dataset
 build_dataset(sys.argv[1], sys.argv[2], sys.argv[3], size=64, positions=6, seed=0, shard_size=2, workers=1,
               progress=False)
 """
@@ -321,7 +321,7 @@ def test_an_upgrade_that_keeps_the_sample_generator_resumes(inputs, reference, t
     import json
     import shutil
 
-    from eva_helpers import formats
+    from eva_helpers.data import formats
 
     out = tmp_path / "ds"
     shutil.copytree(reference, out)
@@ -340,7 +340,7 @@ class _OtherGPU:
     """A teacher like the geometric one whose maps differ a little (another GPU, another precision); counts its calls."""
 
     def __init__(self):
-        from eva_helpers.teachers import GeometricTeacher
+        from eva_helpers.compositing.teachers import GeometricTeacher
 
         self.inner, self.background_calls = GeometricTeacher(), 0
 
@@ -361,7 +361,7 @@ def _half_build(inputs, out, monkeypatch):
 def test_resume_keeps_the_recorded_background_maps(inputs, reference, tmp_path, monkeypatch):
     """A resume on another machine whose teacher maps the backgrounds differently keeps backgrounds.zip byte for byte
     and labels the remaining shards from the recorded maps: no dataset mixes labels from two sets of maps."""
-    import eva_helpers.build as build_mod
+    import eva_helpers.compositing.build as build_mod
 
     out = tmp_path / "ds"
     _half_build(inputs, out, monkeypatch)
@@ -380,7 +380,7 @@ def test_resume_keeps_the_recorded_background_maps(inputs, reference, tmp_path, 
 def test_resume_without_its_recorded_maps_refuses_to_mix(inputs, tmp_path, monkeypatch):
     """backgrounds.zip lost, and the teacher here maps differently than the one the built shards used: one line,
     nothing rewritten. The same teacher rebuilds the lost file as it was."""
-    import eva_helpers.build as build_mod
+    import eva_helpers.compositing.build as build_mod
 
     out = tmp_path / "ds"
     _half_build(inputs, out, monkeypatch)

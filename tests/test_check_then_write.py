@@ -99,7 +99,7 @@ def test_a_refused_first_command_leaves_no_folder_behind(tmp_path, data):
 
 
 def _notebook_cfg(data: Path, run: Path, epochs: int, size: int = 32):
-    from eva_helpers.config import TrainConfig
+    from eva_helpers.training.config import TrainConfig
 
     return TrainConfig(task="joint", data=str(data), run_dir=str(run), batch_size=8, size=size, workers=0,
                        epochs=epochs, second_shot="off", progress=False)
@@ -109,7 +109,7 @@ def test_a_refused_notebook_training_leaves_no_records(tmp_path, data):
     """Notebook training records the code and the dataset in the run folder (code.json, dataset.json) only once fit's
     checks have passed. (Failed before: they were written first, so a refused run left them behind.)"""
     from eva_helpers.errors import EvaError
-    from eva_helpers.notebook_train import train
+    from eva_helpers.colab.notebook_train import train
 
     fresh = tmp_path / "fresh"
     with pytest.raises(EvaError, match="multiples of"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eva_helpers.atomic import TMP_PREFIX
-from eva_helpers.checkpoint import (BEST, CKPT_DIR, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
+from eva_helpers.training.checkpoint import (BEST, CKPT_DIR, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
                                     set_rng_state)
 from eva_helpers.errors import EvaError, IntegrityError
 
@@ -87,7 +87,7 @@ def test_missing_sidecar_means_unfinished_write(tmp_path):
 KILL = """
 import sys, torch
 sys.path.insert(0, sys.argv[2])
-from eva_helpers.checkpoint import CheckpointManager
+from eva_helpers.training.checkpoint import CheckpointManager
 m = CheckpointManager(sys.argv[1], keep_last=2, interval_s=1e9)
 for step in (1, 2, 3):
     m.save({"global_step": step, "epoch": 0, "model": {"w": torch.full((64, 64), float(step))}}, best=step == 3)

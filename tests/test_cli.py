@@ -44,9 +44,9 @@ def test_build_then_predict_via_cli(tmp_path, trained_run, monkeypatch, capsys):
     same size out), both through the CLI's entry point."""
     from PIL import Image
 
-    from eva_helpers import formats
+    from eva_helpers.data import formats
     from eva_helpers.cli import main
-    from eva_helpers.dataset import ShardDataset
+    from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.paths import sample_assets
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))

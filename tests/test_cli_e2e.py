@@ -29,13 +29,13 @@ def test_build_stats_train_eval_predict_through_the_cli(tmp_path, monkeypatch, c
 def _pipeline(tmp_path, monkeypatch, capsys) -> None:
     from PIL import Image
 
-    import eva_helpers.train as train_mod
-    from eva_helpers import formats
-    from eva_helpers.checkpoint import read_sidecar
+    import eva_helpers.training.fit as train_mod
+    from eva_helpers.data import formats
+    from eva_helpers.training.checkpoint import read_sidecar
     from eva_helpers.cli import main
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.evaluate import split_positions
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.evaluation.heldout import split_positions
     from eva_helpers.paths import sample_assets
 
     data, run = tmp_path / "ds", tmp_path / "run"

@@ -1,4 +1,4 @@
-"""The install cell's logic (eva_helpers/colab_install.py), headless and offline: a pinned install from a local git
+"""The install cell's logic (eva_helpers/colab/install.py), headless and offline: a pinned install from a local git
 repository fails (the ref does not exist), the copy in the Drive folder is installed instead; with no copy, the
 "nothing worked" message gives two copy-pasteable ways forward. pip never gets the chance to change torch or numpy."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eva_helpers import colab_install as ci
+from eva_helpers.colab import install as ci
 
 SETUP = "from setuptools import setup\nsetup(name='evafake', version='0.0.1', py_modules=['evafake'])\n"
 

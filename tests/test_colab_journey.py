@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from eva_helpers import colab_install as ci
+from eva_helpers.colab import install as ci
 from eva_helpers.errors import EvaError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def colab(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", colab_mod)
     monkeypatch.setattr(P, "DRIVE_MOUNT", mount)
     monkeypatch.setattr(P, "_is_mount", lambda p: state["mounted"] and Path(p) == mount)
-    monkeypatch.setattr("eva_helpers.fetch.DRIVE_HOME", mount / "MyDrive")
+    monkeypatch.setattr("eva_helpers.fetching.fetch.DRIVE_HOME", mount / "MyDrive")
     monkeypatch.delenv("EVA_HOME", raising=False)
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "content" / "eva_cache"))
     monkeypatch.chdir(tmp_path)
@@ -131,13 +131,13 @@ def test_private_repository_uses_colab_secrets_never_a_pasted_token(colab, monke
 
 
 def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_path, monkeypatch, capsys):
-    from eva_helpers import notebook_train as nt
+    from eva_helpers.colab import notebook_train as nt
 
-    monkeypatch.setattr("eva_helpers.session.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
+    monkeypatch.setattr("eva_helpers.colab.session.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
     nt.record_code(tmp_path)
     nt.record_code(tmp_path)  # the same code again: nothing to add, nothing to say
     assert "other code" not in capsys.readouterr().out
-    monkeypatch.setattr("eva_helpers.session.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
+    monkeypatch.setattr("eva_helpers.colab.session.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
     nt.record_code(tmp_path)
     out = capsys.readouterr().out
     assert "0.1.0, commit aaaaaaaaaaaa" in out and "0.1.1, commit bbbbbbbbbbbb" in out
@@ -147,7 +147,7 @@ def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_p
 # ---- 3. run folders that stay put --------------------------------------------------------------------------------
 def _record_config(run_dir: Path, cfg) -> None:
     """What fit writes as config.json (with the dataset identity) once its checks pass."""
-    from eva_helpers.train import _check_config
+    from eva_helpers.training.fit import _check_config
 
     (run_dir / "config.json").write_text(json.dumps(_check_config(run_dir, cfg)))
 
@@ -162,17 +162,17 @@ def _fake_fit(monkeypatch):
         _record_config(Path(cfg.run_dir), cfg)
         return {"finished": True, "global_step": 6, "epochs_completed": cfg.epochs, "best": None}
 
-    monkeypatch.setattr("eva_helpers.train.fit", fit)
+    monkeypatch.setattr("eva_helpers.training.fit.fit", fit)
     monkeypatch.setattr("eva_helpers.estimate.estimate_training", lambda *a, **k: 0.0)
 
 
 def test_a_rebuilt_drive_dataset_keeps_its_run_folder_and_is_refused_there(colab, sample_dataset, monkeypatch, capsys):
-    from eva_helpers.build import build_dataset
-    from eva_helpers.notebook import dataset_for
-    from eva_helpers.notebook_train import train
+    from eva_helpers.compositing.build import build_dataset
+    from eva_helpers.colab.notebook import dataset_for
+    from eva_helpers.colab.notebook_train import train
     from eva_helpers.paths import sample_assets
-    from eva_helpers.runs import notebook_config
-    from eva_helpers.session import start
+    from eva_helpers.colab.runs import notebook_config
+    from eva_helpers.colab.session import start
 
     _fake_fit(monkeypatch)
     paths = start()
@@ -199,10 +199,10 @@ def test_a_rebuilt_drive_dataset_keeps_its_run_folder_and_is_refused_there(colab
 
 # ---- 5. Drive only while mounted ---------------------------------------------------------------------------------
 def test_after_finish_nothing_is_written_to_the_unmounted_drive(colab, sample_dataset, monkeypatch):
-    from eva_helpers import notebook as nb
-    from eva_helpers.notebook_train import train
-    from eva_helpers.runs import notebook_config
-    from eva_helpers.session import finish, start
+    from eva_helpers.colab import notebook as nb
+    from eva_helpers.colab.notebook_train import train
+    from eva_helpers.colab.runs import notebook_config
+    from eva_helpers.colab.session import finish, start
 
     _fake_fit(monkeypatch)
     paths = start()
@@ -220,8 +220,8 @@ def test_after_finish_nothing_is_written_to_the_unmounted_drive(colab, sample_da
 # ---- 8. the cost before starting ---------------------------------------------------------------------------------
 def test_build_prints_its_cost_and_refuses_when_drive_is_too_small(colab, monkeypatch, capsys):
     from eva_helpers import estimate
-    from eva_helpers.notebook import build_plan
-    from eva_helpers.session import start
+    from eva_helpers.colab.notebook import build_plan
+    from eva_helpers.colab.session import start
 
     paths = start()
     monkeypatch.setattr(estimate, "free_bytes", lambda folder: 15 * 10**9)  # the free 15 GB of Drive
@@ -237,7 +237,7 @@ def test_build_prints_its_cost_and_refuses_when_drive_is_too_small(colab, monkey
 
 
 def test_training_and_evaluation_estimates(sample_dataset, capsys):
-    from eva_helpers.config import TrainConfig
+    from eva_helpers.training.config import TrainConfig
     from eva_helpers.estimate import estimate_copy, estimate_evaluation, estimate_training
 
     cfg = TrainConfig(task="mask", data=str(sample_dataset), model="unet_small", size=32, batch_size=8, epochs=2)
@@ -251,7 +251,7 @@ def test_training_and_evaluation_estimates(sample_dataset, capsys):
 
 # ---- 9. notebook 05 and the user's datasets ----------------------------------------------------------------------
 def test_uploads_wait_for_nobody_unless_asked(colab, sample_dataset, capsys):
-    from eva_helpers.notebook_train import upload_photo
+    from eva_helpers.colab.notebook_train import upload_photo
 
     bg = upload_photo("step 1", sample_dataset, smoke=False, upload=False)
     assert bg.ndim == 3 and colab.state["uploads"] == 0 and "UPLOAD_PHOTOS is off" in capsys.readouterr().out
@@ -263,9 +263,9 @@ def test_uploads_wait_for_nobody_unless_asked(colab, sample_dataset, capsys):
 
 
 def test_comparison_uses_only_matching_runs_and_is_saved(tmp_path, sample_dataset, monkeypatch, capsys):
-    from eva_helpers.notebook_train import comparison
+    from eva_helpers.colab.notebook_train import comparison
     from eva_helpers.paths import mount_drive
-    from eva_helpers.runs import notebook_config
+    from eva_helpers.colab.runs import notebook_config
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     paths = mount_drive(tmp_path / "home")
@@ -285,10 +285,10 @@ def test_comparison_uses_only_matching_runs_and_is_saved(tmp_path, sample_datase
 
 
 def test_own_dataset_entries_live_on_drive_beside_the_shipped_list(colab, sample_dataset, capsys):
-    from eva_helpers.fetch import PACKAGED_DATA_MANIFEST, load_data_manifest, manifest_entry_for
-    from eva_helpers.locate import save_dataset_entry
-    from eva_helpers.notebook import dataset_for
-    from eva_helpers.session import start
+    from eva_helpers.fetching.fetch import PACKAGED_DATA_MANIFEST, load_data_manifest, manifest_entry_for
+    from eva_helpers.fetching.locate import save_dataset_entry
+    from eva_helpers.colab.notebook import dataset_for
+    from eva_helpers.colab.session import start
 
     paths = start()
     shipped = PACKAGED_DATA_MANIFEST.read_bytes()

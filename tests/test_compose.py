@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from _build_helpers import rgba_disc
-from eva_helpers.compose import Compositor, placed_alpha, prepare_background, trim_to_alpha
+from eva_helpers.compositing.compose import Compositor, placed_alpha, prepare_background, trim_to_alpha
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = 48
@@ -103,7 +103,7 @@ def test_flip_mirrors_the_object():
 
 
 def test_huge_cutout_keeps_a_small_mip_chain():
-    from eva_helpers.compose import cutout_chain
+    from eva_helpers.compositing.compose import cutout_chain
 
     huge = rgba_disc(2000, 1500)
     chain = cutout_chain(huge, SIZE)

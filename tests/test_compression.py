@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from eva_helpers.align import align_pair
-from eva_helpers.compression import encode_decode, estimate_jpeg
+from eva_helpers.evaluation.align import align_pair
+from eva_helpers.data.compression import encode_decode, estimate_jpeg
 from eva_helpers.paths import sample_assets
-from eva_helpers.predict import describe_alignment
-from eva_helpers.second_shot import SecondShot, apply_second_shot
+from eva_helpers.evaluation.predict import describe_alignment
+from eva_helpers.training.second_shot import SecondShot, apply_second_shot
 
 
 def _photo(name: str, side: int = 64, x: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import fetch as F
+from eva_helpers.fetching import fetch as F
 from eva_helpers.errors import EvaError
 from eva_helpers import paths as P
 from eva_helpers.paths import Paths
@@ -126,7 +126,7 @@ def paths(tmp_path, monkeypatch):
 
 
 def test_locate_never_resolves_a_name_outside_the_data_folder(syn, paths):
-    from eva_helpers.locate import resolve_dataset
+    from eva_helpers.fetching.locate import resolve_dataset
 
     escaped = paths.data.parent / "escaped"  # <data>/../escaped
     write_synthetic_dataset(escaped, n_bg=2, n_fg=2, positions=1, size=32, shard_size=2)
@@ -139,9 +139,9 @@ def test_locate_never_resolves_a_name_outside_the_data_folder(syn, paths):
 
 
 def test_notebook_dataset_for_never_uses_a_name_outside_the_data_folder(syn, paths):
-    from eva_helpers.notebook import dataset_for
+    from eva_helpers.colab.notebook import dataset_for
 
-    from eva_helpers import formats
+    from eva_helpers.data import formats
 
     escaped = write_synthetic_dataset(paths.data.parent / "escaped", n_bg=2, n_fg=2, positions=1, size=32,
                                       shard_size=2)
@@ -154,7 +154,7 @@ def test_notebook_dataset_for_never_uses_a_name_outside_the_data_folder(syn, pat
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", "/abs"])
 def test_notebook_build_refuses_a_dataset_name_that_is_not_a_folder_name(paths, name):
-    from eva_helpers.notebook import build_plan
+    from eva_helpers.colab.notebook import build_plan
 
     with pytest.raises(EvaError) as e:
         build_plan(paths, dataset=name, teacher="geometric")
@@ -163,7 +163,7 @@ def test_notebook_build_refuses_a_dataset_name_that_is_not_a_folder_name(paths, 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/abs", "a\\b"])
 def test_run_names_are_confined_to_the_runs_folder(paths, name):
-    from eva_helpers.runs import notebook_config, run_folder
+    from eva_helpers.colab.runs import notebook_config, run_folder
 
     with pytest.raises(EvaError) as e:
         run_folder(paths.runs, "mask", "unet_small", 32, "data", name=name)

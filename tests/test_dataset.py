@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from _synthetic import BG_COLOURS, FG_COLOURS, sample_layout, write_synthetic_dataset
-from eva_helpers.augment import build_transforms
-from eva_helpers.dataset import RECORD_KEYS, ShardDataset, make_splits
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import RECORD_KEYS, ShardDataset, make_splits
 from eva_helpers.errors import BadInputError
-from eva_helpers.loaders import make_loader, prepare_batch
+from eva_helpers.data.loaders import make_loader, prepare_batch
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,9 @@ def test_prepare_batch_normalises_images_once(syn):
 
 
 def test_reads_a_dataset_from_the_real_builder(request, tmp_path):
-    """Integration with eva_helpers.build (the conftest's embedded-sample dataset): records, decode, splits."""
-    pytest.importorskip("eva_helpers.build")
-    from eva_helpers.stats import compute_stats
+    """Integration with eva_helpers.compositing.build (the conftest's embedded-sample dataset): records, decode, splits."""
+    pytest.importorskip("eva_helpers.compositing.build")
+    from eva_helpers.data.stats import compute_stats
 
     data = request.getfixturevalue("sample_dataset")
     ds = ShardDataset(data, transform=build_transforms("train", 32))

@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import formats
-from eva_helpers.config import TrainConfig
+from eva_helpers.data import formats
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.index import dataset_identity
-from eva_helpers.train import fit
+from eva_helpers.data.columns import dataset_identity
+from eva_helpers.training.fit import fit
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eva_helpers.checkpoint import load_checkpoint
+from eva_helpers.training.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import run_tiny  # noqa: E402

@@ -19,8 +19,8 @@ def _state(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, trained_run, sample_dataset):
     """A copy of the tiny run, evaluated on its own dataset, and the run's split of the sample's backgrounds."""
-    from eva_helpers.evaluate import evaluate_run, split_positions
-    from eva_helpers.train import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
+    from eva_helpers.training.fit import load_run
 
     root = tmp_path_factory.mktemp("ident")
     run = root / "run"
@@ -33,7 +33,7 @@ def setup(tmp_path_factory, trained_run, sample_dataset):
 
 def _build(root: Path, name: str, bg_ids: list[str]) -> Path:
     """A dataset built (32 px, like the sample) from the sample's backgrounds `bg_ids` and all of its cut-outs."""
-    from eva_helpers.build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
     from eva_helpers.paths import sample_assets
 
     bg = root / f"{name}-bg"
@@ -48,7 +48,7 @@ def _build(root: Path, name: str, bg_ids: list[str]) -> Path:
 
 
 def test_metrics_json_names_the_dataset_it_scored(setup, sample_dataset):
-    from eva_helpers.runs import recorded_identity
+    from eva_helpers.colab.runs import recorded_identity
 
     _, run, own, _ = setup
     saved = json.loads((run / "metrics.json").read_text())
@@ -57,8 +57,8 @@ def test_metrics_json_names_the_dataset_it_scored(setup, sample_dataset):
 
 
 def test_another_dataset_is_scored_whole_with_the_runs_own_thresholds(setup):
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     root, run, own, ids = setup
     other = _build(root, "unseen", ids["val"] + ids["test"])
@@ -74,7 +74,7 @@ def test_another_dataset_is_scored_whole_with_the_runs_own_thresholds(setup):
 
 
 def test_a_dataset_sharing_a_training_background_is_refused_and_nothing_written(setup):
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     root, run, _, ids = setup
     leaky = _build(root, "leaky", [ids["train"][0]] + ids["test"])

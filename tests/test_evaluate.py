@@ -61,7 +61,7 @@ def _depth_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 def _raw(data_dir, positions) -> dict[str, np.ndarray]:
     """The untransformed samples at `positions`, stacked: bg, fg_bg (N, H, W, 3) uint8, mask (N, H, W) bool, depth."""
-    from eva_helpers.dataset import ShardDataset
+    from eva_helpers.data.dataset import ShardDataset
 
     ds = ShardDataset(data_dir)
     items = [ds.load(p) for p in positions]
@@ -87,9 +87,9 @@ def _paste_at_contact(mean_depth: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- tests
 def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
-    from eva_helpers.evaluate import evaluate_run, split_positions
-    from eva_helpers.loaders import prepare_batch
-    from eva_helpers.train import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
+    from eva_helpers.data.loaders import prepare_batch
+    from eva_helpers.training.fit import load_run
 
     metrics = evaluate_run(trained_run, sample_dataset, which="last", progress=False)
     on_disk = json.loads((trained_run / "metrics.json").read_text())
@@ -136,8 +136,8 @@ def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
 def _oracle(monkeypatch, data_dir, invert: bool) -> None:
     """evaluate's predictions replaced by the raw labels of each batch's samples (looked up by index, not taken
     from evaluate's own targets), or by their inverse."""
-    import eva_helpers.evaluate as E
-    from eva_helpers.dataset import ShardDataset
+    import eva_helpers.evaluation.heldout as E
+    from eva_helpers.data.dataset import ShardDataset
 
     ds, real = ShardDataset(data_dir), E.predict_loader
 
@@ -160,8 +160,8 @@ def run_copy(trained_run, tmp_path):
 
 
 def test_a_perfect_prediction_scores_one_and_an_inverted_one_its_known_value(run_copy, sample_dataset, monkeypatch):
-    from eva_helpers.evaluate import evaluate_run, split_positions
-    from eva_helpers.train import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
+    from eva_helpers.training.fit import load_run
 
     with monkeypatch.context() as mp:
         _oracle(mp, sample_dataset, invert=False)
@@ -188,8 +188,8 @@ def test_a_perfect_prediction_scores_one_and_an_inverted_one_its_known_value(run
 def test_metrics_name_the_checkpoint_actually_scored(run_copy, sample_dataset):
     """The default which="best" on a run without best.pt scores the newest checkpoint: metrics.json must say so (the
     first version wrote checkpoint="best" alone, naming a file that did not exist)."""
-    from eva_helpers.checkpoint import read_sidecar
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.training.checkpoint import read_sidecar
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     ck = run_copy / "checkpoints"
     assert not (ck / "best.pt").exists()  # max_steps stopped it before its first epoch end

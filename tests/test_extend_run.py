@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny import run_tiny  # noqa: E402
 
-from eva_helpers.checkpoint import load_checkpoint  # noqa: E402
+from eva_helpers.training.checkpoint import load_checkpoint  # noqa: E402
 from eva_helpers.errors import EvaError  # noqa: E402
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.atomic import sha256_file
-from eva_helpers.dataset import ShardDataset
+from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
-from eva_helpers.extract import MARKER, UnsafeArchiveError, extract_dataset
+from eva_helpers.data.extract import MARKER, UnsafeArchiveError, extract_dataset
 from eva_helpers.atomic import TMP_PREFIX
 
 
@@ -129,7 +129,7 @@ def test_many_small_members_that_expand_together_are_a_bomb(syn, tmp_path):
 
 
 def test_the_whole_archive_ratio_is_checked_not_only_large_members(syn):
-    from eva_helpers.extract import check_archive
+    from eva_helpers.data.extract import check_archive
 
     for j in range(8):
         info = zipfile.ZipInfo(f"fg_bg/pad{j}.bin")
@@ -204,7 +204,7 @@ def test_backslashes_and_odd_components_are_refused(syn, tmp_path, name):
 def test_not_enough_disk_space_is_said_before_extracting(syn, tmp_path, monkeypatch):
     import collections
 
-    from eva_helpers import extract
+    from eva_helpers.data import extract
     from eva_helpers.errors import EvaError
 
     usage = collections.namedtuple("usage", "total used free")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import fetch as F
-from eva_helpers.dataset import ShardDataset
+from eva_helpers.fetching import fetch as F
+from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
 from eva_helpers.atomic import TMP_PREFIX
 
@@ -248,7 +248,7 @@ def test_fetch_killed_midway_in_a_subprocess_resumes(syn, tmp_path, server):
             "source": {"url": f"{url}/slow/big.bin"}}
     dest = tmp_path / "c" / "big.bin"
     part = Path(str(dest) + ".part")
-    code = ("import json, sys; from pathlib import Path; from eva_helpers.fetch import fetch_file; "
+    code = ("import json, sys; from pathlib import Path; from eva_helpers.fetching.fetch import fetch_file; "
             "fetch_file(json.loads(sys.argv[1]), Path(sys.argv[2]), progress=False)")
     try:
         p = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec), str(dest)],

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eva_helpers import formats
+from eva_helpers.data import formats
 
 FILTERS = {"none": cv2.IMWRITE_PNG_FILTER_NONE, "sub": cv2.IMWRITE_PNG_FILTER_SUB, "up": cv2.IMWRITE_PNG_FILTER_UP,
            "paeth": cv2.IMWRITE_PNG_FILTER_PAETH, "adaptive": cv2.IMWRITE_PNG_FILTER_PAETH | cv2.IMWRITE_PNG_FILTER_SUB}

@@ -45,7 +45,7 @@ def _relabel(src: Path, dst: Path, teacher: dict) -> Path:
 
 
 def test_auto_on_a_cpu_runtime_stops_instead_of_labelling_with_the_geometric_teacher(paths, cuda, capsys):
-    from eva_helpers.notebook import build_plan
+    from eva_helpers.colab.notebook import build_plan
 
     cuda(False)
     with pytest.raises(EvaError) as e:
@@ -60,7 +60,7 @@ def test_auto_on_a_cpu_runtime_stops_instead_of_labelling_with_the_geometric_tea
 
 
 def test_auto_keeps_a_recorded_model_teacher_and_never_continues_geometric_labels_unasked(tmp_path, cuda, capsys):
-    from eva_helpers.notebook import resolve_teacher
+    from eva_helpers.colab.notebook import resolve_teacher
 
     started = tmp_path / "ds"
     started.mkdir()
@@ -76,7 +76,7 @@ def test_auto_keeps_a_recorded_model_teacher_and_never_continues_geometric_label
 
 
 def test_the_teachers_resolution_without_a_notebook():
-    from eva_helpers.teachers import resolve_teacher
+    from eva_helpers.compositing.teachers import resolve_teacher
 
     with pytest.raises(EvaError, match="no GPU"):
         resolve_teacher("auto", gpu=False)
@@ -87,7 +87,7 @@ def test_the_teachers_resolution_without_a_notebook():
 
 
 def test_samples_shown_name_the_teacher_from_the_manifest(sample_dataset, tmp_path, capsys):
-    from eva_helpers.notebook import show_samples_of
+    from eva_helpers.colab.notebook import show_samples_of
 
     fig = show_samples_of(sample_dataset, 2)
     out = capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_samples_shown_name_the_teacher_from_the_manifest(sample_dataset, tmp_pa
 
 def _report(data: Path, out: Path) -> str:
     from eva_helpers.demo import DemoConfig, write_report
-    from eva_helpers.stats import compute_stats
+    from eva_helpers.data.stats import compute_stats
 
     stats = compute_stats(data, limit=16, progress=False, write=False)
     return write_report(DemoConfig(out=str(out)), data, stats, {}).read_text()

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers.augment import build_transforms
-from eva_helpers.calibrate import fit_postprocess, load_calibration, postprocess
-from eva_helpers.dataset import ShardDataset
-from eva_helpers.loaders import collate, prepare_batch
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.evaluation.calibrate import fit_postprocess, load_calibration, postprocess
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.loaders import collate, prepare_batch
 from eva_helpers.models import build_model, rebuild_model
 from eva_helpers.models.inputs import DIFF_SCALE, max_difference
 
@@ -51,8 +51,8 @@ def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augment
 @pytest.mark.parametrize("inputs,head", [("concat", "plain"), ("diff", "residual"), ("tolerant", "plain"),
                                          ("siamese", "residual")])
 def test_each_input_representation_round_trips_through_a_checkpoint(sample_dataset, tmp_path, inputs, head):
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.train import fit, load_run
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.training.fit import fit, load_run
 
     cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / inputs), model="unet_small",
                       model_kwargs={"inputs": inputs, "mask_head": head}, epochs=1, batch_size=8, size=32, seed=0,
@@ -136,8 +136,8 @@ def test_backgrounds_not_images_are_the_unit_of_evidence():
 
 
 def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained_run, sample_dataset, tmp_path):
-    from eva_helpers.evaluate import evaluate_run
-    from eva_helpers.predict import predict_files
+    from eva_helpers.evaluation.heldout import evaluate_run
+    from eva_helpers.evaluation.predict import predict_files
 
     metrics = evaluate_run(trained_run, sample_dataset, figure=False)
     calib = load_calibration(trained_run)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import formats
+from eva_helpers.data import formats
 from eva_helpers.atomic import sha256_file
-from eva_helpers.dataset import ShardDataset, make_splits
+from eva_helpers.data.dataset import ShardDataset, make_splits
 from eva_helpers.errors import EvaError, IntegrityError
 
 
@@ -172,7 +172,7 @@ def test_verification_is_recorded_and_not_repeated(syn, monkeypatch):
 
 def test_worker_error_names_the_shard(syn):
     """A damaged member read inside a DataLoader worker still surfaces as an EvaError naming the file."""
-    from eva_helpers.loaders import make_loader
+    from eva_helpers.data.loaders import make_loader
 
     shard = syn / formats.shard_name(0)
     _rewrite_zip(shard, {formats.member("depth", formats.sample_id(2)): b"not a png"})

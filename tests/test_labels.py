@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from eva_helpers import formats
-from eva_helpers.labels import MIN_CONTRAST, object_contrast
+from eva_helpers.data import formats
+from eva_helpers.compositing.labels import MIN_CONTRAST, object_contrast
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,7 +35,7 @@ def test_no_object_vanishes_in_the_layered_sample_build(sample_dataset):
 
 @pytest.mark.parametrize("mode", ["hybrid", "per-composite"])
 def test_no_object_vanishes_in_composite_modes(tmp_path, mode):
-    from eva_helpers.build import build_dataset
+    from eva_helpers.compositing.build import build_dataset
     from eva_helpers.paths import sample_assets
 
     out = tmp_path / mode

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import write_synthetic_dataset  # noqa: E402
 
-from eva_helpers import lease  # noqa: E402
+from eva_helpers import lease# noqa: E402
 from eva_helpers.lease import LEASE_NAME, LeaseHeldError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

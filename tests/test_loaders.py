@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = r"""
 import sys, time, torch
-from eva_helpers.loaders import make_loader
+from eva_helpers.data.loaders import make_loader
 
 class Slow(torch.utils.data.Dataset):
     def __len__(self): return 10_000

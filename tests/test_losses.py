@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eva_helpers.errors import EvaError
-from eva_helpers.losses import (align_scale_shift, bce_with_logits, build_criterion, gradient_loss, l1_loss,
+from eva_helpers.training.losses import (align_scale_shift, bce_with_logits, build_criterion, gradient_loss, l1_loss,
                                 scale_shift_invariant_loss, soft_dice_loss, soft_dice_per_image, ssim_loss,
                                 ssim_per_image)
 

@@ -6,7 +6,7 @@ import torch
 
 from eva_helpers.errors import EvaError
 
-from eva_helpers.metrics import (DEPTH_CAP, DEPTH_KEYS, MetricAccumulator, binary_mask_metrics, depth_metrics,
+from eva_helpers.evaluation.metrics import (DEPTH_CAP, DEPTH_KEYS, MetricAccumulator, binary_mask_metrics, depth_metrics,
                                  depth_pixel_metrics, fit_disparity, mask_metrics)
 
 BIG = 30.0
@@ -163,7 +163,7 @@ def test_accumulator_scores_the_baseline_beside_the_model():
     fg_bg[..., 2:6, 2:6] = 200
     target = torch.zeros(1, 1, 8, 8)
     target[..., 2:6, 2:6] = 1
-    from eva_helpers.baseline import FreeBaseline
+    from eva_helpers.evaluation.baseline import FreeBaseline
 
     acc = MetricAccumulator(("mask",), baseline=FreeBaseline(threshold=0.1))
     acc.update({"mask": torch.full((1, 1, 8, 8), -BIG)}, {"mask": target}, bg=bg, fg_bg=fg_bg)
@@ -177,6 +177,6 @@ def test_metrics_does_not_import_the_baseline():
     import subprocess
     import sys
 
-    code = "import sys, eva_helpers.metrics; print('eva_helpers.baseline' in sys.modules)"
+    code = "import sys, eva_helpers.evaluation.metrics; print('eva_helpers.evaluation.baseline' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

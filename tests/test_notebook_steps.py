@@ -22,7 +22,7 @@ def paths(tmp_path, monkeypatch):
 
 
 def test_smoke_alone_uses_the_shipped_sample_and_after_01_its_build(paths, sample_dataset, capsys):
-    from eva_helpers.notebook import dataset_for
+    from eva_helpers.colab.notebook import dataset_for
 
     alone = dataset_for("my-dataset", paths, smoke=True)
     assert alone.name == "sample" and (alone / "manifest.json").is_file()
@@ -34,7 +34,7 @@ def test_smoke_alone_uses_the_shipped_sample_and_after_01_its_build(paths, sampl
 
 
 def test_missing_or_unfinished_dataset_says_run_01(paths, sample_dataset):
-    from eva_helpers.notebook import dataset_for
+    from eva_helpers.colab.notebook import dataset_for
 
     with pytest.raises(EvaError, match="run notebook 01 first") as e:
         dataset_for("my-dataset", paths)
@@ -48,13 +48,13 @@ def test_missing_or_unfinished_dataset_says_run_01(paths, sample_dataset):
 
 
 def test_stats_on_drive_follow_the_dataset_into_the_cache(paths, sample_dataset, monkeypatch):
-    from eva_helpers import notebook
+    from eva_helpers.colab import notebook
 
     origin = paths.data / "mine"
     shutil.copytree(sample_dataset, origin)
     (origin / "stats.json").write_text('{"schema": "eva-stats/1"}')
     cache = paths.cache / "mine"
-    monkeypatch.setattr("eva_helpers.locate.resolve_dataset",
+    monkeypatch.setattr("eva_helpers.fetching.locate.resolve_dataset",
                         lambda name, p: shutil.copytree(origin, cache, ignore=shutil.ignore_patterns("stats.json"))
                         or cache)  # a Drive folder copied to the cache (without stats.json, as fetch does)
     assert notebook.dataset_for("mine", paths) == cache
@@ -66,7 +66,7 @@ def test_stats_on_drive_follow_the_dataset_into_the_cache(paths, sample_dataset,
 def test_auto_teacher_keeps_the_recorded_one(tmp_path, capsys):
     import torch
 
-    from eva_helpers.notebook import resolve_teacher
+    from eva_helpers.colab.notebook import resolve_teacher
 
     assert resolve_teacher("geometric", tmp_path) == "geometric"
     if torch.cuda.is_available():
@@ -81,7 +81,7 @@ def test_auto_teacher_keeps_the_recorded_one(tmp_path, capsys):
 
 
 def test_build_plan_smoke(paths):
-    from eva_helpers.notebook import SMOKE_BUILD, build_plan
+    from eva_helpers.colab.notebook import SMOKE_BUILD, build_plan
 
     plan = build_plan(paths, True, dataset="d", size=224, positions=20)
     assert plan.out_dir == paths.data / "d-smoke" and plan.size == SMOKE_BUILD["size"] and plan.positions == 1
@@ -89,8 +89,8 @@ def test_build_plan_smoke(paths):
 
 
 def test_notebook_config_defaults_smoke_and_run_folder(paths, tmp_path):
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.runs import SMOKE_TRAIN, notebook_config
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.colab.runs import SMOKE_TRAIN, notebook_config
 
     d = TrainConfig()
     cfg = notebook_config("mask", tmp_path / "ds-a", paths, model="", epochs=0)
@@ -105,9 +105,9 @@ def test_notebook_config_defaults_smoke_and_run_folder(paths, tmp_path):
 
 
 def test_comparison_never_trains_without_the_explicit_choice(paths, tmp_path, monkeypatch, capsys):
-    from eva_helpers.runs import compare_runs, notebook_config
+    from eva_helpers.colab.runs import compare_runs, notebook_config
 
-    monkeypatch.setattr("eva_helpers.train.fit", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr("eva_helpers.training.fit.fit", lambda *a, **k: pytest.fail("must not train"))
     cfg = notebook_config("joint", tmp_path / "ds", paths)
     results = compare_runs(cfg, {"mask_iou": 0.5}, train_missing=False)
     assert list(results) == [f"joint {cfg.model}"]
@@ -118,7 +118,7 @@ def test_comparison_never_trains_without_the_explicit_choice(paths, tmp_path, mo
 def test_upload_validation(tmp_path, monkeypatch):
     import cv2
 
-    from eva_helpers.notebook_train import check_upload
+    from eva_helpers.colab.notebook_train import check_upload
 
     monkeypatch.chdir(tmp_path)
     png = lambda w, h: cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))[1].tobytes()  # noqa: E731
@@ -142,7 +142,7 @@ def test_upload_validation(tmp_path, monkeypatch):
 
 def test_finish_flushes_drive_in_colab_only(paths, monkeypatch):
     from eva_helpers.paths import Paths
-    from eva_helpers.session import finish
+    from eva_helpers.colab.session import finish
 
     assert "nothing to flush" in finish(paths)
     calls = []
@@ -155,7 +155,7 @@ def test_finish_flushes_drive_in_colab_only(paths, monkeypatch):
 
 
 def test_environment_banner():
-    from eva_helpers.session import environment
+    from eva_helpers.colab.session import environment
 
     env = environment()
     assert set(env) == {"gpu", "ram", "disk", "cpus", "versions", "code"}
@@ -166,7 +166,7 @@ def test_environment_banner():
 def test_user_errors_in_a_notebook_are_one_line_and_stop_run_all(paths, capsys, monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from eva_helpers.session import start
+    from eva_helpers.colab.session import start
 
     shell = InteractiveShell.instance()
     try:
@@ -184,8 +184,8 @@ def test_browsers_build_and_redraw(sample_dataset, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    from eva_helpers.dataset import ShardDataset, make_splits
-    from eva_helpers.widgets import sample_browser
+    from eva_helpers.data.dataset import ShardDataset, make_splits
+    from eva_helpers.colab.widgets import sample_browser
 
     ds = ShardDataset(sample_dataset)
     splits = make_splits(ds)

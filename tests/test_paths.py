@@ -19,7 +19,7 @@ def test_mount_drive_local_fallback_and_env_override(tmp_path, monkeypatch):
 
 
 def test_import_has_no_side_effects(tmp_path):
-    code = ("import sys, eva_helpers, eva_helpers.paths, eva_helpers.formats, eva_helpers.cli; "
+    code = ("import sys, eva_helpers, eva_helpers.paths, eva_helpers.data.formats, eva_helpers.cli; "
             "heavy = [m for m in ('torch', 'cv2', 'transformers', 'google.colab') if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr

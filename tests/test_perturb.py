@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from eva_helpers.errors import BadInputError
-from eva_helpers.perturb import PERTURBATIONS, SUITE, perturb_sample, shadow_map, shift_offsets
+from eva_helpers.evaluation.perturb import PERTURBATIONS, SUITE, perturb_sample, shadow_map, shift_offsets
 
 OBJECT = (255, 0, 255)  # a colour the background below never has
 
@@ -146,8 +146,8 @@ KEYS = ["mask_iou", "depth_rmse", "baseline_mask_iou", "baseline_depth_rmse", "b
 
 
 def test_evaluate_under_a_change_writes_its_own_file_and_keeps_the_clean_one(run_copy, sample_dataset, monkeypatch):
-    import eva_helpers.evaluate as E
-    from eva_helpers.evaluate import evaluate_run
+    import eva_helpers.evaluation.heldout as E
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     clean = evaluate_run(run_copy, sample_dataset, which="last", figure=False, progress=False)
     files = {p: (run_copy / p).read_bytes() for p in ("metrics.json", "calibration.json")}
@@ -178,7 +178,7 @@ def test_evaluate_under_a_change_writes_its_own_file_and_keeps_the_clean_one(run
 
 
 def test_a_bad_name_is_refused_before_anything_is_read(run_copy, sample_dataset):
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     with pytest.raises(BadInputError, match="choose from"):
         evaluate_run(run_copy, sample_dataset, perturb="nope", progress=False)
@@ -186,10 +186,10 @@ def test_a_bad_name_is_refused_before_anything_is_read(run_copy, sample_dataset)
 
 
 def _fake_align(monkeypatch, calls: list) -> None:
-    """An `eva_helpers.align` whose registration makes bg equal to fg_bg (so the baseline finds nothing) and says it
+    """An `eva_helpers.evaluation.align` whose registration makes bg equal to fg_bg (so the baseline finds nothing) and says it
     applied on every other pair: shows what the model and the baseline were handed."""
-    mod = types.ModuleType("eva_helpers.align")
-    mod.__spec__ = importlib.machinery.ModuleSpec("eva_helpers.align", None)
+    mod = types.ModuleType("eva_helpers.evaluation.align")
+    mod.__spec__ = importlib.machinery.ModuleSpec("eva_helpers.evaluation.align", None)
 
     class Alignment:
         def __init__(self, applied):
@@ -203,11 +203,11 @@ def _fake_align(monkeypatch, calls: list) -> None:
         return fg_bg.copy(), Alignment(len(calls) % 2 == 0)
 
     mod.align_pair, mod.Alignment = align_pair, Alignment
-    monkeypatch.setitem(sys.modules, "eva_helpers.align", mod)
+    monkeypatch.setitem(sys.modules, "eva_helpers.evaluation.align", mod)
 
 
 def test_align_registers_every_scored_pair_for_model_and_baseline(run_copy, sample_dataset, monkeypatch):
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     calls: list = []
     _fake_align(monkeypatch, calls)
@@ -222,7 +222,7 @@ def test_align_registers_every_scored_pair_for_model_and_baseline(run_copy, samp
 
 
 def test_align_with_the_real_module(run_copy, sample_dataset):
-    from eva_helpers.evaluate import evaluate_run
+    from eva_helpers.evaluation.heldout import evaluate_run
 
     m = evaluate_run(run_copy, sample_dataset, which="last", figure=False, progress=False, perturb="shift1", align=True)
     assert 0.0 <= m["align_applied_fraction"] <= 1.0 and (run_copy / "metrics-shift1-aligned.json").is_file()

@@ -40,7 +40,7 @@ def test_the_cpu_runs_in_float32(fake_gpu):
 
 
 def test_the_teachers_use_the_same_choice(fake_gpu):
-    from eva_helpers.teachers import _autocast
+    from eva_helpers.compositing.teachers import _autocast
 
     fake_gpu((7, 5))
     ctx = _autocast(torch.device("cuda"))
@@ -57,7 +57,7 @@ def test_training_asks_the_shared_helper(monkeypatch, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _tiny import run_tiny
 
-    import eva_helpers.train as train
+    import eva_helpers.training.fit as train
 
     asked = []
     monkeypatch.setattr(train.precision, "amp_dtype", lambda device: asked.append(torch.device(device)) or None)

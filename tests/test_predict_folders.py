@@ -27,7 +27,7 @@ def _csv(path: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def pairs(sample_dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     """Four (bg, fg_bg) pairs of the 32 px sample with an object in them."""
-    from eva_helpers.dataset import ShardDataset
+    from eva_helpers.data.dataset import ShardDataset
 
     ds = ShardDataset(sample_dataset)
     out = []
@@ -170,7 +170,7 @@ def test_a_decompression_bomb_is_one_pair_failing(tmp_path, shoot, run, capsys):
 
 
 def test_no_align_leaves_bg_as_it_is(tmp_path, shoot, run, capsys):
-    from eva_helpers.predict import NO_ALIGN_REASON
+    from eva_helpers.evaluation.predict import NO_ALIGN_REASON
 
     bg_dir, fg_dir = shoot
     out = tmp_path / "out"
@@ -219,8 +219,8 @@ def test_folder_mode_refusals_are_one_line_and_write_nothing(tmp_path, shoot, ru
 
 def test_notebook_own_photos_says_what_alignment_did(sample_dataset, trained_run, capsys):
     """Notebook 05's "your own photos" step prints the alignment's one line before its figure."""
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.notebook_train import predict_photos
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.colab.notebook_train import predict_photos
 
     bg, fg_bg = _shaken_pair()
     cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(trained_run), model="unet_small", size=32)

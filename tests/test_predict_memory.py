@@ -15,7 +15,7 @@ from PIL import Image
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from eva_helpers.predict import predict_one
+from eva_helpers.evaluation.predict import predict_one
 
 def status(key):
     line = next(ln for ln in open("/proc/self/status") if ln.startswith(key + ":"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers.checkpoint import FAULT_ENV, load_checkpoint
-from eva_helpers.config import TrainConfig
+from eva_helpers.training.checkpoint import FAULT_ENV, load_checkpoint
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
 from test_train_resume import assert_same_training
 
@@ -27,8 +27,8 @@ def _cfg(data: Path, run_dir: Path, **kw) -> dict:
 
 def _fit_in_subprocess(cfg: dict, fault: str | None = None) -> subprocess.CompletedProcess:
     """fit() in a fresh single-threaded process (deterministic on the CPU); `fault` SIGKILLs it mid-save."""
-    code = ("import json, sys, torch; torch.set_num_threads(1); from eva_helpers.config import TrainConfig; "
-            "from eva_helpers.train import fit; fit(TrainConfig(**json.loads(sys.argv[1])))")
+    code = ("import json, sys, torch; torch.set_num_threads(1); from eva_helpers.training.config import TrainConfig; "
+            "from eva_helpers.training.fit import fit; fit(TrainConfig(**json.loads(sys.argv[1])))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(FAULT_ENV, None)
     if fault:
@@ -68,7 +68,7 @@ def test_stages_are_checked():
 
 
 def test_a_stage_size_the_model_cannot_take_is_one_line_before_anything(tmp_path, monkeypatch):
-    from eva_helpers.train import fit
+    from eva_helpers.training.fit import fit
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     data = write_synthetic_dataset(tmp_path / "data", size=32)
@@ -92,7 +92,7 @@ def test_cli_size_stages(tmp_path):
 def test_notebook_parameters(tmp_path):
     from types import SimpleNamespace
 
-    from eva_helpers.runs import notebook_config, parse_stages
+    from eva_helpers.colab.runs import notebook_config, parse_stages
 
     assert parse_stages("32:5 48:2") == [[32, 5], [48, 2]] and parse_stages("32:5,48:2") == [[32, 5], [48, 2]]
     with pytest.raises(EvaError, match="SIZE:EPOCHS"):
@@ -110,7 +110,7 @@ def test_fit_leaves_no_loader_worker_behind(tmp_path, monkeypatch):
     when they are done, not when the garbage collector gets round to the run."""
     import gc
 
-    from eva_helpers import train
+    from eva_helpers.training import fit as train
 
     def children() -> int:
         tasks = Path(f"/proc/{os.getpid()}/task")

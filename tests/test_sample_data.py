@@ -13,8 +13,8 @@ def test_packaged_manifest_is_the_top_level_one():
 
 
 def test_fetch_sample_by_name_then_skip(tmp_path):
-    from eva_helpers.dataset import ShardDataset
-    from eva_helpers.fetch import fetch_dataset
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.fetching.fetch import fetch_dataset
 
     path = fetch_dataset("sample", cache=tmp_path, progress=False)
     ds = ShardDataset(path)

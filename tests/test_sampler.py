@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eva_helpers.sampler import ResumableSampler, epoch_order, sample_seed
+from eva_helpers.data.sampler import ResumableSampler, epoch_order, sample_seed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import TinyDataset  # noqa: E402

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from _tiny import TinyDataset, TinyNet, tiny_config
-from eva_helpers.checkpoint import load_checkpoint
-from eva_helpers.train import fit
+from eva_helpers.training.checkpoint import load_checkpoint
+from eva_helpers.training.fit import fit
 
 
 class ScriptedLoss(nn.Module):

@@ -25,7 +25,7 @@ from _synthetic import write_synthetic_dataset  # noqa: E402
 from _tiny import TinyCriterion, TinyDataset, TinyNet, run_tiny, tiny_config  # noqa: E402
 from test_train_resume import assert_same_training  # noqa: E402
 
-from eva_helpers.checkpoint import load_checkpoint, read_sidecar  # noqa: E402
+from eva_helpers.training.checkpoint import load_checkpoint, read_sidecar  # noqa: E402
 from eva_helpers.signals import Interrupted  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ class SignalAt(TinyDataset):
 
 
 def test_stop_in_a_notebook_saves_that_step_raises_and_resumes_exactly(tmp_path):
-    from eva_helpers.train import fit
+    from eva_helpers.training.fit import fit
 
     ref = run_tiny(tmp_path / "ref", n=24, checkpoint_interval_s=1e9)
     assert ref["finished"] and ref["global_step"] == 18

@@ -1,5 +1,5 @@
 """Splits are identical to the pre-columnar implementation's for the same seed, so existing run folders keep their
-held-out backgrounds. The expected digests were produced by eva_helpers/dataset.py at commit da5ac18 (records parsed
+held-out backgrounds. The expected digests were produced by eva_helpers/data/dataset.py at commit da5ac18 (records parsed
 from every index.jsonl) before the columnar index replaced it; they must never be regenerated from new code."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers.dataset import make_splits
+from eva_helpers.data.dataset import make_splits
 
 # sha256(json of train/val/test/info, sort_keys)[:16] from the da5ac18 implementation
 SYN = {

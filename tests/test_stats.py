@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers.dataset import ShardDataset
-from eva_helpers.stats import STATS, compute_stats, load_stats
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.stats import STATS, compute_stats, load_stats
 from eva_helpers.atomic import TMP_PREFIX
 
 

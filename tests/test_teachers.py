@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from eva_helpers.errors import EvaError
-from eva_helpers.labels import MIN_CONTRAST, ensure_contrast, fit_scale_shift, layer_object, object_contrast
-from eva_helpers.teachers import GeometricTeacher, get_teacher, normalise
+from eva_helpers.compositing.labels import MIN_CONTRAST, ensure_contrast, fit_scale_shift, layer_object, object_contrast
+from eva_helpers.compositing.teachers import GeometricTeacher, get_teacher, normalise
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,9 +119,9 @@ def test_unknown_teacher_lists_valid_names():
 
 
 def test_geometric_path_imports_neither_transformers_nor_torch():
-    code = ("import sys, numpy as np; from eva_helpers.teachers import get_teacher; "
+    code = ("import sys, numpy as np; from eva_helpers.compositing.teachers import get_teacher; "
             "get_teacher('geometric').predict([np.zeros((16, 16, 3), np.uint8)]); "
-            "from eva_helpers import build, compose, images; "
+            "from eva_helpers.compositing import build, compose, images; "
             "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -180,8 +180,8 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("mode", ["layered", "per-composite", "hybrid"])
 def test_build_with_the_transformers_teacher(tiny_da, tmp_path, mode):
     from _build_helpers import all_bytes, sample_inputs
-    from eva_helpers import formats
-    from eva_helpers.build import build_dataset
+    from eva_helpers.data import formats
+    from eva_helpers.compositing.build import build_dataset
 
     bg, fg = sample_inputs(tmp_path / "in", n_bg=2, n_fg=1)
     m = build_dataset(bg, fg, tmp_path / "ds", size=32, positions=2, limit=6, shard_size=4, workers=2, progress=False,
@@ -214,8 +214,8 @@ def test_build_with_the_transformers_teacher(tiny_da, tmp_path, mode):
 def test_composite_labels_align_the_composite_map_outside_the_object(mode):
     from types import SimpleNamespace
 
-    from eva_helpers import formats
-    from eva_helpers.build import _composite_depth
+    from eva_helpers.data import formats
+    from eva_helpers.compositing.build import _composite_depth
 
     base = np.repeat(np.linspace(0.0, 1.0, 32)[:, None], 32, 1)
     bg16 = np.round(base * formats.DEPTH_MAX).astype(np.uint16)
@@ -242,8 +242,8 @@ def test_teacher_view_recomposites_at_the_teachers_size():
     from types import SimpleNamespace
 
     from _build_helpers import rgba_disc
-    from eva_helpers.build import _teacher_view
-    from eva_helpers.compose import Compositor, prepare_background
+    from eva_helpers.compositing.build import _teacher_view
+    from eva_helpers.compositing.compose import Compositor, prepare_background
 
     rng = np.random.default_rng(0)
     photo = cv2.resize(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), (160, 120), interpolation=cv2.INTER_CUBIC)
@@ -265,8 +265,8 @@ def test_a_resume_whose_teacher_maps_differently_keeps_the_recorded_background_m
     import zipfile
 
     from _build_helpers import build_killed_at_shard, sample_inputs
-    from eva_helpers import formats
-    from eva_helpers.build import build_dataset
+    from eva_helpers.data import formats
+    from eva_helpers.compositing.build import build_dataset
 
     bg, fg = sample_inputs(tmp_path / "in", n_bg=2, n_fg=1)
     model = tmp_path / "model"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eva_helpers.checkpoint import load_checkpoint, read_sidecar
-from eva_helpers.config import TrainConfig
+from eva_helpers.training.checkpoint import load_checkpoint, read_sidecar
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
 from eva_helpers.atomic import TMP_PREFIX
 
@@ -174,7 +174,7 @@ def test_resume_with_result_changing_config_is_refused(tmp_path):
 
 
 def test_load_run_rebuilds_the_model(tmp_path):
-    from eva_helpers.train import load_run
+    from eva_helpers.training.fit import load_run
 
     threads = torch.get_num_threads()
     try:
@@ -221,7 +221,7 @@ def test_real_data_path_resumes_exactly(tmp_path):
     build_criterion): stopped twice by max_steps and resumed, it ends equal to an uninterrupted run."""
     from _synthetic import write_synthetic_dataset
 
-    from eva_helpers.train import fit
+    from eva_helpers.training.fit import fit
 
     data = write_synthetic_dataset(tmp_path / "data", size=32)
 

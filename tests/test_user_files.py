@@ -8,7 +8,7 @@ import torch
 from _build_helpers import sample_inputs
 from _tiny import run_tiny
 from eva_helpers.atomic import TMP_PREFIX
-from eva_helpers.build import BuildConflictError, build_dataset
+from eva_helpers.compositing.build import BuildConflictError, build_dataset
 
 LOOKALIKE = ".tmp-my-notes.txt"  # what the first round deleted as "stale temp files"
 KW = dict(size=32, positions=1, seed=0, shard_size=10, workers=1, progress=False)
@@ -52,8 +52,8 @@ def test_training_keeps_a_users_lookalike_file(tmp_path):
 
 
 def test_fetch_and_extract_keep_a_users_lookalike_file(tmp_path):
-    from eva_helpers.extract import extract_dataset
-    from eva_helpers.fetch import fetch_dataset
+    from eva_helpers.data.extract import extract_dataset
+    from eva_helpers.fetching.fetch import fetch_dataset
 
     cache = tmp_path / "cache"
     path = fetch_dataset("sample", cache=cache, progress=False)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from eva_helpers import atomic
-from eva_helpers.calibrate import fit_postprocess, load_calibration, save_calibration
+from eva_helpers.evaluation.calibrate import fit_postprocess, load_calibration, save_calibration
 from eva_helpers.errors import EvaError, WriteError
 
 
@@ -52,8 +52,8 @@ def test_strict_json_replaces_non_finite_numbers():
 
 
 def test_history_with_non_utf8_bytes_skips_the_line(tmp_path):
-    from eva_helpers.evaluate import training_speed
-    from eva_helpers.train import read_history
+    from eva_helpers.evaluation.heldout import training_speed
+    from eva_helpers.training.fit import read_history
 
     (tmp_path / "history.jsonl").write_bytes(b'{"epoch": 1, "samples_per_s": 10.0}\n\xff\xfe\x80garbage\n'
                                              b'{"epoch": 2, "samples_per_s": 20.0}\n{"epoch": 3, "samp')
@@ -68,7 +68,7 @@ def test_history_with_non_utf8_bytes_skips_the_line(tmp_path):
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff"])
 def test_a_damaged_config_json_is_one_line(tmp_path, text):
-    from eva_helpers.runs import read_run_config
+    from eva_helpers.colab.runs import read_run_config
 
     (tmp_path / "config.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(EvaError) as e:
@@ -77,7 +77,7 @@ def test_a_damaged_config_json_is_one_line(tmp_path, text):
 
 
 def test_stats_with_two_channels_or_zero_std_are_refused(tmp_path):
-    from eva_helpers.stats import read_stats_file
+    from eva_helpers.data.stats import read_stats_file
 
     good = {"mean": [0.5] * 3, "std": [0.2] * 3}
     for bad in ({"bg": {"mean": [0.5] * 2, "std": [0.2] * 2}, "fg_bg": good},
@@ -88,8 +88,8 @@ def test_stats_with_two_channels_or_zero_std_are_refused(tmp_path):
 
 
 def test_relative_dataset_paths_resolve_from_the_run_folder_then_the_current_one(tmp_path, monkeypatch):
-    from eva_helpers.config import TrainConfig
-    from eva_helpers.runs import resolve_data
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.colab.runs import resolve_data
 
     (tmp_path / "run" / "ds").mkdir(parents=True)
     (tmp_path / "cwd" / "other").mkdir(parents=True)
@@ -101,7 +101,7 @@ def test_relative_dataset_paths_resolve_from_the_run_folder_then_the_current_one
 
 
 def test_missing_normalisation_is_an_error_saying_how_to_get_it_back(tmp_path):
-    from eva_helpers.evaluate import load_run_stats
+    from eva_helpers.evaluation.heldout import load_run_stats
 
     with pytest.raises(EvaError) as e:
         load_run_stats(tmp_path, tmp_path / "gone")

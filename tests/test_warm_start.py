@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers import warm_start
-from eva_helpers.checkpoint import load_checkpoint
-from eva_helpers.config import TrainConfig
+from eva_helpers.training import warm_start
+from eva_helpers.training.checkpoint import load_checkpoint
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.train import fit
+from eva_helpers.training.fit import fit
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 Usage: python tools/make_notebooks.py
 
 The notebooks are thin: every step is one call into eva_helpers (session, notebook, notebook_train, runs). The install
-cell embeds eva_helpers/colab_install.py verbatim (it must run before the package exists); the parameters' defaults
+cell embeds eva_helpers/colab/install.py verbatim (it must run before the package exists); the parameters' defaults
 come from TrainConfig, so a changed default reaches the notebooks by running this script.
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ import nbformat as nbf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eva_helpers.config import RECIPE_LR, TrainConfig  # noqa: E402
+from eva_helpers.training.config import RECIPE_LR, TrainConfig  # noqa: E402
 from eva_helpers.estimate import BUILD_RATE  # noqa: E402
-from eva_helpers.notebook import DEFAULT_DATASET  # noqa: E402
+from eva_helpers.colab.notebook import DEFAULT_DATASET  # noqa: E402
 
 REPO = "eva-maskdepth/eva-maskdepth"
 REF = "main"  # the default branch: it always exists (tests/test_colab_journey.py checks REF with git rev-parse)
 OUT = ROOT / "notebooks"
-INSTALL_SCRIPT = (ROOT / "eva_helpers" / "colab_install.py").read_text()
+INSTALL_SCRIPT = (ROOT / "eva_helpers" / "colab" / "install.py").read_text()
 assert "'''" not in INSTALL_SCRIPT, "colab_install.py is embedded in r'''...''': it must not contain '''"
 D = TrainConfig()
 
@@ -49,12 +49,12 @@ if importlib.util.find_spec("eva_helpers") is None:
     exec(compile(EVA_INSTALL, "colab_install.py", "exec"), ns := {{"__name__": "colab_install"}})
     if not ns["ensure_installed"](REPO_URL, REF, DRIVE_COPY, mount=True):
         raise SystemExit("eva_helpers is not installed: follow one of the two ways printed above")
-from eva_helpers.session import describe_code, installed_code
+from eva_helpers.colab.session import describe_code, installed_code
 print(describe_code(installed_code()))'''
 
 START_MD = ("## Environment and folders\nPrints the GPU, RAM, disk and library versions (check the GPU after a reconnect), "
             "then mounts Google Drive: datasets and runs live in `MyDrive/eva-maskdepth`, fast copies in the local cache.")
-START = '''from eva_helpers.session import start, finish
+START = '''from eva_helpers.colab.session import start, finish
 paths = start()'''
 FINISH_MD = ("## Save and flush\nDrive uploads late: this forces every file written above (checkpoints, metrics, stats) "
              "onto Drive and unmounts it. Run it before closing the tab. After it, a cell that would write to Drive "
@@ -117,7 +117,7 @@ SHARD_SIZE = 1000  #@param {{type:"integer"}}''',
                "one line: switch the runtime to GPU, or set `TEACHER = \"geometric\"` on purpose. The geometric teacher's "
                "labels are **synthetic**: a ground-plane guess from each photo's layout with the object as a layer on "
                "it, not a measurement or a model's estimate of the scene; a model trained on them learns that guess."),
-        ("code", '''from eva_helpers import notebook as nb
+        ("code", '''from eva_helpers.colab import notebook as nb
 plan = nb.build_plan(paths, SMOKE, bg_dir=BG_DIR, fg_dir=FG_DIR, dataset=DATASET, size=SIZE, positions=POSITIONS,
                      seed=SEED, teacher=TEACHER, mode=MODE, scale_range=(SCALE_MIN, SCALE_MAX), flips=FLIPS,
                      shard_size=SHARD_SIZE)'''),
@@ -145,7 +145,7 @@ DATA_MD = ("## The dataset\nNeeds notebook 01's dataset (`DATASET`), or runs on 
            "on Drive is copied to the local disk once (verified; the size and an estimate of the time are printed "
            "first), because reading zips through Drive is slow. The copy keeps the name `DATASET`, and so do run "
            "folders: `<task>-<model>-<size>px-<DATASET>`.")
-DATA_CELL = '''from eva_helpers import notebook as nb
+DATA_CELL = '''from eva_helpers.colab import notebook as nb
 data_dir = nb.dataset_for(DATASET, paths, SMOKE)'''
 
 notebook(
@@ -206,12 +206,12 @@ def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
         ("md", "## Settings\nThe parameters over `TrainConfig`'s defaults. The run folder holds config, history, "
                "checkpoints and metrics. Raise `EPOCHS` and run all again to **train a run longer**: it continues from "
                "its last checkpoint and the learning-rate schedule is stretched to the new end."),
-        ("code", f'''from eva_helpers.runs import notebook_config
+        ("code", f'''from eva_helpers.colab.runs import notebook_config
 cfg = notebook_config("{task}", data_dir, paths, SMOKE, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE, size=SIZE,
                       lr=LR, seed=SEED, run_name=RUN_NAME, init_from=INIT_FROM, size_stages=SIZE_STAGES{extra})
 cfg'''),
         ("md", "## The model"),
-        ("code", '''from eva_helpers import notebook_train as nt
+        ("code", '''from eva_helpers.colab import notebook_train as nt
 nt.show_model(cfg)'''),
         ("md", "## TensorBoard\nLoss curves from the run's local logs (Colab); a live plot also appears under the training cell."),
         ("code", "nt.tensorboard(cfg);"),

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 
-from eva_helpers.augment import build_transforms
-from eva_helpers.dataset import ShardDataset
-from eva_helpers.evaluate import load_run_stats, split_positions
-from eva_helpers.loaders import collate, prepare_batch
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.evaluation.heldout import load_run_stats, split_positions
+from eva_helpers.data.loaders import collate, prepare_batch
 from eva_helpers.plots import _grid, save_figure, spread_indices
-from eva_helpers.train import load_run
+from eva_helpers.training.fit import load_run
 
 demo = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
 run = next((demo / "runs").glob("joint-*"))

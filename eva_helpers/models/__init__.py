@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from ..errors import EvaError
-from .blocks import check_size, check_tasks
-from .inputs import ENCODER_IN, INPUTS, MASK_HEADS, X_CHANNELS, check_inputs
-from .resnet_unet import build_resnet_unet, expand_first_conv
-from .unet import build_unet
+from eva_helpers.errors import EvaError
+from eva_helpers.models.blocks import check_size, check_tasks
+from eva_helpers.models.inputs import ENCODER_IN, INPUTS, MASK_HEADS, X_CHANNELS, check_inputs
+from eva_helpers.models.resnet_unet import build_resnet_unet, expand_first_conv
+from eva_helpers.models.unet import build_unet
 
 # name -> (builder, preset kwargs); parameter counts are for mask-only (joint adds one decoder), see bench/models.py
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {

@@ -10,8 +10,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import EvaError
-from .inputs import MASK_HEADS, BaselinePrior, SiameseEncoder, check_inputs, select_inputs
+from eva_helpers.errors import EvaError
+from eva_helpers.models.inputs import MASK_HEADS, BaselinePrior, SiameseEncoder, check_inputs, select_inputs
 
 UPSAMPLE_MODES = ("bilinear", "transpose")
 DECODER_MODES = ("per_task", "shared")

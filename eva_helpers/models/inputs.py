@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import EvaError
+from eva_helpers.errors import EvaError
 
 INPUTS = ("concat", "diff", "tolerant", "siamese")
 X_CHANNELS = 10  # what prepare_batch produces

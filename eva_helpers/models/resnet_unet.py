@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import EvaError
-from .blocks import DoubleConv, MultiTaskNet
-from .inputs import ENCODER_IN, check_inputs
+from eva_helpers.errors import EvaError
+from eva_helpers.models.blocks import DoubleConv, MultiTaskNet
+from eva_helpers.models.inputs import ENCODER_IN, check_inputs
 
 ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512)}
 STEM_CHANNELS = 16

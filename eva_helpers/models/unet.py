@@ -9,9 +9,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import EvaError
-from .blocks import DoubleConv, MultiTaskNet
-from .inputs import ENCODER_IN, check_inputs
+from eva_helpers.errors import EvaError
+from eva_helpers.models.blocks import DoubleConv, MultiTaskNet
+from eva_helpers.models.inputs import ENCODER_IN, check_inputs
 
 
 STEMS = ("concat", "two")

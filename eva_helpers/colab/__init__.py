@@ -1,0 +1,1 @@
+"""The notebooks' side: the session banner, the install cell, one call per notebook step, runs, widgets."""

@@ -1,0 +1,1 @@
+"""Stage 1, the build: background photos + cut-outs -> composites, masks, depth labels -> zip shards."""

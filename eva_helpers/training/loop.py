@@ -1,0 +1,270 @@
+"""The inner loop of `fit`: one epoch of training (resumable mid-epoch), evaluation, and the notebook conveniences.
+
+`Run` is a plain record of the objects one training run works with; the functions take it explicitly.
+"""
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from eva_helpers.training import distributed as D
+from eva_helpers.training.checkpoint import CheckpointManager
+from eva_helpers.training.config import TrainConfig
+from eva_helpers.errors import EvaError
+from eva_helpers.data.sampler import ResumableSampler
+from eva_helpers.signals import Interrupted, signal_name
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    run_dir: Path
+    info: D.DistInfo
+    device: torch.device
+    model: nn.Module  # what forward runs (DDP- and/or compile-wrapped)
+    raw_model: nn.Module  # the plain module: its state_dict is what checkpoints hold
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    sampler: ResumableSampler
+    stats: dict | None
+    ckm: CheckpointManager
+    model_args: dict
+    loader: Any = None
+    val_loader: Any = None
+    tb: Any = None
+    state_fn: Callable[[], dict] | None = None
+    augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
+    backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
+    lease: Any = None  # lease.Lease on the run folder (rank 0): training stops if another process took it over
+    stop: Any = None  # signals.StopRequest: set by SIGINT/SIGTERM, answered after the current step
+    epoch: int = 0
+    global_step: int = 0
+    pos: int = 0  # samples of this epoch consumed by this rank
+    resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
+    accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
+    history: list = field(default_factory=list)
+    stage: int = 0  # progressive resizing: the stage being trained and its size (cfg.stage_at)
+    stage_size: int = 0
+    best: dict = field(default_factory=dict)
+    finished: bool = False
+
+
+def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
+    """`loaders.make_loader` with our sampler; the DataLoader never draws from the global RNG (resume-exact)."""
+    from eva_helpers.data.loaders import make_loader as data_make_loader
+
+    loader = data_make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
+    if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
+        loader.generator = torch.Generator().manual_seed(seed)
+    return loader
+
+
+def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
+            gen: torch.Generator | None = None, backgrounds: Any = None):
+    """(x (B,10,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
+    from eva_helpers.data.loaders import prepare_batch
+
+    return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
+                         backgrounds=backgrounds)
+
+
+def train_one_epoch(run: Run) -> bool:
+    """Train `run.epoch` from its stored position; returns True when `max_steps` stopped the run (checkpoint saved)."""
+    from tqdm.auto import tqdm
+
+    cfg, info, device, sampler = run.cfg, run.info, run.device, run.sampler
+    sampler.set_epoch(run.epoch)
+    sampler.set_start_global(run.resume_consumed)  # skips consumed samples without decoding them
+    run.pos = sampler.start
+    run.model.train()
+    bar = tqdm(total=sampler.num_samples, initial=run.pos, unit="img", desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and info.is_main), leave=False)
+    t_last = time.perf_counter()
+    onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    batches = iter(run.loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception:
+            if run.stop is None or not run.stop.requested:
+                raise
+            # the signal also reached the loader's workers (Ctrl-C goes to the whole process group): the state of
+            # the last finished step is still whole, so it is saved as if the signal had come after that step
+            bar.close()
+            run.ckm.save(run.state_fn())
+            raise stopped_error(run) from None
+        gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
+        x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen, run.backgrounds)
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
+            loss, _ = run.criterion(out, targets)
+        if not run.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself: those are not errors
+            _check_finite(run, loss, batch, "loss")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        D.average_gradients(run.criterion.parameters(), info)  # DDP averages the model's only
+        if cfg.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+            if not run.scaler.is_enabled():  # a finite loss can still give infinite gradients: never step on them
+                _check_finite(run, norm, batch, "gradient norm")
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if onecycle and run.scheduler.last_epoch < run.scheduler.total_steps:
+            run.scheduler.step()
+        n = x.shape[0]
+        run.pos += n
+        run.global_step += 1
+        loss_v = float(loss.detach())
+        now = time.perf_counter()
+        a = run.accum
+        a["loss_sum"] += loss_v
+        a["batches"] += 1
+        a["samples"] += n
+        a["seconds"] += now - t_last
+        t_last = now
+        bar.update(n)
+        bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{a['samples'] / max(a['seconds'], 1e-9):.1f}")
+        if cfg.max_steps and run.global_step >= cfg.max_steps:
+            run.ckm.save(run.state_fn())
+            D.barrier(info)
+            bar.close()
+            return True
+        due, stop = _after_step_flags(run)
+        if due or stop:
+            run.ckm.save(run.state_fn())  # reads RNG states, never draws from them: saving keeps determinism
+            D.barrier(info)
+            t_last = time.perf_counter()
+        if stop:
+            bar.close()
+            raise stopped_error(run)
+    bar.close()
+    return False
+
+
+def _after_step_flags(run: Run) -> tuple[bool, bool]:
+    """(save now: rank 0's checkpoint interval has passed, stop now: a signal reached any rank). Raises when another
+    process has taken the run folder's lease over: this one must not write any more."""
+    due = run.ckm.due()
+    stop = run.stop is not None and run.stop.requested
+    lost = run.lease is not None and run.lease.lost is not None
+    if run.info.enabled:  # one collective for all three: every rank takes the same branch
+        due_n, stop_n, lost_n = D.sum_over_ranks([float(due and run.info.is_main), float(stop), float(lost)],
+                                                 run.info, run.device)
+        due, stop, lost = due_n > 0, stop_n > 0, lost_n > 0
+    if lost:
+        if run.lease is not None:
+            run.lease.check()
+        raise EvaError(f"{run.run_dir}: another process took this run folder over; stopped without writing more")
+    return due, stop
+
+
+def stop_agreed(run: Run) -> bool:
+    """Whether a stop signal reached any rank (between steps, e.g. during validation)."""
+    stop = run.stop is not None and run.stop.requested
+    if run.info.enabled:
+        stop = D.sum_over_ranks([float(stop)], run.info, run.device)[0] > 0
+    return stop
+
+
+def stopped_error(run: Run) -> Interrupted:
+    """The one line that says where training stopped and which checkpoint the next run resumes from."""
+    signum = run.stop.signum if run.stop is not None and run.stop.signum is not None else signal.SIGINT
+    where = (f"epoch {run.epoch + 1}, {run.pos} of {run.sampler.num_samples} samples" if run.pos
+             else f"the end of epoch {run.epoch}")
+    last = run.run_dir / "checkpoints" / "last.pt"
+    return Interrupted(f"stopped by {signal_name(signum)} at step {run.global_step} ({where}): saved {last}; the "
+                       "next run in this run folder (the same command or cell) resumes from it", signum)
+
+
+class NonFiniteLossError(EvaError):
+    """Training diverged: raised before the optimizer step, so the weights and the last checkpoint stay good."""
+
+
+def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None:
+    """Stop with one line naming the step, the batch's samples and the likely causes when `value` is NaN or inf."""
+    if bool(torch.isfinite(value.detach()).all()):
+        return
+    ids = [m.get("id", m.get("index")) for m in batch.get("meta", [])][:8]
+    last = run.run_dir / "checkpoints" / "last.pt"
+    kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint was written"
+    raise NonFiniteLossError(
+        f"step {run.global_step + 1} (epoch {run.epoch + 1}): the {what} is {float(value.detach().float().max())} on "
+        f"samples {ids}; likely causes: a learning rate too high for this model (lr={run.cfg.lr:g}: try 3x lower), "
+        f"normalisation stats with a tiny std ({run.run_dir / 'stats.json'}), or a damaged sample; {kept}")
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Validation loss (per-sample mean) and the task metrics (per image, then averaged)."""
+    from eva_helpers.evaluation.metrics import MetricAccumulator
+
+    model, device = run.raw_model, run.device
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(run.cfg.tasks)
+    total, count = 0.0, 0
+    for batch in run.val_loader:
+        x, targets = prepare(batch, device, run.stats, run.cfg.channels_last)
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = model(x)
+            loss, _ = run.criterion(out, targets)
+        out = {k: v.float() for k, v in out.items()}
+        total += float(loss) * x.shape[0]
+        count += x.shape[0]
+        acc.update(out, targets)
+    model.train(was_training)
+    metrics = {"val_loss": total / max(count, 1)}
+    metrics.update({k: float(v) for k, v in acc.compute().items()})
+    return metrics
+
+
+def live_plot(history: list[dict]) -> None:
+    """Redraw the loss curves in a Jupyter/Colab output cell; does nothing outside a notebook kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None or "IPKernelApp" not in getattr(ip, "config", {}):
+        return
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    clear_output(wait=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] + 1 for r in history]
+    for key in ("train_loss", "val_loss"):
+        if any(key in r for r in history):
+            ax.plot(epochs, [r.get(key, float("nan")) for r in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    display(fig)
+    plt.close(fig)
+
+
+def open_tensorboard(cfg: TrainConfig, run_dir: Path):
+    """A SummaryWriter on local disk (TensorBoard over Drive is slow), or None when off or not installed."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("tensorboard is not installed (pip install tensorboard): logging to TensorBoard is skipped")
+        return None
+    from eva_helpers.paths import default_cache
+
+    logdir = default_cache() / "tensorboard" / Path(run_dir).resolve().name  # "runs/x/.." names x, not ..
+    return SummaryWriter(log_dir=str(logdir))
