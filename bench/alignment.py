@@ -222,7 +222,7 @@ def test_positions(cfg, data: Path) -> tuple[list[int], str]:
 def load_runs(run_dirs: list[Path], data: Path) -> list[dict]:
     from eva_helpers.evaluation.calibrate import load_calibration
     from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     runs = []
     for rd in run_dirs:

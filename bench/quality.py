@@ -155,7 +155,8 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
 
     from eva_helpers.training.losses import build_criterion
     from eva_helpers.models import build_model
-    from eva_helpers.training.fit import build_data, prepare, seed_everything
+    from eva_helpers.training.fit import build_data, seed_everything
+    from eva_helpers.training.loop import prepare
     from eva_helpers.training.loop import make_loader
     from eva_helpers.data.sampler import ResumableSampler
 

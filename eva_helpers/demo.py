@@ -116,7 +116,7 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
     from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
     from eva_helpers.compositing.teachers import SYNTHETIC, describe_labels
-    from eva_helpers.training.fit import read_history
+    from eva_helpers.training.run_folder import read_history
 
     report = Path(cfg.out) / "report"
     report.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eva_helpers.atomic import TMP_PREFIX
-from eva_helpers.training.checkpoint import (BEST, CKPT_DIR, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
+from eva_helpers.training.checkpoint import (BEST, CHECKPOINTS, LAST, PREV, CheckpointManager, load_checkpoint, rng_state,
                                     set_rng_state)
 from eva_helpers.errors import EvaError, IntegrityError
 
@@ -30,7 +30,7 @@ def test_fixed_names_no_deletions_one_upload_per_save(tmp_path):
     m = CheckpointManager(tmp_path, keep_last=2, interval_s=1e9)
     for step in (1, 2, 3):
         m.save(_state(step), best=step == 2)
-    d = tmp_path / CKPT_DIR
+    d = tmp_path / CHECKPOINTS
     assert sorted(p.name for p in d.iterdir()) == sorted(
         [BEST, BEST + ".sha256", LAST, LAST + ".sha256", PREV, PREV + ".sha256"])  # no ckpt-N: nothing to delete
     for name in (LAST, PREV, BEST):
@@ -54,14 +54,14 @@ def test_maybe_save_respects_the_interval(tmp_path):
     assert m.maybe_save(lambda: calls.append(1) or _state(1)) is None and not calls  # state not even built
     m.interval_s = 0.0
     assert m.maybe_save(lambda: _state(5)).name == LAST
-    assert load_checkpoint(tmp_path / CKPT_DIR / LAST)["global_step"] == 5
+    assert load_checkpoint(tmp_path / CHECKPOINTS / LAST)["global_step"] == 5
 
 
 def test_truncated_newest_is_skipped_with_a_warning(tmp_path):
     m = CheckpointManager(tmp_path, keep_last=3, interval_s=1e9)
     for step in (10, 20, 30):
         m.save(_state(step))
-    d = tmp_path / CKPT_DIR
+    d = tmp_path / CHECKPOINTS
     data = (d / LAST).read_bytes()
     (d / LAST).write_bytes(data[: len(data) // 2])  # the newest state cut short
     with pytest.warns(UserWarning, match="truncated or corrupt"):
@@ -74,7 +74,7 @@ def test_missing_sidecar_means_unfinished_write(tmp_path):
     m = CheckpointManager(tmp_path, interval_s=1e9)
     m.save(_state(1))
     m.save(_state(2))
-    d = tmp_path / CKPT_DIR
+    d = tmp_path / CHECKPOINTS
     (d / (LAST + ".sha256")).unlink()
     with pytest.warns(UserWarning, match="checksum file .* is missing"):
         assert m.load_latest()["global_step"] == 1
@@ -114,7 +114,7 @@ def test_killed_at_any_stage_of_a_save_leaves_a_valid_checkpoint(tmp_path, stage
     assert state is not None and state["global_step"] == expect
     assert torch.equal(state["model"]["w"], torch.full((64, 64), float(expect)))
     CheckpointManager(tmp_path)  # the next run clears the half-written temp file
-    assert not list((tmp_path / CKPT_DIR).glob(TMP_PREFIX + "*"))
+    assert not list((tmp_path / CHECKPOINTS).glob(TMP_PREFIX + "*"))
 
 
 def test_extra_history_is_kept_only_locally(tmp_path):
@@ -123,8 +123,8 @@ def test_extra_history_is_kept_only_locally(tmp_path):
     for step in (1, 2, 3, 4, 5):
         m.save(_state(step))
     assert sorted(p.name for p in local.glob("*.pt")) == ["ckpt-000000004.pt", "ckpt-000000005.pt"]
-    assert not list((tmp_path / "run" / CKPT_DIR).glob("ckpt-*"))
-    d = tmp_path / "run" / CKPT_DIR
+    assert not list((tmp_path / "run" / CHECKPOINTS).glob("ckpt-*"))
+    d = tmp_path / "run" / CHECKPOINTS
     for name in (LAST, PREV):  # both run-folder copies damaged: the local history still resumes
         (d / name).write_bytes(b"damaged")
     with pytest.warns(UserWarning):
@@ -132,7 +132,7 @@ def test_extra_history_is_kept_only_locally(tmp_path):
 
 
 def test_run_folder_of_the_older_layout_still_loads(tmp_path):
-    d = tmp_path / CKPT_DIR
+    d = tmp_path / CHECKPOINTS
     d.mkdir()
     for step in (7, 8):  # ckpt-N.pt files as older versions wrote them, no last.pt
         torch.save(_state(step), d / f"ckpt-{step:09d}.pt")
@@ -145,7 +145,7 @@ def test_run_folder_of_the_older_layout_still_loads(tmp_path):
 
 
 def test_stale_temp_files_are_removed(tmp_path):
-    d = tmp_path / CKPT_DIR
+    d = tmp_path / CHECKPOINTS
     d.mkdir()
     (d / f"{TMP_PREFIX}last.pt.abc").write_bytes(b"half a checkpoint")
     CheckpointManager(tmp_path)

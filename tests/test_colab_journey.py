@@ -147,9 +147,9 @@ def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_p
 # ---- 3. run folders that stay put --------------------------------------------------------------------------------
 def _record_config(run_dir: Path, cfg) -> None:
     """What fit writes as config.json (with the dataset identity) once its checks pass."""
-    from eva_helpers.training.fit import _check_config
+    from eva_helpers.training.run_folder import check_config
 
-    (run_dir / "config.json").write_text(json.dumps(_check_config(run_dir, cfg)))
+    (run_dir / "config.json").write_text(json.dumps(check_config(run_dir, cfg)[0]))
 
 
 def _fake_fit(monkeypatch):

@@ -163,7 +163,8 @@ def test_notebook_build_refuses_a_dataset_name_that_is_not_a_folder_name(paths, 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/abs", "a\\b"])
 def test_run_names_are_confined_to_the_runs_folder(paths, name):
-    from eva_helpers.colab.runs import notebook_config, run_folder
+    from eva_helpers.colab.runs import notebook_config
+    from eva_helpers.training.run_folder import run_folder
 
     with pytest.raises(EvaError) as e:
         run_folder(paths.runs, "mask", "unet_small", 32, "data", name=name)

@@ -20,7 +20,7 @@ def _state(root: Path) -> dict[str, bytes]:
 def setup(tmp_path_factory, trained_run, sample_dataset):
     """A copy of the tiny run, evaluated on its own dataset, and the run's split of the sample's backgrounds."""
     from eva_helpers.evaluation.heldout import evaluate_run, split_positions
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     root = tmp_path_factory.mktemp("ident")
     run = root / "run"
@@ -48,7 +48,7 @@ def _build(root: Path, name: str, bg_ids: list[str]) -> Path:
 
 
 def test_metrics_json_names_the_dataset_it_scored(setup, sample_dataset):
-    from eva_helpers.colab.runs import recorded_identity
+    from eva_helpers.training.run_folder import recorded_identity
 
     _, run, own, _ = setup
     saved = json.loads((run / "metrics.json").read_text())

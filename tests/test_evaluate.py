@@ -89,7 +89,7 @@ def _paste_at_contact(mean_depth: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
     from eva_helpers.evaluation.heldout import evaluate_run, split_positions
     from eva_helpers.data.loaders import prepare_batch
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     metrics = evaluate_run(trained_run, sample_dataset, which="last", progress=False)
     on_disk = json.loads((trained_run / "metrics.json").read_text())
@@ -161,7 +161,7 @@ def run_copy(trained_run, tmp_path):
 
 def test_a_perfect_prediction_scores_one_and_an_inverted_one_its_known_value(run_copy, sample_dataset, monkeypatch):
     from eva_helpers.evaluation.heldout import evaluate_run, split_positions
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     with monkeypatch.context() as mp:
         _oracle(mp, sample_dataset, invert=False)

@@ -52,7 +52,8 @@ def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augment
                                          ("siamese", "residual")])
 def test_each_input_representation_round_trips_through_a_checkpoint(sample_dataset, tmp_path, inputs, head):
     from eva_helpers.training.config import TrainConfig
-    from eva_helpers.training.fit import fit, load_run
+    from eva_helpers.training.fit import fit
+    from eva_helpers.training.run_folder import load_run
 
     cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / inputs), model="unet_small",
                       model_kwargs={"inputs": inputs, "mask_head": head}, epochs=1, batch_size=8, size=32, seed=0,

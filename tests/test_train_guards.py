@@ -30,7 +30,8 @@ class NaNAfter(TinyCriterion):
 
 
 def test_a_nan_loss_stops_training_before_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from eva_helpers.training.fit import fit, load_run
+    from eva_helpers.training.fit import fit
+    from eva_helpers.training.run_folder import load_run
 
     torch.set_num_threads(1)
     cfg = tiny_config(tmp_path, epochs=2, checkpoint_interval_s=0.0)  # a checkpoint after every step

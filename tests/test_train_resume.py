@@ -174,7 +174,7 @@ def test_resume_with_result_changing_config_is_refused(tmp_path):
 
 
 def test_load_run_rebuilds_the_model(tmp_path):
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     threads = torch.get_num_threads()
     try:

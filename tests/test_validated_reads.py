@@ -53,7 +53,7 @@ def test_strict_json_replaces_non_finite_numbers():
 
 def test_history_with_non_utf8_bytes_skips_the_line(tmp_path):
     from eva_helpers.evaluation.heldout import training_speed
-    from eva_helpers.training.fit import read_history
+    from eva_helpers.training.run_folder import read_history
 
     (tmp_path / "history.jsonl").write_bytes(b'{"epoch": 1, "samples_per_s": 10.0}\n\xff\xfe\x80garbage\n'
                                              b'{"epoch": 2, "samples_per_s": 20.0}\n{"epoch": 3, "samp')
@@ -68,7 +68,7 @@ def test_history_with_non_utf8_bytes_skips_the_line(tmp_path):
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff"])
 def test_a_damaged_config_json_is_one_line(tmp_path, text):
-    from eva_helpers.colab.runs import read_run_config
+    from eva_helpers.training.run_folder import read_run_config
 
     (tmp_path / "config.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(EvaError) as e:
@@ -89,7 +89,7 @@ def test_stats_with_two_channels_or_zero_std_are_refused(tmp_path):
 
 def test_relative_dataset_paths_resolve_from_the_run_folder_then_the_current_one(tmp_path, monkeypatch):
     from eva_helpers.training.config import TrainConfig
-    from eva_helpers.colab.runs import resolve_data
+    from eva_helpers.training.run_folder import resolve_data
 
     (tmp_path / "run" / "ds").mkdir(parents=True)
     (tmp_path / "cwd" / "other").mkdir(parents=True)

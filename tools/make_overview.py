@@ -13,7 +13,7 @@ from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.evaluation.heldout import load_run_stats, split_positions
 from eva_helpers.data.loaders import collate, prepare_batch
 from eva_helpers.plots import _grid, save_figure, spread_indices
-from eva_helpers.training.fit import load_run
+from eva_helpers.training.run_folder import load_run
 
 demo = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
 run = next((demo / "runs").glob("joint-*"))

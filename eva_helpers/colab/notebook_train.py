@@ -103,7 +103,7 @@ def _split_sizes(cfg: TrainConfig) -> dict[str, int]:
 
 
 def _epochs_done(run_dir: Path) -> int:
-    from eva_helpers.colab.runs import read_summary
+    from eva_helpers.training.run_folder import read_summary
 
     return int((read_summary(run_dir) or {}).get("epochs_completed") or 0)
 
@@ -203,7 +203,7 @@ def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: b
 
 def _run(cfg: TrainConfig):
     from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     model, run_cfg, _ = load_run(cfg.run_dir)
     return model, run_cfg, load_run_stats(Path(cfg.run_dir), Path(cfg.data))

@@ -14,22 +14,11 @@ from typing import Any
 
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.paths import safe_name
+from eva_helpers.training.run_folder import CONFIG, read_summary, run_folder
 
-CONFIG = "config.json"
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}
-
-
-def run_folder(runs: str | Path, task: str, model: str, size: int, data: str | Path, name: str = "") -> Path:
-    """`<runs>/<name>`, or `<task>-<model>-<size>px-<dataset folder name>` (a run folder is never shared by datasets).
-
-    The name is one plain folder name (paths.safe_name): a run never lands outside `runs`."""
-    if name:
-        return Path(runs) / safe_name(name, what="run name", source="RUN_NAME")
-    return Path(runs) / safe_name(f"{task}-{model}-{size}px-{Path(str(data)).name}", what="run folder name",
-                                  source=f"task {task!r}, model {model!r}")
 
 
 def notebook_config(task: str, data_dir: str | Path, paths, smoke: bool = False, *, model: str = "",
@@ -72,50 +61,6 @@ def parse_stages(text: str) -> list[list[int]]:
     return out
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """config.json of a run folder as written by `fit` (a JSON object), None when there is none; a damaged one is a
-    one-line error naming it."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EvaError(f"{path}: unreadable run config ({type(e).__name__}: {e}); restore it from a backup, or train "
-                       "into a new run folder") from None
-    if not isinstance(doc, dict):
-        raise EvaError(f"{path}: not a run config (a JSON object expected); restore it from a backup")
-    return doc
-
-
-def recorded_identity(run_dir: str | Path) -> str | None:
-    """The content identity of the dataset the run trained on, as config.json recorded it (None for older runs)."""
-    ident = (read_run_config(run_dir) or {}).get("dataset_identity")
-    return ident if isinstance(ident, str) and ident else None
-
-
-def resolve_data(data: str | None, run_dir: str | Path) -> Path | None:
-    """A run's dataset path as recorded: absolute as it is; a relative one (older runs) against the run folder first,
-    then the current folder; None when the run records none. When neither exists the path comes back as recorded, so
-    the error that follows names it."""
-    if not data:
-        return None
-    p = Path(data).expanduser()
-    if p.is_absolute():
-        return p
-    for cand in (Path(run_dir) / p, p):
-        if cand.exists():
-            return cand
-    return p
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
     """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
     from eva_helpers.evaluation.heldout import evaluate_run
@@ -137,7 +82,7 @@ def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:
     """What makes the run at `run_dir` not comparable with `cfg`: its dataset content, split and split seed, size or
     epochs ("field: theirs -> ours"); [] when it matches or has no config yet."""
     try:
-        other = json.loads((Path(run_dir) / "config.json").read_text())
+        other = json.loads((Path(run_dir) / CONFIG).read_text())
     except (OSError, ValueError):
         return []
     ours = {**cfg.to_dict(), "split seed": cfg.splits_seed}

@@ -145,8 +145,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
 
     from eva_helpers.evaluation.calibrate import postprocess, save_calibration
     from eva_helpers.evaluation.metrics import MetricAccumulator
-    from eva_helpers.colab.runs import recorded_identity, resolve_data
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import recorded_identity, resolve_data
+    from eva_helpers.training.run_folder import load_run
 
     if perturb is not None:
         from eva_helpers.evaluation.perturb import check_name
@@ -294,7 +294,7 @@ def _check_unseen(run_dir: Path, cfg, run_data: Path | None, run_ident: str, dat
 
 def training_speed(run_dir: Path) -> float | None:
     """Mean training samples/s over the run's epochs (history.jsonl), for the comparison tables."""
-    from eva_helpers.training.fit import read_history
+    from eva_helpers.training.run_folder import read_history
 
     speeds = [r["samples_per_s"] for r in read_history(run_dir) if isinstance(r.get("samples_per_s"), (int, float))]
     return sum(speeds) / len(speeds) if speeds else None

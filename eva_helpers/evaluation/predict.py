@@ -221,8 +221,8 @@ def _load(run_dir: str | Path, which: str, device: str | None):
     """The run, its frozen stats and calibration, once; checked before anything is written."""
     from eva_helpers.evaluation.calibrate import load_calibration
     from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.colab.runs import resolve_data
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import resolve_data
+    from eva_helpers.training.run_folder import load_run
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_run(run_dir, which=which, device=str(dev))

@@ -30,8 +30,8 @@ import torch
 
 from eva_helpers.atomic import TMP_PREFIX, atomic_copy, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
 from eva_helpers.errors import EvaError, IntegrityError
+from eva_helpers.training.run_folder import CHECKPOINTS
 
-CKPT_DIR = "checkpoints"
 LAST = "last.pt"
 PREV = "prev.pt"
 BEST = "best.pt"
@@ -145,7 +145,7 @@ class CheckpointManager:
 
     def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, interval_s: float = 300.0, *,
                  is_main: bool = True, local_dir: str | os.PathLike | None | bool = True) -> None:
-        self.dir = Path(run_dir) / CKPT_DIR
+        self.dir = Path(run_dir) / CHECKPOINTS
         self.keep_last = max(1, int(keep_last))
         self.interval_s = float(interval_s)
         self.is_main = is_main  # under DDP only rank 0 writes

@@ -10,73 +10,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from eva_helpers.training import distributed as D
-from eva_helpers import lease
-from eva_helpers import precision
-from eva_helpers.atomic import atomic_write_text, check_output_folder, remove_stale_temps
-from eva_helpers.training.checkpoint import CheckpointManager, rng_state, set_rng_state
-from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
-from eva_helpers.errors import EvaError, IntegrityError
+from eva_helpers import lease, precision
+from eva_helpers.atomic import atomic_write_text, check_output_folder
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.sampler import ResumableSampler
+from eva_helpers.errors import EvaError
 from eva_helpers.signals import StopRequest
-from eva_helpers.training.loop import (Run, evaluate, live_plot, make_loader, open_tensorboard, prepare, stop_agreed,
-                         stopped_error, train_one_epoch)
-
-FORMAT = "eva-ckpt/1"
-SUMMARY = "summary.json"
-HISTORY = "history.jsonl"
-EXTENSIONS = "extensions.json"  # [{"from_epochs", "to_epochs", "at_epoch", "global_step"}]: each time a run was extended
-
-
-def _dataset_identity(data: str | None) -> str | None:
-    """Content identity of the dataset at `data` (same bytes at any path -> same identity), None if there is none."""
-    if not data:
-        return None
-    from eva_helpers.data.columns import dataset_identity
-
-    try:
-        return dataset_identity(read_manifest(data))
-    except EvaError:
-        return None
-
-
-def _check_config(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Refuse to resume a run folder whose recorded config differs in a field that changes the result, or whose
-    dataset (by content identity, not path: the same dataset on Drive and in /content resumes) is another one.
-    Returns the config record to write once every check of the run has passed."""
-    path, init = run_dir / "config.json", None
-    ident = _dataset_identity(cfg.data)
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError as e:
-            raise EvaError(f"{path}: unreadable config ({e})") from e
-        if not isinstance(old, dict):
-            raise EvaError(f"{path}: not a config (a JSON object expected); use a new run_dir")
-        init = old.pop("init", None)
-        was = old.pop("dataset_identity", None)
-        if was and ident and was != ident:
-            raise EvaError(f"{path}: this run was trained on dataset {was[:12]} (at {old.get('data')}), but "
-                           f"{cfg.data} is dataset {ident[:12]}; give the run's dataset or use a new run_dir")
-        diff = result_changing_differences(old, cfg.to_dict())
-        if diff:
-            changes = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff)
-            hint = "; a run can be extended to more epochs, not shortened" if "epochs" in diff else ""
-            raise EvaError(f"{path}: this run folder was trained with other settings ({changes}); "
-                           f"use a new run_dir or the same settings{hint}")
-    if cfg.init_from and not init:  # where a new run's weights start (a resumed run keeps its record)
-        from eva_helpers.training.warm_start import source_record
-
-        init = source_record(cfg.init_from, cfg.init_which)
-    return {**cfg.to_dict(), **({"dataset_identity": ident} if ident else {}), **({"init": init} if init else {})}
+from eva_helpers.training import distributed as D
+from eva_helpers.training.checkpoint import CheckpointManager
+from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
+from eva_helpers.training.loop import evaluate, live_plot, make_loader, open_tensorboard, stop_agreed, stopped_error, \
+    train_one_epoch
+from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
+from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
 
 
 def seed_everything(seed: int) -> None:
@@ -87,26 +39,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool) -> tuple[dict | None, bool]:
-    """The normalisation stats of this run, frozen in `<run_dir>/stats.json` at its start, and whether that copy
-    still has to be written (by `_start_writing`, once every check has passed).
-
-    eval and predict read that copy, and a resumed run keeps it, so a later `eva stats` on the dataset cannot change
-    how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
-    2,000 samples) rather than silently falling back to ImageNet's.
-    """
-    from eva_helpers.data.stats import check_stats, compute_stats, read_stats_file
-
-    path = Path(run_dir) / "stats.json"
-    if path.is_file():
-        return read_stats_file(path), False
-    if stats is not None:
-        check_stats(stats, "the stats given to fit")
-    if stats is None and cfg.data:
-        stats = compute_stats(cfg.data, limit=2000, progress=cfg.progress and is_main, write=is_main)
-    return stats, stats is not None
 
 
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
@@ -127,61 +59,6 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     return train_set, (val_set if len(val_set) else None), load_stats(cfg.data)
 
 
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
-    return None
-
-
-def _load_scheduler(sched, state: dict, steps_total: int, steps_left: int) -> None:
-    """Restore a schedule; a OneCycle saved for another length (another world size, a run extended to more epochs) is
-    re-timed: this run's phases (built for `steps_total`), positioned at the steps already taken."""
-    phases = getattr(sched, "_schedule_phases", None)  # the fresh schedule's, for steps_total
-    sched.load_state_dict(state)
-    if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != steps_total:
-        sched.total_steps, sched._schedule_phases = steps_total, phases
-        sched.last_epoch = max(0, steps_total - steps_left)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # get_lr() outside step() warns
-            lrs = sched.get_lr()
-        for group, lr in zip(sched.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        sched._last_lr = list(lrs)
-
-
-def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """history.jsonl's rows (one per finished epoch); [] when there is none. A damaged line is skipped with a warning:
-    the file is a readable copy of the checkpoint's history, rewritten from it by the next resume."""
-    path = Path(run_dir) / HISTORY
-    try:
-        lines = path.read_bytes().splitlines()  # bytes: a line of non-UTF-8 bytes is one damaged line, not a crash
-    except OSError:
-        return []
-    rows, bad = [], 0
-    for line in filter(bytes.strip, lines):
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError included
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    if bad:
-        warnings.warn(f"{path}: {bad} damaged line(s) skipped (the checkpoint keeps the full history; resuming the "
-                      "run rewrites this file)")
-    return rows
-
-
-def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        return list(json.loads((Path(run_dir) / EXTENSIONS).read_text()))
-    except (OSError, ValueError):
-        return []
-
-
 def _extension(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
     """The extension record when the checkpoint was trained for fewer epochs than `cfg.epochs`, else None."""
     old = state.get("config", {})
@@ -189,45 +66,6 @@ def _extension(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None
         return None
     return {"from_epochs": int(old["epochs"]), "to_epochs": cfg.epochs, "at_epoch": int(state["epoch"]),
             "global_step": int(state["global_step"])}
-
-
-def _start_writing(run_dir: Path, ckm: CheckpointManager, config: dict[str, Any], ext: dict[str, Any] | None,
-                   stats: dict | None, on_start: Callable[[Path], None] | None = None) -> None:
-    """The run's first writes, once every check has passed: a refused command leaves the run folder as it was
-    (no config rewritten for epochs it never trained, no extension recorded that never happened)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if on_start is not None:  # the caller's own records (notebook training: code.json, dataset.json)
-        on_start(run_dir)
-    remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    ckm.prepare()
-    if ext is not None:
-        exts = read_extensions(run_dir)
-        if ext not in exts:  # a crash before the next checkpoint finds the same extension again
-            atomic_write_text(run_dir / EXTENSIONS, json.dumps(exts + [ext], indent=1) + "\n")
-        print(f"extending {run_dir.name} from {ext['from_epochs']} to {ext['to_epochs']} epochs ({ext['at_epoch']} "
-              f"done): the learning-rate schedule is re-timed to end with epoch {ext['to_epochs']}", flush=True)
-    if stats is not None:
-        atomic_write_text(run_dir / "stats.json", json.dumps(stats, indent=1) + "\n")
-
-
-def summary_of(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    history = list(state.get("history", []))
-    best = dict(state.get("best") or {})
-    best_row = next((r for r in history if r.get("epoch") == best.get("epoch")), None)
-    return {"run_dir": str(run_dir), "finished": bool(state.get("finished")), "global_step": int(state["global_step"]),
-            "epochs_completed": len(history), "best": best, "best_metrics": best_row, "history": history,
-            "last_checkpoint": str(run_dir / "checkpoints" / "last.pt"),
-            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "extensions": read_extensions(run_dir),
-            "init": _recorded_init(run_dir)}
-
-
-def _recorded_init(run_dir: Path) -> dict[str, Any] | None:
-    """Where the run's weights started (config.json "init", warm_start.py), or None: from scratch."""
-    try:
-        return json.loads((run_dir / "config.json").read_text()).get("init")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
@@ -298,7 +136,7 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
         from eva_helpers.models import build_model
 
         model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)  # no weights: a check, not the model
-    if cfg.init_from and not (run_dir / "config.json").exists():  # a resumed run has its own weights
+    if cfg.init_from and not (run_dir / CONFIG).exists():  # a resumed run has its own weights
         from eva_helpers.training.warm_start import check_source
 
         check_source(cfg.init_from, cfg.init_which, model)
@@ -314,7 +152,13 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
          on_start=None) -> dict[str, Any]:
     # every check first (config, checkpoint, stats, the checkpoint's fit to the model): until they have all passed,
     # nothing in the run folder is written, so a refused command leaves it as it was
-    config = _check_config(run_dir, cfg)
+    config, init = check_config(run_dir, cfg)
+    if cfg.init_from and not init:  # where a new run's weights start (a resumed run keeps its record)
+        from eva_helpers.training.warm_start import source_record
+
+        init = source_record(cfg.init_from, cfg.init_which)
+    if init:
+        config["init"] = init
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -332,7 +176,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         if (state.get("finished") and int(state["epoch"]) >= cfg.epochs) or (
                 cfg.max_steps and state["global_step"] >= cfg.max_steps):
             if info.is_main:
-                _start_writing(run_dir, ckm, config, ext, None, on_start)
+                start_writing(run_dir, ckm, config, ext, None, on_start)
             D.barrier(info)
             return summary_of(state, run_dir)
 
@@ -350,7 +194,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     if state is None and cfg.init_from:
         from eva_helpers.training.warm_start import describe, load_into
 
-        init = config["init"]  # recorded by _check_config; written with config.json once every check passed
+        init = config["init"]  # recorded above; written with config.json once every check passed
         started = load_into(model, init)
         if info.is_main:
             print(describe(init, started), flush=True)
@@ -367,7 +211,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
                             weight_decay=cfg.weight_decay)
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+    sched = make_scheduler(cfg, opt, steps_per_epoch)
     amp_dtype = precision.amp_dtype(device) if cfg.amp else None  # bf16 only where native, fp16 + scaler elsewhere
     scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler(amp_dtype))
 
@@ -375,10 +219,10 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
               optimizer=opt, scheduler=sched, scaler=scaler, amp_dtype=amp_dtype, sampler=sampler, stats=stats,
               ckm=ckm, model_args=model_args, lease=held)
     if state is not None:
-        _load_state(run, state, steps_per_epoch)
+        restore(run, state, steps_per_epoch)
     # checks passed: from here on the run folder is written
     if info.is_main:
-        _start_writing(run_dir, ckm, config, ext, stats if write_stats else None, on_start)
+        start_writing(run_dir, ckm, config, ext, stats if write_stats else None, on_start)
     D.barrier(info)
     if state is not None and info.is_main:
         print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)
@@ -387,7 +231,6 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         run.model = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
     if cfg.compile:
         run.model = torch.compile(run.model)
-    run.state_fn = lambda: _state(run)
     from eva_helpers.training.batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
@@ -413,7 +256,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         if run.tb is not None:
             run.tb.close()
         run.loader = run.val_loader = None  # their workers stop now, not when the garbage collector finds `run`
-    summary = summary_of(_state(run), run_dir)
+    summary = summary_of(snapshot(run), run_dir)
     if info.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     D.barrier(info)
@@ -439,35 +282,6 @@ def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
     run.loader = make_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
     run.stage, run.stage_size = stage, size
     return size
-
-
-def _load_state(run: Run, state: dict[str, Any], steps_per_epoch: int) -> None:
-    """Continue from `state`; a checkpoint that does not fit this model (another architecture copied in) is a
-    one-line error, raised before anything is written."""
-    cfg, info, sampler, sched = run.cfg, run.info, run.sampler, run.scheduler
-    try:
-        run.raw_model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.criterion.load_state_dict(state["criterion"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise EvaError(f"{run.ckm.loaded_from}: this checkpoint does not fit the model {cfg.model} "
-                       f"({_first_line(str(e))}); use a new run_dir, or put back this run's own checkpoint") from e
-    if sched is not None and state.get("scheduler") is not None:
-        start = min(sampler.num_samples, int(state["global_consumed"]) // info.world_size)
-        left = math.ceil((sampler.num_samples - start) / cfg.batch_size)
-        left += (cfg.epochs - int(state["epoch"]) - 1) * steps_per_epoch
-        _load_scheduler(sched, state["scheduler"], cfg.epochs * steps_per_epoch, left)
-    if state.get("scaler") is not None and run.scaler.is_enabled():
-        run.scaler.load_state_dict(state["scaler"])
-    run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
-    run.resume_consumed = int(state["global_consumed"])
-    run.accum = _rank_accum(state["epoch_accum"], info)
-    run.history, run.best = list(state["history"]), dict(state["best"] or {})
-    set_rng_state(state["rng"])  # last: building the model and optimizer above drew from the RNGs
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
 
 
 def _end_epoch(run: Run) -> None:
@@ -506,78 +320,7 @@ def _end_epoch(run: Run) -> None:
         if cfg.live_plot:
             live_plot(run.history)
     run.finished = run.epoch >= cfg.epochs
-    run.ckm.save(_state(run), best=is_best)
+    run.ckm.save(snapshot(run), best=is_best)
     D.barrier(info)
 
 
-def _rank_accum(accums: list[dict], info: D.DistInfo) -> dict:
-    """This rank's running epoch sums; from another world size, rank 0 carries them all."""
-    if len(accums) == info.world_size:
-        return dict(accums[info.rank])
-    zero = {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0}
-    if info.rank != 0:
-        return zero
-    merged = {k: sum(a[k] for a in accums) for k in ("loss_sum", "batches", "samples")}
-    return {**merged, "seconds": max(a["seconds"] for a in accums)}
-
-
-def _state(run: Run) -> dict[str, Any]:
-    """Everything needed to continue exactly where we are (tensors and plain containers only)."""
-    return {
-        "format": FORMAT, "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        "criterion": run.criterion.state_dict(), "epoch": run.epoch, "global_step": run.global_step,
-        "global_consumed": run.pos * run.info.world_size, "rng": rng_state(),
-        "epoch_accum": D.gather_objects(dict(run.accum), run.info),  # one per rank: exact sums on resume
-        "history": list(run.history), "config": run.cfg.to_dict(), "model_args": run.model_args,
-        "best": dict(run.best), "finished": run.finished, "world_size": run.info.world_size,
-    }
-
-
-def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu", *,
-             build_fn: Any = None) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild a trained model from a run folder: `(model in eval mode, its TrainConfig, the checkpoint dict)`.
-
-    `build_fn(**model_args)` (for models outside the registry) defaults to `eva_helpers.models.rebuild_model`.
-    The checkpoint dict's "loaded_from" names the file used: "best" is best.pt, or the newest checkpoint while a run
-    has none yet (stopped by max_steps before its first evaluation); a damaged best.pt is an error, never silently
-    replaced by another checkpoint. "last" is the newest checkpoint that verifies (damaged newer ones are skipped with
-    a warning).
-    """
-    if which not in ("best", "last"):
-        raise EvaError(f"which={which!r}: use 'best' or 'last'")
-    if not Path(run_dir).is_dir():
-        raise EvaError(f"{run_dir}: no such run folder; give the folder `eva train --run-dir` (or a notebook) wrote")
-    manager = CheckpointManager(run_dir, is_main=False)  # reading only: nothing is created or cleaned
-    ckpt, path = None, manager.dir / f"{which}.pt"
-    if which == "best" and path.exists():
-        try:
-            ckpt = manager.load_best(map_location=device)
-        except IntegrityError as e:
-            raise IntegrityError(f"{e}; score the newest checkpoint with --which last (which='last'), or restore "
-                                 "best.pt from a backup") from None
-    if ckpt is None:
-        ckpt = manager.load_latest(map_location=device)
-        path = manager.loaded_from or path
-    if ckpt is None:
-        found = manager.candidates()
-        if found:
-            raise IntegrityError(f"{manager.dir}: every checkpoint is damaged ({', '.join(p.name for p in found)}); "
-                                 "restore one from a backup, or train again into a new run folder")
-        raise EvaError(f"{Path(run_dir)}: no checkpoint in checkpoints/ (has this run folder been trained?)")
-    ckpt["loaded_from"] = str(path)
-    if not ckpt.get("model_args"):
-        raise EvaError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt")
-    if build_fn is None:
-        from eva_helpers.models import rebuild_model  # no pretrained download: the state_dict replaces those weights
-
-        model = rebuild_model(ckpt["model_args"])
-    else:
-        model = build_fn(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    return model, TrainConfig.from_dict(ckpt["config"], source=str(path)), ckpt
-
-
-__all__ = ["fit", "load_run", "build_data", "prepare", "evaluate", "train_one_epoch", "summary_of"]

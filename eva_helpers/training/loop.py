@@ -1,61 +1,25 @@
 """The inner loop of `fit`: one epoch of training (resumable mid-epoch), evaluation, and the notebook conveniences.
 
-`Run` is a plain record of the objects one training run works with; the functions take it explicitly.
+The functions take the run's record (`state.Run`) explicitly; a mid-epoch checkpoint is `state.snapshot(run)`.
 """
 from __future__ import annotations
 
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from eva_helpers.training import distributed as D
-from eva_helpers.training.checkpoint import CheckpointManager
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.data.sampler import ResumableSampler
 from eva_helpers.signals import Interrupted, signal_name
+from eva_helpers.training.run_folder import checkpoint_path, tensorboard_dir
+from eva_helpers.training.state import Run, snapshot
 
-@dataclass
-class Run:
-    cfg: TrainConfig
-    run_dir: Path
-    info: D.DistInfo
-    device: torch.device
-    model: nn.Module  # what forward runs (DDP- and/or compile-wrapped)
-    raw_model: nn.Module  # the plain module: its state_dict is what checkpoints hold
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    sampler: ResumableSampler
-    stats: dict | None
-    ckm: CheckpointManager
-    model_args: dict
-    loader: Any = None
-    val_loader: Any = None
-    tb: Any = None
-    state_fn: Callable[[], dict] | None = None
-    augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
-    backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
-    lease: Any = None  # lease.Lease on the run folder (rank 0): training stops if another process took it over
-    stop: Any = None  # signals.StopRequest: set by SIGINT/SIGTERM, answered after the current step
-    epoch: int = 0
-    global_step: int = 0
-    pos: int = 0  # samples of this epoch consumed by this rank
-    resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
-    accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
-    history: list = field(default_factory=list)
-    stage: int = 0  # progressive resizing: the stage being trained and its size (cfg.stage_at)
-    stage_size: int = 0
-    best: dict = field(default_factory=dict)
-    finished: bool = False
 
 
 def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
@@ -70,7 +34,7 @@ def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | N
 
 def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
             gen: torch.Generator | None = None, backgrounds: Any = None):
-    """(x (B,10,H,W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
+    """(x (B, 9, H, W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
     from eva_helpers.data.loaders import prepare_batch
 
     return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
@@ -102,7 +66,7 @@ def train_one_epoch(run: Run) -> bool:
             # the signal also reached the loader's workers (Ctrl-C goes to the whole process group): the state of
             # the last finished step is still whole, so it is saved as if the signal had come after that step
             bar.close()
-            run.ckm.save(run.state_fn())
+            run.ckm.save(snapshot(run))
             raise stopped_error(run) from None
         gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
         x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen, run.backgrounds)
@@ -137,13 +101,13 @@ def train_one_epoch(run: Run) -> bool:
         bar.update(n)
         bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{a['samples'] / max(a['seconds'], 1e-9):.1f}")
         if cfg.max_steps and run.global_step >= cfg.max_steps:
-            run.ckm.save(run.state_fn())
+            run.ckm.save(snapshot(run))
             D.barrier(info)
             bar.close()
             return True
         due, stop = _after_step_flags(run)
         if due or stop:
-            run.ckm.save(run.state_fn())  # reads RNG states, never draws from them: saving keeps determinism
+            run.ckm.save(snapshot(run))  # reads RNG states, never draws from them: saving keeps determinism
             D.barrier(info)
             t_last = time.perf_counter()
         if stop:
@@ -183,7 +147,7 @@ def stopped_error(run: Run) -> Interrupted:
     signum = run.stop.signum if run.stop is not None and run.stop.signum is not None else signal.SIGINT
     where = (f"epoch {run.epoch + 1}, {run.pos} of {run.sampler.num_samples} samples" if run.pos
              else f"the end of epoch {run.epoch}")
-    last = run.run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_path(run.run_dir, "last")
     return Interrupted(f"stopped by {signal_name(signum)} at step {run.global_step} ({where}): saved {last}; the "
                        "next run in this run folder (the same command or cell) resumes from it", signum)
 
@@ -197,7 +161,7 @@ def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None
     if bool(torch.isfinite(value.detach()).all()):
         return
     ids = [m.get("id", m.get("index")) for m in batch.get("meta", [])][:8]
-    last = run.run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_path(run.run_dir, "last")
     kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint was written"
     raise NonFiniteLossError(
         f"step {run.global_step + 1} (epoch {run.epoch + 1}): the {what} is {float(value.detach().float().max())} on "
@@ -242,15 +206,10 @@ def live_plot(history: list[dict]) -> None:
     import matplotlib.pyplot as plt
     from IPython.display import clear_output, display
 
+    from eva_helpers.plots import plot_history
+
     clear_output(wait=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [r["epoch"] + 1 for r in history]
-    for key in ("train_loss", "val_loss"):
-        if any(key in r for r in history):
-            ax.plot(epochs, [r.get(key, float("nan")) for r in history], marker="o", label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
+    fig = plot_history(history)
     display(fig)
     plt.close(fig)
 
@@ -264,7 +223,4 @@ def open_tensorboard(cfg: TrainConfig, run_dir: Path):
     except ImportError:
         warnings.warn("tensorboard is not installed (pip install tensorboard): logging to TensorBoard is skipped")
         return None
-    from eva_helpers.paths import default_cache
-
-    logdir = default_cache() / "tensorboard" / Path(run_dir).resolve().name  # "runs/x/.." names x, not ..
-    return SummaryWriter(log_dir=str(logdir))
+    return SummaryWriter(log_dir=str(tensorboard_dir(run_dir)))

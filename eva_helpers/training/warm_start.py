@@ -27,7 +27,7 @@ SAME = ("name", "inputs", "in_channels")  # model_args that must match: the fami
 
 def _source(run_dir: str, which: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the source checkpoint dict, its model_args); one-line errors for a missing or damaged run."""
-    from eva_helpers.training.fit import load_run
+    from eva_helpers.training.run_folder import load_run
 
     if which not in WHICH:
         raise EvaError(f"init_which={which!r}: use 'best' or 'last'")
