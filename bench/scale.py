@@ -115,7 +115,8 @@ def cold_costs(data: Path) -> dict:
     """What an older dataset (no index.npz) pays once: the index rebuilt from the shards, and hashing every file."""
     from eva_helpers.data import formats
     from eva_helpers.atomic import sha256_file
-    from eva_helpers.data.columns import build_columns, index_bytes
+    from eva_helpers.data.verify import build_columns
+    from eva_helpers.data.columns import index_bytes
 
     m = formats.read_manifest(data)
     t0 = time.perf_counter()

@@ -210,14 +210,14 @@ def test_resume_skips_verified_and_rebuilds_damaged(inputs, reference, tmp_path)
 def test_resume_does_not_rehash_shards_it_wrote(inputs, tmp_path, monkeypatch):
     """A resumed 400k build must not re-read 20 GB before going on: shards are recorded (size, mtime, ctime, inode) as
     they are written, so a resume stats them; one touched since is hashed again (and rebuilt if it changed)."""
-    import eva_helpers.atomic as atomic_mod
+    import eva_helpers.data.verify as verify
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r"
     build_dataset(*inputs, out, **KW)
     hashed = []
-    real = atomic_mod.sha256_file
-    monkeypatch.setattr(atomic_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     build_dataset(*inputs, out, **KW)
     assert hashed == []
     os.utime(out / "shards" / "shard-00002.zip")  # touched: the record no longer vouches for it

@@ -55,7 +55,7 @@ def colab(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", colab_mod)
     monkeypatch.setattr(P, "DRIVE_MOUNT", mount)
     monkeypatch.setattr(P, "_is_mount", lambda p: state["mounted"] and Path(p) == mount)
-    monkeypatch.setattr("eva_helpers.fetching.fetch.DRIVE_HOME", mount / "MyDrive")
+    monkeypatch.setattr("eva_helpers.fetching.catalogue.DRIVE_HOME", mount / "MyDrive")
     monkeypatch.delenv("EVA_HOME", raising=False)
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "content" / "eva_cache"))
     monkeypatch.chdir(tmp_path)
@@ -285,7 +285,7 @@ def test_comparison_uses_only_matching_runs_and_is_saved(tmp_path, sample_datase
 
 
 def test_own_dataset_entries_live_on_drive_beside_the_shipped_list(colab, sample_dataset, capsys):
-    from eva_helpers.fetching.fetch import PACKAGED_DATA_MANIFEST, load_data_manifest, manifest_entry_for
+    from eva_helpers.fetching.catalogue import PACKAGED_DATA_MANIFEST, load_data_manifest, manifest_entry_for
     from eva_helpers.fetching.locate import save_dataset_entry
     from eva_helpers.colab.notebook import dataset_for
     from eva_helpers.colab.session import start

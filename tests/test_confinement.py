@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
+from eva_helpers.fetching import catalogue as C
 from eva_helpers.fetching import fetch as F
 from eva_helpers.errors import EvaError
 from eva_helpers import paths as P
@@ -61,7 +62,7 @@ def test_fetch_refuses_a_dataset_name_that_is_not_a_plain_folder_name(syn, tmp_p
     if name == "ABS":
         name = str(tmp_path / "abs")  # an absolute name (kept inside tmp_path in case it is not refused)
     dm = tmp_path / "data_manifest.json"
-    F.save_entry(name, F.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
+    C.save_entry(name, C.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
     cache = tmp_path / "a" / "b" / "cache"
     before = _tree(tmp_path)
     with pytest.raises(EvaError) as e:
@@ -72,7 +73,7 @@ def test_fetch_refuses_a_dataset_name_that_is_not_a_plain_folder_name(syn, tmp_p
 
 
 def test_fetch_refuses_a_bad_name_in_an_entry_dict(syn, tmp_path):
-    entry = F.manifest_entry_for(syn, "repo_path", base=str(syn.parent))
+    entry = C.manifest_entry_for(syn, "repo_path", base=str(syn.parent))
     entry["name"], entry["base"] = "../escaped", str(syn.parent)
     with pytest.raises(EvaError, match=r"'\.\./escaped'") as e:
         F.fetch_dataset(entry, cache=tmp_path / "cache", progress=False)
@@ -89,12 +90,12 @@ def test_fetch_refuses_a_bad_name_in_an_entry_dict(syn, tmp_path):
                                         ("shard", "shards/../../x.zip"),
                                         ("shard", "/abs/x.zip")])
 def test_fetch_confines_the_file_names_of_an_entry(syn, tmp_path, where, file):
-    entry = copy.deepcopy(F.manifest_entry_for(syn, "repo_path", base=str(tmp_path / "dm")))
+    entry = copy.deepcopy(C.manifest_entry_for(syn, "repo_path", base=str(tmp_path / "dm")))
     entry["name"] = "syn"
     spec = entry["shards"][-1] if where == "shard" else entry[where]
     spec["file"] = file
     dm = tmp_path / "dm" / "data_manifest.json"
-    F.save_entry("syn", entry, dm)
+    C.save_entry("syn", entry, dm)
     (tmp_path / "c").mkdir()
     before = _tree(tmp_path)
     with pytest.raises(EvaError) as e:
@@ -106,7 +107,7 @@ def test_fetch_confines_the_file_names_of_an_entry(syn, tmp_path, where, file):
 
 def test_fetch_by_a_plain_name_still_works(syn, tmp_path):
     dm = tmp_path / "data_manifest.json"
-    F.save_entry("my-data.v2", F.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
+    C.save_entry("my-data.v2", C.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
     dest = F.fetch_dataset("my-data.v2", data_manifest=dm, cache=tmp_path / "c", progress=False)
     assert dest == tmp_path / "c" / "my-data.v2" and (dest / "manifest.json").is_file()
 
@@ -176,6 +177,6 @@ def test_run_names_are_confined_to_the_runs_folder(paths, name):
 
 
 def test_the_repo_data_manifest_names_are_all_plain():
-    doc = json.loads(F.DEFAULT_DATA_MANIFEST.read_text())
+    doc = json.loads(C.DEFAULT_DATA_MANIFEST.read_text())
     for name in doc["datasets"]:
         assert P.safe_name(name, what="dataset name", source="data_manifest.json") == name

@@ -11,7 +11,7 @@ from _synthetic import write_synthetic_dataset
 from eva_helpers.data import formats
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.data.columns import dataset_identity
+from eva_helpers.data.verify import dataset_identity
 from eva_helpers.training.fit import fit
 
 

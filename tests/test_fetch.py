@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
+from eva_helpers.fetching import catalogue as C
 from eva_helpers.fetching import fetch as F
+from eva_helpers.fetching import transport as T
 from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
 from eva_helpers.atomic import TMP_PREFIX
@@ -90,7 +92,7 @@ def server(syn):
 
 
 def _entry(syn, kind="repo_path", base=None):
-    e = F.manifest_entry_for(syn, kind, base=str(base or syn.parent))
+    e = C.manifest_entry_for(syn, kind, base=str(base or syn.parent))
     e["name"] = "syn"
     if kind == "repo_path":
         e["base"] = str(syn.parent)  # repo paths resolve against the data manifest's folder (or this base)
@@ -112,25 +114,45 @@ def test_copy_fetch_verifies_and_skips(syn, tmp_path):
     assert mtimes == {p: p.stat().st_mtime_ns for p in dest.rglob("*.zip")}
 
 
+def test_fetched_files_are_not_hashed_again(syn, tmp_path, monkeypatch):
+    """Fetch and open share one verification record: a re-fetch and the first open of the fetched dataset stat its
+    files, and a file changed since is hashed (and fetched) again."""
+    import eva_helpers.data.verify as verify
+
+    monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
+    entry = _entry(syn)
+    dest = F.fetch_dataset(entry, cache=tmp_path, progress=False)
+    hashed = []
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    F.fetch_dataset(entry, cache=tmp_path, progress=False)
+    ShardDataset(dest)
+    assert hashed == []
+    shard = dest / "shards" / "shard-00001.zip"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")  # damaged in place: same size, new mtime
+    F.fetch_dataset(entry, cache=tmp_path, progress=False)
+    assert hashed == ["shard-00001.zip"] and shard.read_bytes() == (syn / "shards" / "shard-00001.zip").read_bytes()
+
+
 def test_fetch_by_name_from_a_data_manifest(syn, tmp_path):
     dm = tmp_path / "data_manifest.json"
-    F.save_entry("mine", F.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
+    C.save_entry("mine", C.manifest_entry_for(syn, "repo_path", base=str(tmp_path)), dm)
     doc = json.loads(dm.read_text())
-    assert doc["schema"] == F.DATA_MANIFEST_SCHEMA and "mine" in doc["datasets"]
+    assert doc["schema"] == C.DATA_MANIFEST_SCHEMA and "mine" in doc["datasets"]
     assert (F.fetch_dataset("mine", data_manifest=dm, cache=tmp_path / "c", progress=False) / "manifest.json").is_file()
-    with pytest.raises(F.FetchError, match="mine"):
+    with pytest.raises(C.FetchError, match="mine"):
         F.fetch_dataset("nope", data_manifest=dm, cache=tmp_path / "c", progress=False)
 
 
 def test_entry_missing_a_shard_is_refused(syn, tmp_path):
     entry = _entry(syn)
     entry["shards"] = entry["shards"][:-1]
-    with pytest.raises(F.FetchError, match="lacks 1 shard"):
+    with pytest.raises(C.FetchError, match="lacks 1 shard"):
         F.fetch_dataset(entry, cache=tmp_path, progress=False)
 
 
 def test_the_repo_data_manifest_parses():
-    doc = F.load_data_manifest()
+    doc = C.load_data_manifest()
     assert "sample" in doc["datasets"]
 
 
@@ -149,7 +171,7 @@ def test_truncated_source_is_clear_and_leaves_nothing(syn, tmp_path):
         if f.is_file():
             (src / f.relative_to(syn)).parent.mkdir(parents=True, exist_ok=True)
             (src / f.relative_to(syn)).write_bytes(f.read_bytes())
-    entry = F.manifest_entry_for(src, "repo_path", base=str(tmp_path))
+    entry = C.manifest_entry_for(src, "repo_path", base=str(tmp_path))
     entry.update(name="t", base=str(tmp_path))
     shard = src / "shards" / "shard-00002.zip"
     shard.write_bytes(shard.read_bytes()[:-100])
@@ -162,7 +184,7 @@ def test_http_fetch_and_resume_after_dropped_connection(syn, tmp_path, server):
     url, log = server
     entry = _entry(syn, "url", base=url + "/drop")
     # first call with no retries: the drop leaves a .part and a clear error saying to run again
-    with pytest.raises(F.FetchError, match="run the fetch again"):
+    with pytest.raises(C.FetchError, match="run the fetch again"):
         F.fetch_dataset(entry, cache=tmp_path, retries=0, progress=False)
     part = tmp_path / "syn" / "manifest.json.part"
     assert part.exists() and 0 < part.stat().st_size < entry["dataset_manifest"]["bytes"]
@@ -183,8 +205,8 @@ def test_http_server_ignoring_range_restarts_cleanly(syn, tmp_path, server):
     assert (dest / "backgrounds.zip").read_bytes() == (syn / "backgrounds.zip").read_bytes()
 
 
-@pytest.mark.parametrize("path,err", [("quota", F.QuotaError), ("quota-octet", F.QuotaError),
-                                      ("denied", F.AccessDeniedError)])
+@pytest.mark.parametrize("path,err", [("quota", T.QuotaError), ("quota-octet", T.QuotaError),
+                                      ("denied", T.AccessDeniedError)])
 def test_http_html_answers_are_clear_errors(syn, tmp_path, server, path, err):
     url, _ = server
     entry = _entry(syn, "url", base=f"{url}/{path}")
@@ -217,12 +239,12 @@ def test_gdown_quota_page_and_errors(syn, tmp_path, monkeypatch, server):
         return output
 
     monkeypatch.setattr(gdown, "download", fake_download)
-    ok = F.manifest_entry_for(syn, "gdown_id", ids={f: f for f in ["manifest.json", "backgrounds.zip"] +
+    ok = C.manifest_entry_for(syn, "gdown_id", ids={f: f for f in ["manifest.json", "backgrounds.zip"] +
                                                    [f"shards/shard-0000{k}.zip" for k in range(3)]})
     ok["name"] = "g"
     assert len(ShardDataset(F.fetch_dataset(ok, cache=tmp_path, progress=False))) == 12
     assert len(calls) == 5 and all(resume for _, resume in calls)  # manifest, backgrounds, 3 shards
-    for fid, err in (("html", F.QuotaError), ("raise", F.QuotaError), ("private", F.AccessDeniedError)):
+    for fid, err in (("html", T.QuotaError), ("raise", T.QuotaError), ("private", T.AccessDeniedError)):
         bad = json.loads(json.dumps(ok))
         bad["name"] = f"g-{fid}"
         bad["shards"][0]["source"] = {"gdown_id": fid}
@@ -248,7 +270,7 @@ def test_fetch_killed_midway_in_a_subprocess_resumes(syn, tmp_path, server):
             "source": {"url": f"{url}/slow/big.bin"}}
     dest = tmp_path / "c" / "big.bin"
     part = Path(str(dest) + ".part")
-    code = ("import json, sys; from pathlib import Path; from eva_helpers.fetching.fetch import fetch_file; "
+    code = ("import json, sys; from pathlib import Path; from eva_helpers.fetching.transport import fetch_file; "
             "fetch_file(json.loads(sys.argv[1]), Path(sys.argv[2]), progress=False)")
     try:
         p = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec), str(dest)],
@@ -262,7 +284,7 @@ def test_fetch_killed_midway_in_a_subprocess_resumes(syn, tmp_path, server):
         have = part.stat().st_size
         assert 0 < have < big.stat().st_size and not dest.exists()  # killed mid-download: a partial .part only
         spec["source"] = {"url": f"{url}/x/big.bin"}
-        F.fetch_file(spec, dest, progress=False, backoff=0)
+        T.fetch_file(spec, dest, progress=False, backoff=0)
         assert dest.read_bytes() == big.read_bytes() and not part.exists()
         assert ("/x/big.bin", f"bytes={have}-") in log
     finally:
@@ -276,8 +298,8 @@ def test_corrupt_source_is_caught_with_recorded_checksums(syn, tmp_path):
     data = bytearray(shard.read_bytes())
     data[200] ^= 0xFF
     shard.write_bytes(bytes(data))
-    entry = F.manifest_entry_for(src, "drive_path")  # absolute paths outside Drive; checksums from manifest.json
+    entry = C.manifest_entry_for(src, "drive_path")  # absolute paths outside Drive; checksums from manifest.json
     assert entry["shards"][0]["source"]["drive_path"] == str(shard)
     with pytest.raises(IntegrityError, match="shard-00000.zip: checksum"):
         F.fetch_dataset(entry, cache=tmp_path / "c", progress=False)
-    assert F.manifest_entry_for(src, "drive_path", rehash=True)["shards"][0]["sha256"] != entry["shards"][0]["sha256"]
+    assert C.manifest_entry_for(src, "drive_path", rehash=True)["shards"][0]["sha256"] != entry["shards"][0]["sha256"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from eva_helpers.fetching import fetch as F
+from eva_helpers.fetching import transport as F
 
 LISTED = 2048
 BODY = bytes(range(256)) * (LISTED // 256)

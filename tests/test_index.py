@@ -14,7 +14,8 @@ from eva_helpers.data import formats
 from eva_helpers.atomic import sha256_file
 from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.errors import IntegrityError
-from eva_helpers.data.columns import INDEX_FILE, dataset_identity, open_dataset
+from eva_helpers.data.columns import INDEX_FILE
+from eva_helpers.data.verify import dataset_identity, open_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def test_builder_writes_an_index_covered_by_the_manifest(sample_dataset):
 
 def test_same_dataset_gives_byte_identical_index(tmp_path):
     a = write_synthetic_dataset(tmp_path / "a", n_bg=2, n_fg=2, positions=2, size=32, shard_size=3)
-    from eva_helpers.data.columns import write_index
+    from eva_helpers.data.verify import write_index
 
     e1 = write_index(a, formats.read_manifest(a))
     e2 = write_index(a, formats.read_manifest(a))
@@ -101,7 +102,7 @@ def test_tampered_index_file_is_caught(sample_dataset, tmp_path):
 def test_stale_index_is_caught(tmp_path):
     a = write_synthetic_dataset(tmp_path / "a", n_bg=2, n_fg=2, positions=2, size=32, shard_size=3)
     b = write_synthetic_dataset(tmp_path / "b", n_bg=3, n_fg=2, positions=2, size=32, shard_size=3)
-    from eva_helpers.data.columns import write_index
+    from eva_helpers.data.verify import write_index
 
     ma = formats.read_manifest(a)
     ma["index"] = write_index(a, ma)

@@ -154,10 +154,10 @@ def test_member_changed_in_place_after_verification_is_caught_on_read(syn):
 
 def test_verification_is_recorded_and_not_repeated(syn, monkeypatch):
     calls = []
-    import eva_helpers.atomic as atomic
+    import eva_helpers.data.verify as verify
 
-    orig = atomic.sha256_file
-    monkeypatch.setattr(atomic, "sha256_file", lambda p: calls.append(p) or orig(p))
+    orig = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: calls.append(p) or orig(p))
     ShardDataset(syn)
     first = len(calls)
     assert first >= 1  # backgrounds.zip at least (the shards were hashed while the index was rebuilt)

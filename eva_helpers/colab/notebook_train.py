@@ -34,7 +34,7 @@ def show_model(cfg: TrainConfig) -> None:
 
 def _dataset_facts(data: str | Path) -> dict[str, Any]:
     from eva_helpers.data.formats import read_manifest
-    from eva_helpers.data.columns import dataset_identity
+    from eva_helpers.data.verify import dataset_identity
 
     m = read_manifest(data)
     params = m.get("params") or {}

@@ -90,7 +90,7 @@ def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:
     diff = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in MATCH_FIELDS if theirs.get(k) != ours.get(k)]
     if other.get("dataset_identity"):
         from eva_helpers.data.formats import read_manifest
-        from eva_helpers.data.columns import dataset_identity
+        from eva_helpers.data.verify import dataset_identity
 
         ident = dataset_identity(read_manifest(cfg.data))
         if ident != other["dataset_identity"]:

@@ -28,7 +28,7 @@ from eva_helpers.atomic import TMP_PREFIX, atomic_write_bytes, check_output_fold
 from eva_helpers.compositing.compose import Compositor, place_cutout, prepare_background
 from eva_helpers.errors import EvaError
 from eva_helpers.compositing.images import load_sources
-from eva_helpers.data.columns import VerifyRecord, verify_file, write_index
+from eva_helpers.data.verify import VerifyRecord, verify_file, write_index
 from eva_helpers.compositing.labels import composite_label, layer_object, ring_px
 from eva_helpers.lease import LEASE_NAME, hold
 from eva_helpers.compositing.teachers import describe_labels, get_teacher, normalise

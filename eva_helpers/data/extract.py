@@ -1,6 +1,6 @@
 """Safe, idempotent extraction of a dataset's zips to plain folders (for users who want files, not shards).
 
-Order: verify every zip against manifest.json (size + sha256), check every member name (paths.path_problem: no '..',
+Order: verify every zip against manifest.json (size + sha256, data/verify.py), check every member name (paths.path_problem: no '..',
 absolute, drive-letter or backslash paths) and no symlinks, check the sizes the archives declare (all members of all
 archives together against one budget, the expansion ratio of each archive as a whole and of each large member) and the
 free disk space, then extract into a temp folder beside the target, each member read bounded by its declared size and
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_helpers.data import formats
+from eva_helpers.data.verify import VerifyRecord, verify_listed
 from eva_helpers.atomic import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
 from eva_helpers.errors import EvaError, IntegrityError, WriteError, os_error_line
 from eva_helpers.paths import path_problem
@@ -85,19 +86,13 @@ def check_archive(zpath: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: floa
 
 
 def _verify(dataset_dir: Path, manifest: dict[str, Any]) -> list[Path]:
-    specs = list(manifest.get("shards", []))
-    bg = manifest.get("backgrounds")
-    zips: list[tuple[Path, dict]] = [(dataset_dir / formats.BACKGROUNDS, bg if isinstance(bg, dict) else {})]
-    zips += [(dataset_dir / s["file"], s) for s in specs]
-    for path, spec in zips:
-        if not path.is_file():
-            raise IntegrityError(f"{path}: missing; fetch the dataset again")
-        if "bytes" in spec and path.stat().st_size != int(spec["bytes"]):
-            raise IntegrityError(f"{path}: {path.stat().st_size} bytes, manifest says {spec['bytes']} "
-                                 "(truncated?); fetch it again")
-        if "sha256" in spec and sha256_file(path) != spec["sha256"]:
-            raise IntegrityError(f"{path}: sha256 does not match manifest.json; fetch it again")
-    return [p for p, _ in zips]
+    """Every zip checked against manifest.json as `open_dataset` checks them (one record: hashed once); their paths."""
+    record = VerifyRecord(dataset_dir)
+    try:
+        verify_listed(dataset_dir, manifest, manifest.get("shards", []), record)
+    finally:
+        record.save()
+    return [dataset_dir / formats.BACKGROUNDS] + [dataset_dir / s["file"] for s in manifest.get("shards", [])]
 
 
 def _extract_one(zpath: Path, dest: Path) -> None:

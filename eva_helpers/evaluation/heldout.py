@@ -244,7 +244,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
 def _identity(data_dir: Path) -> str:
     """Content identity of the dataset at `data_dir` (its manifest; a missing one is a one-line error)."""
     from eva_helpers.data.formats import read_manifest
-    from eva_helpers.data.columns import dataset_identity
+    from eva_helpers.data.verify import dataset_identity
 
     return dataset_identity(read_manifest(data_dir))
 

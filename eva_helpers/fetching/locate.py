@@ -33,7 +33,8 @@ def resolve_dataset(name_or_path: str | Path, paths: Paths | None = None, *, cac
         if (folder / MANIFEST).is_file():
             on_drive = under_drive(folder.resolve())
             if copy_to_cache or (copy_to_cache is None and on_drive):
-                from eva_helpers.fetching.fetch import fetch_dataset, manifest_entry_for
+                from eva_helpers.fetching.fetch import fetch_dataset
+                from eva_helpers.fetching.catalogue import manifest_entry_for
 
                 require_drive_mounted(folder, "the copy to the local cache")
                 entry = {**manifest_entry_for(folder, source_kind="drive_path"), "name": folder.resolve().name}
@@ -74,7 +75,7 @@ def user_list(paths: Paths | None) -> Path | None:
 
 
 def _datasets(path: str | Path | None) -> dict[str, Any]:
-    from eva_helpers.fetching.fetch import load_data_manifest
+    from eva_helpers.fetching.catalogue import load_data_manifest
 
     return load_data_manifest(path).get("datasets", {})
 
@@ -90,7 +91,7 @@ def save_dataset_entry(name: str, entry: dict[str, Any], paths: Paths) -> Path:
     A name of the shipped list is refused: the user's entry would hide it (e.g. the sample).
     """
     from eva_helpers.errors import EvaError
-    from eva_helpers.fetching.fetch import save_entry
+    from eva_helpers.fetching.catalogue import save_entry
     from eva_helpers.paths import safe_name
 
     safe_name(name, what="dataset name")

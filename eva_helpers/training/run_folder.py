@@ -52,7 +52,7 @@ def dataset_identity_at(data: str | None) -> str | None:
     """Content identity of the dataset at `data` (same bytes at any path -> same identity), None if there is none."""
     if not data:
         return None
-    from eva_helpers.data.columns import dataset_identity
+    from eva_helpers.data.verify import dataset_identity
 
     try:
         return dataset_identity(read_manifest(data))
