@@ -68,8 +68,9 @@ def build_killed_at_shard(bg: Path, fg: Path, out: Path, monkeypatch, shard: int
     import pytest
 
     import eva_helpers.compositing.build as build_mod
+    import eva_helpers.compositing.shards as shards_mod
 
-    real = build_mod.build_shard
+    real = shards_mod.build_shard
 
     def dies(ctx, k):
         if k == shard:
@@ -77,6 +78,6 @@ def build_killed_at_shard(bg: Path, fg: Path, out: Path, monkeypatch, shard: int
         return real(ctx, k)
 
     with monkeypatch.context() as mp:
-        mp.setattr(build_mod, "build_shard", dies)
+        mp.setattr(shards_mod, "build_shard", dies)
         with pytest.raises(KeyboardInterrupt):
             build_mod.build_dataset(bg, fg, out, **kw)

@@ -109,7 +109,7 @@ def test_labels_match_provenance(inputs, reference):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_band_png_encoder_is_lossless(dtype):
-    from eva_helpers.compositing.build import BandPNG
+    from eva_helpers.data.formats import BandPNG
 
     rng = np.random.default_rng(0)
     top = np.iinfo(dtype).max

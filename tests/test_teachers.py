@@ -215,7 +215,7 @@ def test_composite_labels_align_the_composite_map_outside_the_object(mode):
     from types import SimpleNamespace
 
     from eva_helpers.data import formats
-    from eva_helpers.compositing.build import _composite_depth
+    from eva_helpers.compositing.shards import _composite_depth
 
     base = np.repeat(np.linspace(0.0, 1.0, 32)[:, None], 32, 1)
     bg16 = np.round(base * formats.DEPTH_MAX).astype(np.uint16)
@@ -242,7 +242,7 @@ def test_teacher_view_recomposites_at_the_teachers_size():
     from types import SimpleNamespace
 
     from _build_helpers import rgba_disc
-    from eva_helpers.compositing.build import _teacher_view
+    from eva_helpers.compositing.shards import _teacher_view
     from eva_helpers.compositing.compose import Compositor, prepare_background
 
     rng = np.random.default_rng(0)

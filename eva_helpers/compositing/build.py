@@ -1,9 +1,9 @@
-"""`build_dataset()`: inputs -> backgrounds.zip + zip shards + manifest.json (layout: `formats.py` docstring).
+"""`build_dataset()`: inputs -> backgrounds.zip + zip shards + manifest.json (layout: data/formats.py).
 
-Resumable and byte-reproducible: sample i depends on `(seed, i)` only (compose.py), every shard is built whole in
-memory (bounded: one shard per worker), written under a temp name, fsynced and renamed, and the manifest is rewritten
-atomically after each shard. Running the same build again skips shards whose sha256 and size match the manifest, and
-keeps the background depth maps it recorded in backgrounds.zip (the teacher does not label them again: on another GPU or
+Resumable and byte-reproducible: shards are built by shards.py, any number at once, each a pure function of the
+inputs and its number; the manifest is rewritten atomically after each shard. Running the same build again skips
+shards whose sha256 and size match the manifest (data/verify.py's record spares re-hashing them), and keeps the
+background depth maps it recorded in backgrounds.zip (the teacher does not label them again: on another GPU or
 precision its maps could differ, and the shards built so far were labelled from the recorded ones).
 """
 from __future__ import annotations
@@ -12,11 +12,7 @@ import functools
 import io
 import json
 import os
-import struct
 import zipfile
-import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,205 +21,20 @@ import numpy as np
 from eva_helpers import __version__
 from eva_helpers.data import formats
 from eva_helpers.atomic import TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes
-from eva_helpers.compositing.compose import Compositor, place_cutout, prepare_background
+from eva_helpers.compositing.compose import Compositor, prepare_background
+from eva_helpers.compositing.shards import ShardJob, run_shards
 from eva_helpers.errors import EvaError
 from eva_helpers.compositing.images import load_sources
 from eva_helpers.data.verify import VerifyRecord, verify_file, write_index
-from eva_helpers.compositing.labels import composite_label, layer_object, ring_px
 from eva_helpers.lease import LEASE_NAME, hold
 from eva_helpers.compositing.teachers import describe_labels, get_teacher, normalise
 
 MODES = ("layered", "per-composite", "hybrid")
-PNG_LEVEL = 1  # fast zlib level: PNG encoding is most of a sample's cost
 _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change the labels
 
 
 class BuildConflictError(EvaError):
     """The output folder holds something this build must not overwrite or mix with."""
-
-
-@dataclass
-class _Ctx:
-    """Everything a worker needs to build shard k on its own (inherited by fork, or pickled for spawn)."""
-
-    out_dir: Path
-    comp: Compositor
-    bg_ids: list[str]
-    fg_ids: list[str]
-    bg_depth16: list[np.ndarray]  # per bg (S, S) uint16, normalised per background, near = 65535
-    bg_range: list[tuple[float, float]]  # raw teacher (min, max) per background
-    total: int
-    shard_size: int
-    mode: str
-    jpeg_quality: int
-    teacher: Any = None  # only for the modes that run the teacher on composites ("per-composite", "hybrid")
-    teacher_bgs: list | None = None  # per bg (T, T, 3) uint8 at the teacher's input size, when it differs from S
-
-
-_CTX: _Ctx | None = None
-
-
-def _init_worker(ctx: _Ctx, parent_pid: int | None = None) -> None:
-    """A build worker dies with the main process (a SIGKILLed or SIGTERMed build leaves no orphan behind) and
-    leaves the signals to it: Ctrl-C (sent to the whole process group) stops the main process, which lets the
-    shards under way finish, and SIGTERM ends a worker at once, as it would any process."""
-    import signal
-
-    from eva_helpers.data.loaders import _die_with_parent
-
-    global _CTX
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
-    _CTX = ctx
-
-
-def _worker_build(k: int) -> dict[str, Any]:
-    assert _CTX is not None
-    return build_shard(_CTX, k)
-
-
-def _png(arr: np.ndarray, mask: bool = False) -> bytes:
-    """(H, W) uint8 mask or uint16 depth -> PNG. A fixed filter skips libpng's adaptive search (2-3x faster):
-    Sub for smooth depth; Up + run-length deflate for masks (mostly zeros), the fastest measured at a fair size."""
-    import cv2
-
-    flags = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
-        flags += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP if mask else cv2.IMWRITE_PNG_FILTER_SUB]
-    if mask:
-        flags += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    ok, buf = cv2.imencode(".png", arr, flags)
-    assert ok
-    return buf.tobytes()
-
-
-def _deflate(raw: bytes) -> bytes:
-    """Raw deflate ending on a byte boundary with an empty dictionary (full flush): blocks that concatenate."""
-    c = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15)
-    return c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH)
-
-
-def _chunk(tag: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(tag)))
-
-
-class BandPNG:
-    """Grayscale PNG encoder for images equal to a fixed `base` except in a band of rows (layered depth).
-
-    A PNG's pixels are one zlib stream of filtered rows; deflate blocks ended by a full flush are byte-aligned and
-    independent, so bands of base rows compressed once are concatenated with the freshly compressed changed rows.
-    About half the cost of a full encode for our samples; standard PNG (Sub filter) that any decoder reads.
-    """
-
-    BAND = 8  # rows per cached block
-
-    def __init__(self, base: np.ndarray):  # (H, W) uint8 or uint16
-        self.h, self.w = base.shape
-        rows = self.filter_rows(base)  # (H, 1 + W * bytes) uint8
-        self.raw = [rows[b:b + self.BAND].tobytes() for b in range(0, self.h, self.BAND)]
-        self.comp = [_deflate(r) for r in self.raw]
-        bits = 8 * base.dtype.itemsize
-        self.head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, bits, 0, 0, 0, 0))
-
-    @staticmethod
-    def filter_rows(img: np.ndarray) -> np.ndarray:
-        """(h, W) uint8/uint16 -> (h, 1 + W * bpp) uint8: big-endian bytes, PNG filter 1 (Sub) on every row."""
-        bpp = img.dtype.itemsize
-        be = img.astype(f">u{bpp}").view(np.uint8).reshape(img.shape[0], -1)
-        out = np.empty((be.shape[0], be.shape[1] + 1), np.uint8)
-        out[:, 0] = 1
-        out[:, 1:1 + bpp] = be[:, :bpp]
-        np.subtract(be[:, bpp:], be[:, :-bpp], out=out[:, 1 + bpp:])  # wraps mod 256, as PNG wants
-        return out
-
-    def encode(self, img: np.ndarray, y0: int, y1: int) -> bytes:
-        """PNG bytes of `img`, which may differ from the base only in rows [y0, y1)."""
-        b0, b1 = y0 // self.BAND, -(-y1 // self.BAND)
-        dirty = self.filter_rows(img[b0 * self.BAND:min(self.h, b1 * self.BAND)]).tobytes()
-        adler = 1
-        for r in self.raw[:b0]:
-            adler = zlib.adler32(r, adler)
-        adler = zlib.adler32(dirty, adler)
-        for r in self.raw[b1:]:
-            adler = zlib.adler32(r, adler)
-        idat = b"\x78\x01" + b"".join(self.comp[:b0] + [_deflate(dirty)] + self.comp[b1:]) + b"\x03\x00"
-        return self.head + _chunk(b"IDAT", idat + struct.pack(">I", adler)) + _chunk(b"IEND", b"")
-
-
-def _layer_depth(ctx: _Ctx, mask: np.ndarray, p) -> np.ndarray:
-    """Layered label: bg depth with the object (alpha >= 128) standing on it as a rounded layer (teachers.layer_object:
-    contact depth + bulge, never the background's value around it). (S, S) uint16; differs from the bg only in the
-    object's rows."""
-    base = ctx.bg_depth16[p.bg]
-    size, pad = base.shape[0], ring_px(base.shape[0]) + 1  # work in the object's box plus the ring around it
-    ys = slice(max(0, p.y - pad), min(size, p.y + p.h + pad))
-    xs = slice(max(0, p.x - pad), min(size, p.x + p.w + pad))
-    obj = mask[ys, xs] >= formats.MASK_THRESHOLD
-    label = layer_object(base[ys, xs] / formats.DEPTH_MAX, obj, side=size)
-    depth = base.copy()
-    depth[ys, xs][obj] = np.round(label[obj] * formats.DEPTH_MAX).astype(np.uint16)
-    return depth
-
-
-def _teacher_view(ctx: _Ctx, fg_bg: np.ndarray, p) -> np.ndarray:
-    """The composite as the teacher should see it: fg_bg itself, or re-composited at the teacher's input size from the
-    full-resolution background (the cut-out from its mip chain), so a 518 px model never sees an upsampled thumbnail."""
-    if ctx.teacher_bgs is None:
-        return fg_bg
-    out = ctx.teacher_bgs[p.bg].copy()  # (T, T, 3)
-    k = out.shape[0] / fg_bg.shape[0]
-    x0, y0, x1, y1 = (int(round(v * k)) for v in (p.x, p.y, p.x + p.w, p.y + p.h))
-    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # a teacher smaller than the build size (tests) keeps >= 1 px
-    rgb_pm, a = place_cutout(ctx.comp.chains[p.fg], x1 - x0, y1 - y0, p.flip)
-    region = out[y0:y1, x0:x1]
-    region[:] = (np.clip(rgb_pm + region.astype(np.float32) * (1.0 - a)[..., None], 0, 255) + 0.5).astype(np.uint8)
-    return out
-
-
-def _composite_depth(ctx: _Ctx, raw: np.ndarray, mask: np.ndarray, p) -> tuple[np.ndarray, bool]:
-    """Label from the teacher's map of the composite (labels.composite_label) -> ((S, S) uint16, banded): hybrid
-    labels differ from the background's only in the object's rows, so they take the banded PNG encoder."""
-    hybrid = ctx.mode == "hybrid"
-    return composite_label(ctx.bg_depth16[p.bg], raw, mask, hybrid), hybrid
-
-
-def build_shard(ctx: _Ctx, k: int) -> dict[str, Any]:
-    """Render, label, encode and atomically write shard k; returns its manifest entry."""
-    start, stop = k * ctx.shard_size, min(ctx.total, (k + 1) * ctx.shard_size)
-    chunk = ctx.teacher.batch_size if ctx.mode != "layered" else 1  # images held at once: a teacher batch
-    bg_png: dict[int, BandPNG] = {}  # layered: depth == bg depth outside the object's rows
-    buf = io.BytesIO()  # the encoded shard (~50 MB at 1000 x 224 px) is the only thing kept whole
-    rows = []
-    with zipfile.ZipFile(buf, "w") as zf:
-        for c0 in range(start, stop, chunk):
-            rendered = [ctx.comp.render(i) for i in range(c0, min(stop, c0 + chunk))]  # [(fg_bg, mask, plan)]
-            raws = None
-            if ctx.mode != "layered":  # one teacher batch: (T, T, 3) views in, raw maps out
-                raws = ctx.teacher.predict_composites([_teacher_view(ctx, f, p) for f, _, p in rendered],
-                                                      [m for _, m, _ in rendered])
-            for j, (fg_bg, mask, p) in enumerate(rendered):
-                depth, banded = (_layer_depth(ctx, mask, p), True) if raws is None else \
-                    _composite_depth(ctx, raws[j], mask, p)
-                if banded:
-                    if p.bg not in bg_png:
-                        bg_png[p.bg] = BandPNG(ctx.bg_depth16[p.bg])
-                    depth_png = bg_png[p.bg].encode(depth, p.y, p.y + p.h)
-                else:
-                    depth_png = _png(depth)
-                lo, hi = ctx.bg_range[p.bg]  # every mode's labels are in the background's normalisation
-                sid = formats.sample_id(p.index)
-                formats.zip_write(zf, formats.member("fg_bg", sid), formats.encode_jpeg(fg_bg, ctx.jpeg_quality))
-                formats.zip_write(zf, formats.member("mask", sid), _png(mask, mask=True))
-                formats.zip_write(zf, formats.member("depth", sid), depth_png)
-                rows.append({"id": sid, "index": p.index, "bg_id": ctx.bg_ids[p.bg], "fg_id": ctx.fg_ids[p.fg],
-                             "flip": p.flip, "scale": p.scale, "x": p.x, "y": p.y, "w": p.w, "h": p.h,
-                             "depth_min": lo, "depth_max": hi})
-        formats.zip_write(zf, formats.INDEX, formats.jsonl_bytes(rows))
-    data = buf.getvalue()
-    atomic_write_bytes(ctx.out_dir / formats.shard_name(k), data)
-    return {"file": formats.shard_name(k), "sha256": sha256_bytes(data), "bytes": len(data),
-            "samples": stop - start, "first_index": start}
 
 
 def _is_int(v: Any) -> bool:
@@ -296,8 +107,8 @@ def _backgrounds_zip(bg_srcs, fg_srcs, prepared, depth16, ranges) -> bytes:
     rows = []
     with zipfile.ZipFile(buf, "w") as zf:
         for s, img, d16, (lo, hi) in zip(bg_srcs, prepared, depth16, ranges):
-            formats.zip_write(zf, formats.member("bg", s.id), formats.encode_png(img, PNG_LEVEL))
-            formats.zip_write(zf, formats.member("bg_depth", s.id), _png(d16))
+            formats.zip_write(zf, formats.member("bg", s.id), formats.encode_png(img, formats.PNG_LEVEL))
+            formats.zip_write(zf, formats.member("bg_depth", s.id), formats.encode_depth16(d16))
             rows.append({"kind": "bg", "bg_id": s.id, "file": s.file, "sha256": s.sha256, "bytes": s.bytes,
                          "width": s.width, "height": s.height, "depth_min": lo, "depth_max": hi})
         for s in fg_srcs:
@@ -432,7 +243,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     formats.write_manifest(out, manifest)
 
     todo = [k for k in range(n_shards) if k not in done]
-    ctx = _Ctx(out_dir=out, comp=comp, bg_ids=[s.id for s in bg_srcs], fg_ids=[s.id for s in fg_srcs],
+    ctx = ShardJob(out_dir=out, comp=comp, bg_ids=[s.id for s in bg_srcs], fg_ids=[s.id for s in fg_srcs],
                bg_depth16=bg_depth16, bg_range=ranges, total=total, shard_size=shard_size, mode=mode,
                jpeg_quality=jpeg_quality, teacher=tm if mode != "layered" else None,
                teacher_bgs=teacher_bgs if mode != "layered" else None)
@@ -451,7 +262,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         bar.update(entry["samples"])
 
     try:
-        _run_shards(ctx, todo, n_workers, finish)
+        run_shards(ctx, todo, n_workers, finish)
     finally:
         bar.close()
     manifest["index"] = write_index(out, manifest)  # columnar index beside the manifest, covered by its sha256
@@ -492,25 +303,6 @@ def _to_size(raw: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _run_shards(ctx: _Ctx, todo: list[int], n_workers: int, finish) -> None:
-    """Build shards `todo`, in this process or a pool; `finish(entry)` runs here, as each one lands."""
-    if n_workers <= 1:
-        for k in todo:
-            finish(build_shard(ctx, k))
-        return
-    import multiprocessing as mp
-
-    # fork shares the prepared inputs copy-on-write (Linux, Colab); spawn pickles ctx once per worker elsewhere
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method), initializer=_init_worker,
-                               initargs=(ctx, os.getpid()))
-    try:
-        for fut in as_completed([pool.submit(_worker_build, k) for k in todo]):
-            finish(fut.result())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on error or Ctrl-C: drop queued shards, finish running ones
 
 
 def _verified(out: Path, entry: dict, record: VerifyRecord) -> bool:

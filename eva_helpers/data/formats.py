@@ -1,4 +1,4 @@
-"""The on-disk dataset format (DESIGN section 1): names, codecs and the manifest. Writers and readers share this.
+"""The on-disk dataset format: names, codecs and the manifest. Writers (the build, the tests) and readers share it.
 
 Layout of a dataset folder::
 
@@ -7,7 +7,7 @@ Layout of a dataset folder::
                                   one row per input: {"kind": "bg", bg_id, file, sha256, bytes, width, height,
                                   depth_min, depth_max} and {"kind": "fg", fg_id, ...}: filter on "kind"
     shards/shard-NNNNN.zip        fg_bg/<sid>.jpg, mask/<sid>.png, depth/<sid>.png, index.jsonl
-    index.npz                     every index.jsonl record as columns (index.py), listed in the manifest's `index`
+    index.npz                     every index.jsonl record as columns (columns.py), listed in the manifest's `index`
                                   entry (file, sha256, bytes, identity); optional: rebuilt into the cache if absent
 
 Conventions:
@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ INDEX = "index.jsonl"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 DEPTH_MAX = 65535
 MASK_THRESHOLD = 128
+PNG_LEVEL = 1  # fast zlib level: PNG encoding is most of a sample's cost
 
 
 def sample_id(index: int) -> str:
@@ -163,7 +165,13 @@ def _decode_gray_png(data: bytes) -> np.ndarray | None:
 def encode_depth(depth01: np.ndarray) -> bytes:
     """(H, W) float in [0, 1] (near = 1) -> 16-bit PNG bytes."""
     d = np.clip(np.asarray(depth01, dtype=np.float64), 0.0, 1.0)
-    return encode_png(np.round(d * DEPTH_MAX).astype(np.uint16))
+    return encode_depth16(np.round(d * DEPTH_MAX).astype(np.uint16))
+
+
+def encode_depth16(depth16: np.ndarray) -> bytes:
+    """(H, W) uint16 depth (near = DEPTH_MAX) -> PNG with the Sub filter on every row: depth is smooth, and a fixed
+    filter skips libpng's adaptive search (2-3x faster). The bytes `BandPNG` writes for the same image."""
+    return _png(np.asarray(depth16, dtype=np.uint16), mask=False)
 
 
 def decode_depth(data: bytes) -> np.ndarray:
@@ -176,8 +184,9 @@ def decode_depth(data: bytes) -> np.ndarray:
 
 
 def encode_mask(alpha: np.ndarray) -> bytes:
-    """(H, W) uint8 alpha (0..255) -> 8-bit PNG bytes (lossless)."""
-    return encode_png(np.asarray(alpha, dtype=np.uint8))
+    """(H, W) uint8 alpha (0..255) -> 8-bit PNG: Up filter and run-length deflate, the fastest measured for masks
+    (mostly zeros) at a fair size."""
+    return _png(np.asarray(alpha, dtype=np.uint8), mask=True)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -187,6 +196,19 @@ def decode_mask(data: bytes) -> np.ndarray:
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise ValueError("mask PNG must be 8-bit single-channel")
     return arr
+
+
+def _png(arr: np.ndarray, mask: bool = False) -> bytes:
+    cv2 = _cv2()
+
+    flags = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        flags += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP if mask else cv2.IMWRITE_PNG_FILTER_SUB]
+    if mask:
+        flags += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), flags)
+    assert ok
+    return buf.tobytes()
 
 
 def zip_write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
@@ -226,3 +248,56 @@ def write_manifest(dataset_dir: str | Path, manifest: dict[str, Any]) -> None:
     from eva_helpers.atomic import atomic_write_text
 
     atomic_write_text(Path(dataset_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _deflate(raw: bytes) -> bytes:
+    """Raw deflate ending on a byte boundary with an empty dictionary (full flush): blocks that concatenate."""
+    c = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15)
+    return c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH)
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(tag)))
+
+
+class BandPNG:
+    """Grayscale PNG encoder for images equal to a fixed `base` except in a band of rows (layered depth).
+
+    A PNG's pixels are one zlib stream of filtered rows; deflate blocks ended by a full flush are byte-aligned and
+    independent, so bands of base rows compressed once are concatenated with the freshly compressed changed rows.
+    About half the cost of a full encode for our samples; standard PNG (Sub filter) that any decoder reads.
+    """
+
+    BAND = 8  # rows per cached block
+
+    def __init__(self, base: np.ndarray):  # (H, W) uint8 or uint16
+        self.h, self.w = base.shape
+        rows = self.filter_rows(base)  # (H, 1 + W * bytes) uint8
+        self.raw = [rows[b:b + self.BAND].tobytes() for b in range(0, self.h, self.BAND)]
+        self.comp = [_deflate(r) for r in self.raw]
+        bits = 8 * base.dtype.itemsize
+        self.head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, bits, 0, 0, 0, 0))
+
+    @staticmethod
+    def filter_rows(img: np.ndarray) -> np.ndarray:
+        """(h, W) uint8/uint16 -> (h, 1 + W * bpp) uint8: big-endian bytes, PNG filter 1 (Sub) on every row."""
+        bpp = img.dtype.itemsize
+        be = img.astype(f">u{bpp}").view(np.uint8).reshape(img.shape[0], -1)
+        out = np.empty((be.shape[0], be.shape[1] + 1), np.uint8)
+        out[:, 0] = 1
+        out[:, 1:1 + bpp] = be[:, :bpp]
+        np.subtract(be[:, bpp:], be[:, :-bpp], out=out[:, 1 + bpp:])  # wraps mod 256, as PNG wants
+        return out
+
+    def encode(self, img: np.ndarray, y0: int, y1: int) -> bytes:
+        """PNG bytes of `img`, which may differ from the base only in rows [y0, y1)."""
+        b0, b1 = y0 // self.BAND, -(-y1 // self.BAND)
+        dirty = self.filter_rows(img[b0 * self.BAND:min(self.h, b1 * self.BAND)]).tobytes()
+        adler = 1
+        for r in self.raw[:b0]:
+            adler = zlib.adler32(r, adler)
+        adler = zlib.adler32(dirty, adler)
+        for r in self.raw[b1:]:
+            adler = zlib.adler32(r, adler)
+        idat = b"\x78\x01" + b"".join(self.comp[:b0] + [_deflate(dirty)] + self.comp[b1:]) + b"\x03\x00"
+        return self.head + _chunk(b"IDAT", idat + struct.pack(">I", adler)) + _chunk(b"IEND", b"")

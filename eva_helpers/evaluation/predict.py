@@ -141,13 +141,13 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
 def encode_depth_png(depth01: np.ndarray, rows: int = 512) -> bytes:
     """`formats.encode_depth`'s bytes (16-bit PNG, near = 1), converted `rows` rows at a time: the whole-image float64
     copies it makes would be 2 x 192 MB for a 24-megapixel photo."""
-    from eva_helpers.data.formats import DEPTH_MAX, encode_png
+    from eva_helpers.data.formats import DEPTH_MAX, encode_depth16
 
     out = np.empty(depth01.shape, np.uint16)
     for r in range(0, depth01.shape[0], rows):
         d = np.clip(np.asarray(depth01[r:r + rows], dtype=np.float64), 0.0, 1.0)
         out[r:r + rows] = np.round(d * DEPTH_MAX)
-    return encode_png(out)
+    return encode_depth16(out)
 
 
 def thumbnail(img: np.ndarray, longest: int = 1024) -> np.ndarray:
