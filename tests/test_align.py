@@ -213,10 +213,10 @@ def test_bad_inputs_are_clear_errors(bad) -> None:
 def test_a_wrong_estimate_is_refused(monkeypatch) -> None:
     """The guard against a bad search (86 of 256 clean pairs once got a shift): a confident-looking but wrong
     3 px candidate must not lower the residual, so nothing is applied."""
-    from eva_helpers.evaluation import align
+    from eva_helpers.evaluation import registration
 
-    monkeypatch.setattr(align, "_features", lambda g_bg, g_fg: (np.float64([[1, 0, 3], [0, 1, 0]]), 200))
-    monkeypatch.setattr(align, "_refine", lambda g_bg, g_fg, m, sel: m)
+    monkeypatch.setattr(registration, "_features", lambda g_bg, g_fg: (np.float64([[1, 0, 3], [0, 1, 0]]), 200))
+    monkeypatch.setattr(registration, "_refine", lambda g_bg, g_fg, m, sel: m)
     bg = _photo("wine_room", S)
     clean_bg, fg_bg = _jpeg(bg), _jpeg(_paste(bg)[0])
     out, al = align_pair(clean_bg, fg_bg)

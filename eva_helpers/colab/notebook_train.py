@@ -268,7 +268,8 @@ def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
     """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth, after one line saying what
     the alignment of bg to fg_bg applied (as `eva predict` prints it)."""
     from eva_helpers.plots import side_by_side
-    from eva_helpers.evaluation.predict import describe_alignment, predict_pair
+    from eva_helpers.evaluation.align import describe_alignment
+    from eva_helpers.evaluation.predict import predict_pair
 
     model, run_cfg, stats = _run(cfg)
     try:

@@ -1,0 +1,239 @@
+"""`eva predict BG_DIR FG_DIR OUT`: the photos of a whole shoot, paired by name, each predicted as `predict_pair` would.
+
+The model is loaded once and whole pairs (read, align, model, write) run side by side in a pool of threads, each pair
+on its own (predict.py says why a batch would change the masks). A pair that cannot be read is reported and skipped;
+`alignment.csv` says what alignment did to every pair, and the summary line counts it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from eva_helpers.errors import BadInputError, EvaError
+from eva_helpers.compositing.images import check_same_kind
+from eva_helpers.evaluation.predict import (check_same_size, encode_depth_png, load_for_prediction, load_photo,
+                                           not_aligned, predict_prepared, prepare_pair, single_threaded)
+
+if TYPE_CHECKING:
+    from eva_helpers.evaluation.align import Alignment
+
+
+CSV_NAME = "alignment.csv"
+
+
+@dataclass
+class Matching:
+    """Pairs of a bg folder and an fg_bg folder matched by file stem (kitchen.jpg + kitchen.png), and the rest."""
+
+    pairs: list[tuple[str, Path, Path]]  # (name, bg file, fg_bg file), sorted by name
+    bg_only: list[str] = field(default_factory=list)  # file names without a partner
+    fg_only: list[str] = field(default_factory=list)
+    skipped: int = 0  # junk, sub-folders and non-images, in both folders
+
+    def unmatched_line(self, most: int = 20) -> str | None:
+        """One line naming the files without a partner (the first `most` of each folder; alignment.csv lists all),
+        None when all are paired."""
+        def names(v: list[str]) -> str:
+            return ", ".join(v[:most]) + (f" and {len(v) - most} more" if len(v) > most else "")
+
+        parts = [f"{len(v)} in {k} ({names(v)})" for k, v in (("--bg", self.bg_only), ("--fg-bg", self.fg_only)) if v]
+        return f"no partner (same name, any extension) for {' and '.join(parts)}: skipped" if parts else None
+
+    def unmatched_rows(self) -> list[dict[str, str]]:
+        """alignment.csv rows for the files without a partner (status says so; not counted as failed pairs)."""
+        return ([{"name": Path(n).stem, "bg_file": n, "fg_bg_file": "", "status": "no partner in --fg-bg"}
+                 for n in self.bg_only] +
+                [{"name": Path(n).stem, "bg_file": "", "fg_bg_file": n, "status": "no partner in --bg"}
+                 for n in self.fg_only])
+
+
+def match_folders(bg_dir: str | Path, fg_dir: str | Path) -> Matching:
+    """List both folders as the build does (junk such as .DS_Store, Thumbs.db, desktop.ini and hidden files skipped)
+    and pair files by stem; no pair at all is an error naming both folders."""
+    from eva_helpers.compositing.images import list_images
+
+    bg, fg = list_images(bg_dir), list_images(fg_dir)
+    fg_by = {p.stem: p for p in fg.files}
+    bg_by = {p.stem: p for p in bg.files}
+    m = Matching(pairs=[(s, p, fg_by[s]) for s, p in sorted(bg_by.items()) if s in fg_by],
+                 bg_only=[p.name for s, p in sorted(bg_by.items()) if s not in fg_by],
+                 fg_only=[p.name for s, p in sorted(fg_by.items()) if s not in bg_by],
+                 skipped=sum(bg.skipped.values()) + sum(fg.skipped.values()))
+    if not m.pairs:
+        raise BadInputError(f"{bg_dir} and {fg_dir}: no file name is in both folders; a pair is two photos with the "
+                            "same name (kitchen.jpg in --bg, kitchen.png or kitchen.jpg in --fg-bg)")
+    return m
+
+
+@dataclass
+class FolderReport:
+    """What `predict_folders` did: pairs written, pairs failed (name, one line), where the CSV is, and summaries."""
+
+    pairs: int
+    failed: list[tuple[str, str]]
+    csv: Path
+    matching: Matching
+    alignment_line: str
+
+
+def _check_out(out: Path, *inputs: Path) -> None:
+    """The output folder: not a file, and neither one of the input folders nor inside one (inputs are only read)."""
+    from eva_helpers.atomic import check_output_folder
+
+    check_output_folder(out, "predictions")
+    o = out.resolve()
+    for d in inputs:
+        r = d.resolve()
+        if o == r or r in o.parents:
+            raise BadInputError(f"{out}: is inside the input folder {d}; choose an output folder outside the photos")
+
+
+def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
+                  pair: tuple[str, Path, Path]) -> tuple[dict[str, Any], "Alignment | None"]:
+    """One pair of files, whole: read, align, model, write `<name>_mask.png` / `<name>_depth.png`. Returns its CSV
+    row and alignment; a user-fixable problem with the photos becomes the row's status (a write error still raises)."""
+    from eva_helpers.errors import user_message
+
+    name, bg_path, fg_path = pair
+    row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "width": "",
+                           "height": ""}
+    try:
+        bg, fg_bg = load_photo(bg_path), load_photo(fg_path)
+        check_same_size(bg, fg_bg, bg_path, fg_path)
+        check_same_kind(bg_path, fg_path)
+        row.update(width=fg_bg.shape[1], height=fg_bg.shape[0])
+        prep = prepare_pair(bg, fg_bg, cfg.size, align)
+    except EvaError as e:
+        return {**row, "status": user_message(e) or str(e)}, None
+    del bg, fg_bg  # full-resolution photos: only `workers` pairs of them in memory at once
+    _write_outputs(out, name, predict_prepared(model, prep, stats, device, calib))
+    return {**row, **prep.alignment.as_row(), "status": "ok"}, prep.alignment
+
+
+def _write_outputs(out: Path, name: str, pred: dict[str, Any]) -> None:
+    from eva_helpers.atomic import atomic_write_bytes
+    from eva_helpers.data.formats import encode_mask
+
+    if "mask" in pred:
+        atomic_write_bytes(out / f"{name}_mask.png", encode_mask(pred["mask"]))
+    if "depth" in pred:
+        atomic_write_bytes(out / f"{name}_depth.png", encode_depth_png(pred["depth"]))
+
+
+def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: list, window: int) -> Iterator[tuple[Any, Any]]:
+    """(item, fn(item)) in order, with up to `window` items submitted to the pool ahead of the one returned."""
+    pending: list[tuple[Any, Future]] = []
+    it = iter(items)
+    for item in it:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            break
+    while pending:
+        item, fut = pending.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(fn, nxt)))
+        yield item, fut.result()
+
+
+def summarize_alignments(rows: list[tuple[str, "Alignment"]]) -> str:
+    """One line over a folder's alignments: how many were registered and tone-matched, typical shifts, and the reasons
+    the others were left alone."""
+    if not rows:
+        return "alignment: no pair was read"
+    n = len(rows)
+    geo = [a for _, a in rows if a.applied]
+    tone = sum(a.tone_applied for _, a in rows)
+    jpeg = sum(a.jpeg_applied for _, a in rows)
+    line = f"alignment: {len(geo)} of {n} pairs registered, {tone} tone-matched, {jpeg} compressed like fg_bg"
+    if geo:
+        shifts = sorted(math.hypot(a.dx, a.dy) for a in geo)
+        line += f" (shift median {shifts[len(shifts) // 2]:.1f} px, max {shifts[-1]:.1f} px)"
+    reasons: dict[str, int] = {}
+    for _, a in rows:
+        if not a.applied and a.reason:
+            kind = re.split(r" \(|: ", a.reason)[0]  # "near identity (16 inliers)" -> "near identity"
+            reasons[kind] = reasons.get(kind, 0) + 1
+    if reasons:
+        line += "; not registered: " + ", ".join(f"{r} ({c})" for r, c in sorted(reasons.items(), key=lambda t: -t[1]))
+    return line
+
+
+def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path,
+                    which: str = "best", device: str | None = None, batch_size: int = 16, align: bool = True,
+                    workers: int = 2, progress: bool = True,
+                    say: Callable[[str], None] | None = None) -> FolderReport:
+    """Every pair of two folders (matched by file name) -> OUT/<name>_mask.png (8-bit, the photo's size),
+    OUT/<name>_depth.png (16-bit, as depth.png) and OUT/alignment.csv (one row per pair, status "ok" or the one-line
+    error). A pair that cannot be read is reported through `say` and skipped; the rest are written.
+
+    The model is loaded once; `workers` threads each take a whole pair (read, align, model, write) with up to
+    `batch_size` pairs queued ahead, so photos of any mix of sizes flow through. Each pair's bytes equal the
+    single-pair command's (module docstring).
+    """
+    from functools import partial
+
+    from tqdm.auto import tqdm
+
+    from eva_helpers.atomic import atomic_write_text
+
+    if batch_size < 1:
+        raise EvaError(f"--batch-size {batch_size}: must be at least 1")
+    if workers < 1:
+        raise EvaError(f"workers={workers}: must be at least 1")
+    say = say or (lambda line: tqdm.write(line, file=sys.stderr))
+    bg_dir, fg_dir, out = Path(bg_dir), Path(fg_dir), Path(out_dir)
+    matching = match_folders(bg_dir, fg_dir)
+    _check_out(out, bg_dir, fg_dir)
+    model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
+    model.eval()
+    line = matching.unmatched_line()
+    if line:
+        say(line)
+    out.mkdir(parents=True, exist_ok=True)
+    blank = {k: "" for k in not_aligned().as_row()}
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    aligned: list[tuple[str, Alignment]] = []
+    task = partial(_predict_file, model, cfg, stats, calib, dev, out, align)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    bar = tqdm(total=len(matching.pairs), desc="predict", unit="pair", disable=not progress)
+    try:
+        with single_threaded():
+            for (name, _, _), (row, alignment) in _ahead(pool, task, matching.pairs, max(batch_size, workers)):
+                if alignment is None:
+                    failed.append((name, row["status"]))
+                    say(f"skipped {name}: {row['status']}")
+                    row = {**{k: row[k] for k in ("name", "bg_file", "fg_bg_file", "width", "height")}, **blank,
+                           "status": row["status"]}
+                else:
+                    aligned.append((name, alignment))
+                rows.append(row)
+                bar.update(1)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # an error or Ctrl-C: leave the queued pairs alone
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()
+    csv_path = out / CSV_NAME
+    lone = [{**dict.fromkeys(rows[0] if rows else ()), **r} for r in matching.unmatched_rows()]
+    atomic_write_text(csv_path, _csv_text(rows + sorted(lone, key=lambda r: r["name"])))
+    return FolderReport(pairs=len(matching.pairs), failed=failed, csv=csv_path, matching=matching,
+                        alignment_line=summarize_alignments(aligned))
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = list(rows[0]) if rows else ["name", "bg_file", "fg_bg_file", "width", "height", "status"]
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
