@@ -437,7 +437,7 @@ def main_runs(args) -> None:
     print(f"## Alignment and trained models: the embedded sample at {SIZE} px ({data})\n")
     for r in runs:
         c = r["cfg"]
-        print(f"- {r['name']} ({r['ckpt']}, {c.size} px, task {c.task}, split by {c.split_by} seed {c.splits_seed}, "
+        print(f"- {r['name']} ({r['ckpt']}, {c.size} px, task {c.task}, split by {c.split_by} seed {c.effective_split_seed}, "
               f"mask threshold {r['calib']['threshold']} morph {r['calib']['morph']}, baseline threshold {r['thr']} "
               f"({r['thr_from']})): {r['split_line']}; {len(r['positions'])} test pairs")
     scores, flags, positions = score_runs(runs, data, args.limit)

@@ -85,7 +85,7 @@ def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:
         other = json.loads((Path(run_dir) / CONFIG).read_text())
     except (OSError, ValueError):
         return []
-    ours = {**cfg.to_dict(), "split seed": cfg.splits_seed}
+    ours = {**cfg.to_dict(), "split seed": cfg.effective_split_seed}
     theirs = {**other, "split seed": other.get("split_seed") if other.get("split_seed") is not None else other.get("seed")}
     diff = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in MATCH_FIELDS if theirs.get(k) != ours.get(k)]
     if other.get("dataset_identity"):

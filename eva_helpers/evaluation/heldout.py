@@ -29,7 +29,7 @@ def split_positions(cfg, data_dir: str | Path) -> dict:
     from eva_helpers.data.dataset import make_splits
 
     val, test = cfg.val_fraction, cfg.test_fraction
-    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.splits_seed)
+    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.effective_split_seed)
 
 
 def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, perturb: str | None = None,

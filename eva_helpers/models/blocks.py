@@ -15,7 +15,7 @@ from eva_helpers.models.inputs import MASK_HEADS, BaselinePrior, SiameseEncoder,
 
 UPSAMPLE_MODES = ("bilinear", "transpose")
 DECODER_MODES = ("per_task", "shared")
-TASKS = ("mask", "depth")
+HEADS = ("mask", "depth")
 
 
 def nearest_multiple(n: int, multiple: int) -> int:
@@ -35,9 +35,9 @@ def check_size(h: int, w: int, multiple: int) -> None:
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     """Validate and normalise the task list (order kept, duplicates refused)."""
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    bad = [t for t in tasks if t not in TASKS]
+    bad = [t for t in tasks if t not in HEADS]
     if not tasks or bad or len(set(tasks)) != len(tasks):
-        raise EvaError(f"tasks {list(tasks)} are not valid: choose one or both of {list(TASKS)}, each once")
+        raise EvaError(f"tasks {list(tasks)} are not valid: choose one or both of {list(HEADS)}, each once")
     return tasks
 
 

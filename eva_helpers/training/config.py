@@ -16,7 +16,7 @@ from typing import Any
 
 from eva_helpers.errors import EvaError
 
-TASKS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
+TASK_HEADS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
 SCHEDULES = ("onecycle", "plateau", "none")
 WEIGHTINGS = ("fixed", "uncertainty")
 SPLIT_BY = ("bg", "fg", "bg+fg")
@@ -147,8 +147,8 @@ class TrainConfig:
                                f"epochs >= 1) with fewer epochs in all than epochs={self.epochs} (the rest train at "
                                f"size={self.size}), or None")
             self.size_stages = [[int(a), int(b)] for a, b in self.size_stages]  # lists, as config.json gives back
-        if self.task not in TASKS:
-            raise EvaError(f"task={self.task!r} is not one of {sorted(TASKS)}")
+        if self.task not in TASK_HEADS:
+            raise EvaError(f"task={self.task!r} is not one of {sorted(TASK_HEADS)}")
         if self.schedule not in SCHEDULES:
             raise EvaError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.loss_weighting not in WEIGHTINGS:
@@ -169,14 +169,14 @@ class TrainConfig:
         return len(self.size_stages or []), self.size
 
     @property
-    def splits_seed(self) -> int:
+    def effective_split_seed(self) -> int:
         """The seed that picks the held-out backgrounds."""
         return self.seed if self.split_seed is None else int(self.split_seed)
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """The model outputs this run trains: ("mask",), ("depth",) or ("mask", "depth")."""
-        return TASKS[self.task]
+        return TASK_HEADS[self.task]
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain values, `data` absolute: what config.json and checkpoints record."""
@@ -194,8 +194,6 @@ class TrainConfig:
             raise EvaError(f"{source}: unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
         return cls(**{**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d})
 
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def _int(v: Any) -> bool:

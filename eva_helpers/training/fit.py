@@ -25,7 +25,7 @@ from eva_helpers.signals import StopRequest
 from eva_helpers.training import distributed as D
 from eva_helpers.training.checkpoint import CheckpointManager
 from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
-from eva_helpers.training.loop import evaluate, live_plot, make_loader, open_tensorboard, stop_agreed, stopped_error, \
+from eva_helpers.training.loop import evaluate, live_plot, seeded_loader, open_tensorboard, stop_agreed, stopped_error, \
     train_one_epoch
 from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
 from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
@@ -50,7 +50,7 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     if not cfg.data:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
-    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.splits_seed)
+    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.effective_split_seed)
     # workers only read, decode (and resize a dataset of another size): augmentation runs on the batch (batch_augment),
     # and bg comes from the run's BackgroundBank (loaders.py) by bg_id; uint8 mask, float16 depth out of the workers
     train_set = ShardDataset(cfg.data, indices=splits["train"],
@@ -235,7 +235,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
 
     run.augment = BatchAugment.from_config(cfg)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
-    run.val_loader = (make_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
+    run.val_loader = (seeded_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
                                   seed=cfg.seed) if val_set is not None else None)
     run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
 
@@ -279,7 +279,7 @@ def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
 
         run.backgrounds = BackgroundBank(train_set, size)
     run.loader = None  # a previous stage's persistent workers stop before the new ones start
-    run.loader = make_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
+    run.loader = seeded_loader(train_set, cfg.batch_size, sampler=run.sampler, workers=cfg.workers, seed=cfg.seed)
     run.stage, run.stage_size = stage, size
     return size
 

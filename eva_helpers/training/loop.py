@@ -22,11 +22,11 @@ from eva_helpers.training.state import Run, snapshot
 
 
 
-def make_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
-    """`loaders.make_loader` with our sampler; the DataLoader never draws from the global RNG (resume-exact)."""
-    from eva_helpers.data.loaders import make_loader as data_make_loader
+def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
+    """`data.loaders.make_loader` in `sampler`'s order; the DataLoader never draws from the global RNG (resume-exact)."""
+    from eva_helpers.data.loaders import make_loader
 
-    loader = data_make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
+    loader = make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
     if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
         loader.generator = torch.Generator().manual_seed(seed)
     return loader

@@ -136,30 +136,7 @@ def scale_shift_invariant_loss(pred: torch.Tensor, target: torch.Tensor, kind: s
     raise EvaError(f"scale-shift loss kind={kind!r} is not valid: choose 'l1' or 'mse'")
 
 
-# ----------------------------------------------------------------------------------------------- modules
-class MaskLoss(nn.Module):
-    """BCE-with-logits + soft Dice on mask logits (B, 1, H, W)."""
-
-    def __init__(self, w_bce: float = 1.0, w_dice: float = 1.0):
-        super().__init__()
-        self.w_bce, self.w_dice = w_bce, w_dice
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.w_bce * bce_with_logits(logits, target) + self.w_dice * soft_dice_loss(logits, target)
-
-
-class DepthLoss(nn.Module):
-    """0.1 L1 + (1 - SSIM)/2 + gradient L1 on depth in [0, 1] (B, 1, H, W)."""
-
-    def __init__(self, w_l1: float = 0.1, w_ssim: float = 1.0, w_grad: float = 1.0):
-        super().__init__()
-        self.w_l1, self.w_ssim, self.w_grad = w_l1, w_ssim, w_grad
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (self.w_l1 * l1_loss(pred, target) + self.w_ssim * ssim_loss(pred, target)
-                + self.w_grad * gradient_loss(pred, target))
-
-
+# ----------------------------------------------------------------------------------------------- criterion
 class JointCriterion(nn.Module):
     """criterion(outputs, targets) -> (loss, parts); parts are detached float tensors for logging.
 
