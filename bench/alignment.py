@@ -196,7 +196,7 @@ def bg_ids(data_dir: Path, positions) -> list[str]:
     from eva_helpers.data.dataset import ShardDataset
 
     ds = ShardDataset(str(data_dir))
-    return sorted({str(ds.index.record(int(p))["bg_id"]) for p in positions}, key=str)
+    return sorted({str(ds.columns.record(int(p))["bg_id"]) for p in positions}, key=str)
 
 
 def test_positions(cfg, data: Path) -> tuple[list[int], str]:
@@ -214,7 +214,7 @@ def test_positions(cfg, data: Path) -> tuple[list[int], str]:
     if own == here:
         return list(sp["test"]), f"held out: {here} (the same at {cfg.size} px and {SIZE} px)"
     ds = ShardDataset(str(data))
-    pos = [i for i in range(len(ds)) if str(ds.index.record(i)["bg_id"]) in set(own)]
+    pos = [i for i in range(len(ds)) if str(ds.columns.record(i)["bg_id"]) in set(own)]
     return pos, (f"DIFFERENT held-out backgrounds: {cfg.size} px {own}, {SIZE} px {here}: scoring the {SIZE} px samples "
                  f"of the run's own {own}")
 

@@ -20,7 +20,7 @@ from typing import Any
 from eva_helpers.errors import EvaError, WriteError, os_error_line
 
 # Every temp file or folder the package writes starts with this, and only names that start with it are ever removed as
-# stale: a user's own ".tmp-notes" in an output or run folder is never touched (issue 11 item 4).
+# stale: a user's own ".tmp-notes" in an output or run folder is never touched.
 TMP_PREFIX = ".eva-tmp-"
 _CHUNK = 1 << 20
 

@@ -45,7 +45,7 @@ def _check_round_trip(ds_dir):
 def test_round_trips_every_field_of_a_synthetic_dataset(tmp_path):
     ds = _check_round_trip(write_synthetic_dataset(tmp_path / "syn", n_bg=3, n_fg=2, positions=3, size=32,
                                                    shard_size=7))
-    assert ds.index.path.parent == tmp_path / "cache" / ".index"  # no index.npz in that folder: rebuilt in the cache
+    assert ds.columns.path.parent == tmp_path / "cache" / ".index"  # no index.npz in that folder: rebuilt in the cache
 
 
 def test_builder_writes_an_index_covered_by_the_manifest(sample_dataset):
@@ -56,7 +56,7 @@ def test_builder_writes_an_index_covered_by_the_manifest(sample_dataset):
     assert path.stat().st_size == entry["bytes"]
     assert entry["identity"] == dataset_identity(m)
     ds = _check_round_trip(sample_dataset)
-    assert ds.index.path == path
+    assert ds.columns.path == path
     with np.load(path) as z:  # a standard .npz: readable without eva_helpers
         assert len(z["r_index"]) == m["counts"]["samples"] and z["r_index"][-1] == m["counts"]["samples"] - 1
     raw = ds[len(ds) - 1]
@@ -75,7 +75,7 @@ def test_same_dataset_gives_byte_identical_index(tmp_path):
 def test_index_is_memory_mapped_and_views_hold_no_records(tmp_path):
     syn = write_synthetic_dataset(tmp_path / "syn", n_bg=3, n_fg=2, positions=2, size=32, shard_size=5)
     ds = ShardDataset(syn, indices=range(0, 12, 2))
-    col = ds.index.cols["r_x"]
+    col = ds.columns.cols["r_x"]
     assert not col.flags.owndata and not col.flags.writeable  # a view over the file's mapping
     assert isinstance(ds.indices, np.ndarray) and ds.indices.dtype == np.int64
     assert not any(isinstance(v, list) and len(v) >= 12 for v in vars(ds).values())  # nothing per sample as objects
@@ -96,7 +96,7 @@ def test_tampered_index_file_is_caught(sample_dataset, tmp_path):
     assert "\n" not in str(e.value)
     (d / INDEX_FILE).unlink()  # deleting it is the remedy: rebuilt in the cache, the folder untouched
     ds = ShardDataset(d)
-    assert not (d / INDEX_FILE).exists() and ds.index.path.parent == tmp_path / "cache" / ".index"
+    assert not (d / INDEX_FILE).exists() and ds.columns.path.parent == tmp_path / "cache" / ".index"
 
 
 def test_stale_index_is_caught(tmp_path):
@@ -117,7 +117,7 @@ def test_stale_index_is_caught(tmp_path):
 
 def test_corrupt_cached_index_is_rebuilt(tmp_path):
     syn = write_synthetic_dataset(tmp_path / "syn", n_bg=2, n_fg=2, positions=2, size=32, shard_size=3)
-    path = ShardDataset(syn).index.path
+    path = ShardDataset(syn).columns.path
     path.write_bytes(b"junk")
     with pytest.warns(UserWarning, match="rebuilding"):
         ds = ShardDataset(syn)

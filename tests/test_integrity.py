@@ -137,7 +137,7 @@ def test_incomplete_build_refused_unless_asked(syn):
 def test_member_changed_in_place_after_verification_is_caught_on_read(syn):
     ds = ShardDataset(syn)
     shard = syn / formats.shard_name(0)
-    off, size, _ = ds.index.member(5, "fg_bg")
+    off, size, _ = ds.columns.member(5, "fg_bg")
     st = shard.stat()
     with open(shard, "r+b") as f:  # same size, bytes flipped inside the member, mtime put back
         f.seek(off + size // 2)
@@ -190,7 +190,7 @@ def test_read_only_and_packaged_datasets_are_never_written(syn, tmp_path):
         p.chmod(0o555)
     try:
         ds = ShardDataset(ro)
-        assert ds.index.path is not None and (tmp_path / "cache") in ds.index.path.parents  # rebuilt in the cache
+        assert ds.columns.path is not None and (tmp_path / "cache") in ds.columns.path.parents  # rebuilt in the cache
         assert len(ds) == 16 and ds[3]["meta"]["index"] == 3
     finally:
         for p in [ro, ro / "shards"]:

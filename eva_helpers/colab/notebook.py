@@ -1,4 +1,4 @@
-"""One call per notebook step: what used to be 10-20 lines of notebook code (SMOKE overrides, teacher choice, dataset
+"""One call per notebook step: 10-20 lines of notebook code (SMOKE overrides, teacher choice, dataset
 lookup, stats kept on Drive, figures, uploads) lives here, so the five notebooks stay thin and the logic is tested.
 
 SMOKE (every notebook): the dataset notebook 01 built with SMOKE when it exists, else the shipped 64 px sample, so

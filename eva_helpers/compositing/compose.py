@@ -1,4 +1,4 @@
-"""Per-sample random choices from `(seed, i)` alone, and compositing a cut-out onto a background (DESIGN section 1).
+"""Per-sample random choices from `(seed, i)` alone, and compositing a cut-out onto a background.
 
 Sample mapping (documented contract): with `n_flip = 2 if flips else 1`, sample i uses combination
 `c = i // positions` and position slot `i % positions`, where `c = (bg * n_fg + fg) * n_flip + flip`, i.e.

@@ -1,4 +1,4 @@
-"""Listing and loading the build's inputs: background photos and RGBA cut-outs (DESIGN section 1).
+"""Listing and loading the build's inputs: background photos and RGBA cut-outs.
 
 Input folders are only ever read. Drive folders collect junk (`.DS_Store`, `desktop.ini`, `Thumbs.db`, sub-folders):
 it is skipped and counted so the manifest can say what was left out. Unreadable images raise `BadInputError`

@@ -1,4 +1,4 @@
-"""Depth teachers behind one interface (DESIGN section 1): images in, relative inverse depth out (near = larger).
+"""Depth teachers behind one interface: images in, relative inverse depth out (near = larger).
 
 `get_teacher("geometric")` needs no weights and no torch/transformers (offline default, tests, embedded sample);
 `"depth-anything-v2-small"` runs Depth Anything V2 Small through `transformers` (Colab default);

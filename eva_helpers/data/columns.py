@@ -194,7 +194,7 @@ class ColumnarIndex:
         col = self.cols["r_" + key]
         if key in self.tables:
             return [str(v) for v in self.tables[key]], col
-        values, codes = np.unique(col, return_inverse=True)  # numeric ids: compare as their str like the old code
+        values, codes = np.unique(col, return_inverse=True)  # numeric ids: compared as their str, as index.jsonl's readers do
         names = [str(v.item()) for v in values]
         order = sorted(range(len(names)), key=names.__getitem__)
         rank = np.empty(len(order), np.int64)

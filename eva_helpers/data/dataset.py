@@ -1,6 +1,6 @@
 """ShardDataset: samples read straight from the zip shards (no extraction), and leak-free splits.
 
-A dataset is opened against its manifest and its columnar index (`index.py`): files verified once (recorded), an
+A dataset is opened against its manifest and its columnar index (`columns.py`, opened by `verify.py`): files verified once (recorded), an
 incomplete build refused unless `partial=True`, and every sample's record kept as flat memory-mapped columns, so
 opening costs milliseconds and a few MB whatever the dataset's size, and forked workers share the pages instead of
 copying per-sample dicts. The index gives each member's offset, size and CRC inside its shard, so a sample's three
@@ -65,7 +65,7 @@ class ShardDataset:
                  transform: Callable[[dict, int | None], dict] | None = None, *, partial: bool = False,
                  verify: bool = True):
         self.data_dir = Path(data_dir)
-        self.manifest, self.index = open_dataset(self.data_dir, partial=partial, verify=verify)
+        self.manifest, self.columns = open_dataset(self.data_dir, partial=partial, verify=verify)
         self.transform = transform
         self.verify = verify
         self._handles: OrderedDict[int, int] = OrderedDict()  # shard number -> fd (this process's)
@@ -75,7 +75,7 @@ class ShardDataset:
         self._bg_names: dict[str, str] | None = None
         self._shard_files = [self.data_dir / e["file"] for e in self.manifest.get("shards", [])]
         self.size = (self.manifest.get("params") or {}).get("size")  # expected side of every image, when recorded
-        n = self.index.n
+        n = self.columns.n
         self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, np.int64).reshape(-1)
         if len(self.indices) and not 0 <= int(self.indices.min()) <= int(self.indices.max()) < n:
             raise BadInputError(f"{self.data_dir}: split indices out of range 0..{n - 1}")
@@ -83,7 +83,7 @@ class ShardDataset:
     @property
     def records(self) -> Records:
         """Every sample's record of the whole dataset (not only this view), produced on access."""
-        return Records(self.index)
+        return Records(self.columns)
 
     # ---- lazy, per-process file access ------------------------------------------------------------
     def _check_pid(self) -> None:
@@ -137,9 +137,9 @@ class ShardDataset:
 
     def _member(self, row: int, kind: str) -> tuple[bytes, str]:
         """Bytes of sample `row`'s member (pread at the indexed offset), checked against the index's size and CRC."""
-        k = int(self.index.shard[row])
-        off, size, crc = self.index.member(row, kind)
-        name = formats.member(kind, formats.sample_id(int(self.index.cols["r_index"][row])))
+        k = int(self.columns.shard[row])
+        off, size, crc = self.columns.member(row, kind)
+        name = formats.member(kind, formats.sample_id(int(self.columns.cols["r_index"][row])))
         try:
             data = os.pread(self._fd(k), size, off)
         except OSError as e:
@@ -167,17 +167,17 @@ class ShardDataset:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handles"], state["_zips"], state["_bg_cache"] = OrderedDict(), {}, {}  # spawn workers open their own
-        state["index"] = None  # re-mapped by the receiving process (pickling a mapped column would copy it)
-        state["_index_path"] = self.index.path
-        if self.index.path is None:
-            state["index"] = self.index  # in-memory index (no writable cache): plain arrays travel
+        state["columns"] = None  # re-mapped by the receiving process (pickling a mapped column would copy it)
+        state["_columns_path"] = self.columns.path
+        if self.columns.path is None:
+            state["columns"] = self.columns  # in-memory index (no writable cache): plain arrays travel
         return state
 
     def __setstate__(self, state: dict) -> None:
-        path = state.pop("_index_path", None)
+        path = state.pop("_columns_path", None)
         self.__dict__.update(state)
-        if self.index is None:
-            self.index = ColumnarIndex.load(path)
+        if self.columns is None:
+            self.columns = ColumnarIndex.load(path)
         self._pid = os.getpid()
 
     # ---- samples ----------------------------------------------------------------------------------
@@ -220,8 +220,8 @@ class ShardDataset:
     def load(self, idx: int) -> dict[str, Any]:
         """Sample at record position `idx` of the whole dataset, untransformed."""
         idx = int(idx)
-        rec = self.index.record(idx)
-        k = int(self.index.shard[idx])
+        rec = self.columns.record(idx)
+        k = int(self.columns.shard[idx])
         fg_bg = self._decoded("fg_bg", *self._member(idx, "fg_bg"), k)  # (H, W, 3) uint8
         alpha = self._decoded("mask", *self._member(idx, "mask"), k)  # (H, W) uint8 0..255
         depth = self._decoded("depth", *self._member(idx, "depth"), k)  # (H, W) float32 [0, 1]
@@ -281,7 +281,7 @@ def make_splits(dataset_or_dir: "ShardDataset | str | os.PathLike", by: str = "b
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise BadInputError(f"split fractions {tuple(fractions)}: need three non-negative numbers summing to 1")
     if isinstance(dataset_or_dir, ShardDataset):
-        index = dataset_or_dir.index
+        index = dataset_or_dir.columns
     else:
         index = open_dataset(dataset_or_dir, partial=partial)[1]
     rng = np.random.default_rng(seed)
@@ -289,7 +289,7 @@ def make_splits(dataset_or_dir: "ShardDataset | str | os.PathLike", by: str = "b
     groups: dict[str, list[set]] = {}
     side = np.zeros(index.n, np.int64)  # per sample: split number, or -1 (mixes held-out and seen ids: dropped)
     for j, kind in enumerate(k for k in ("bg", "fg") if k in by):
-        ids, codes = index.codes(f"{kind}_id")  # ids sorted as str, as the record-based version did
+        ids, codes = index.codes(f"{kind}_id")  # ids sorted as str
         groups[kind] = _partition(ids, fractions, rng)
         lut = np.array([next(g for g, s in enumerate(groups[kind]) if i in s) for i in ids], np.int64)
         s = lut[np.asarray(codes)]  # (n,) split number of each sample by this id

@@ -87,7 +87,7 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
     # a limit takes evenly spaced samples: the sample order is background-major, so a prefix would see few backgrounds
     positions = np.linspace(0, len(ds) - 1, n).round().astype(np.int64) if n < len(ds) else np.arange(n)
     fg_m, bg_m = _Moments(), _Moments()
-    bg_names, bg_codes = ds.index.codes("bg_id")  # backgrounds repeat: count uses from the index column, decode once
+    bg_names, bg_codes = ds.columns.codes("bg_id")  # backgrounds repeat: count uses from the index column, decode once
     uses = np.bincount(np.asarray(bg_codes)[positions], minlength=len(bg_names))
     bg_uses = {bg_names[c]: int(u) for c, u in enumerate(uses) if u}
     depth_hist = np.zeros(depth_bins, np.int64)

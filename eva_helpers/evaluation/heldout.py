@@ -1,6 +1,6 @@
 """`eva eval`: a trained run measured on held-out backgrounds, always beside the no-learning baseline.
 
-Writes `<run_dir>/metrics.json` (keys of DESIGN section 5) and `<run_dir>/eval_best_worst.png`. Under a second-shot
+Writes `<run_dir>/metrics.json` (keys: docs/architecture.md, "Contracts") and `<run_dir>/eval_best_worst.png`. Under a second-shot
 change (`perturb`, see perturb.py) and/or with registration (`align`), the scored split's pairs change, the choices
 made on the clean validation split do not, and the results go to `metrics-<name>[-aligned].json` beside them.
 

@@ -18,7 +18,7 @@ STEMS = ("concat", "two")
 
 
 class TwoStems(nn.Module):
-    """bg and fg_bg through separate full-resolution stems, then concatenated (DESIGN: "or two stems").
+    """bg and fg_bg through separate full-resolution stems, then concatenated (the `stem="two"` option).
 
     The 6-channel input is split in halves, so the data pipeline and checkpoints are the same as for "concat"; each
     image gets its own first filters instead of one filter bank mixing both from the first layer.
