@@ -60,12 +60,9 @@ def cmd_fetch(a: argparse.Namespace) -> None:
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
-    from eva_helpers.data.stats import compute_stats
+    from eva_helpers.data.stats import compute_stats, describe_stats
 
-    stats = compute_stats(a.data, limit=a.limit)
-    for k in ("bg", "fg_bg"):
-        print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
-    print(f"foreground fraction: mean {stats['mask_fraction']['mean']:.4f}  ({stats['samples']} samples)")
+    print(describe_stats(compute_stats(a.data, limit=a.limit)))
     print(f"written: {Path(a.data) / 'stats.json'}")
 
 

@@ -181,12 +181,10 @@ def explore_stats(data_dir: str | Path, limit: int | None = None) -> dict[str, A
     """Compute stats.json, print the table, keep a copy beside the Drive dataset (the cache is lost), plot."""
     from eva_helpers.atomic import atomic_copy
     from eva_helpers.plots import plot_stats
-    from eva_helpers.data.stats import compute_stats
+    from eva_helpers.data.stats import compute_stats, describe_stats
 
     stats = compute_stats(data_dir, limit=limit or None)
-    for k in ("bg", "fg_bg"):
-        print(f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}")
-    print("foreground fraction (mean):", round(stats["mask_fraction"]["mean"], 4))
+    print(describe_stats(stats))
     try:
         origin = Path((Path(data_dir) / ORIGIN).read_text().strip())
     except OSError:

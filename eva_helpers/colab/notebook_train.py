@@ -148,9 +148,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def tensorboard(cfg: TrainConfig) -> str:
     """%tensorboard on this run's local logs in Colab; elsewhere print the command. Returns the log folder."""
-    from eva_helpers.paths import default_cache
+    from eva_helpers.training.run_folder import tensorboard_dir
 
-    logdir = str(default_cache() / "tensorboard" / Path(cfg.run_dir).resolve().name)  # "runs/x/.." names x
+    logdir = str(tensorboard_dir(cfg.run_dir))
     shell = None
     if in_colab():
         from IPython import get_ipython

@@ -133,3 +133,11 @@ def load_stats(data_dir: str | os.PathLike) -> dict[str, Any] | None:
         raise EvaError(f"{path}: not a stats file of this version (schema {stats.get('schema')!r}, expected "
                        f"{STATS_SCHEMA!r}); move it away and run `eva stats --data {data_dir}` again")
     return stats
+
+
+def describe_stats(stats: dict) -> str:
+    """What `eva stats` and notebook 02 print: per-channel mean/std of bg and fg_bg, the mean foreground fraction."""
+    lines = [f"{k:6s} mean {[round(v, 4) for v in stats[k]['mean']]}  std {[round(v, 4) for v in stats[k]['std']]}"
+             for k in ("bg", "fg_bg")]
+    return "\n".join(lines + [f"foreground fraction: mean {stats['mask_fraction']['mean']:.4f}  "
+                              f"({stats['samples']} samples)"])
