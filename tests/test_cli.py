@@ -104,3 +104,20 @@ def test_every_flag_is_described_with_its_default(cmd):
         assert action.help, f"eva {cmd} {action.option_strings or action.dest}: no help text"
         if action.option_strings and not action.required:
             assert f"(default: {action.default})" in " ".join(text.split()), f"{action.option_strings}: no default"
+
+
+def test_cli_defaults_are_the_code_defaults():
+    """`eva train` and `eva build` without options give TrainConfig's and build_dataset's defaults: one source."""
+    import inspect
+
+    from eva_helpers.cli.commands import train_config_from_args
+    from eva_helpers.cli.parser import build_parser
+    from eva_helpers.compositing.build import build_dataset
+    from eva_helpers.training.config import TrainConfig
+
+    a = build_parser().parse_args(["train", "--task", "joint", "--data", "d", "--run-dir", "r"])
+    assert train_config_from_args(a).to_dict() == TrainConfig(task="joint", data="d", run_dir="r").to_dict()
+    b = vars(build_parser().parse_args(["build", "--bg", "b", "--fg", "f", "--out", "o"]))
+    for name, p in inspect.signature(build_dataset).parameters.items():
+        if name in b and p.default is not inspect.Parameter.empty:
+            assert b[name] == p.default, name

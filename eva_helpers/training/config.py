@@ -20,6 +20,7 @@ TASK_HEADS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")
 SCHEDULES = ("onecycle", "plateau", "none")
 WEIGHTINGS = ("fixed", "uncertainty")
 SPLIT_BY = ("bg", "fg", "bg+fg")
+CHECKPOINT_CHOICES = ("best", "last")  # which checkpoint of a run is loaded (run_folder.load_run)
 SECOND_SHOTS = ("off", "tone", "full")  # second_shot.PRESETS: how much a training pair looks like two real photos
 # What a config written before a field existed trained with: an old run folder resumes (and is described) as it was.
 LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}, "init_from": None, "init_which": "best",
@@ -136,8 +137,8 @@ class TrainConfig:
             raise EvaError(f"second_shot_opts={self.second_shot_opts!r} is not valid: give a dict, e.g. {{'shift': 2.0}}")
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from.strip()):
             raise EvaError(f"init_from={self.init_from!r} is not valid: give a trained run folder, or None")
-        if self.init_which not in ("best", "last"):
-            raise EvaError(f"init_which={self.init_which!r} is not one of ['best', 'last']")
+        if self.init_which not in CHECKPOINT_CHOICES:
+            raise EvaError(f"init_which={self.init_which!r} is not one of {list(CHECKPOINT_CHOICES)}")
         if self.size_stages is not None:
             ok = isinstance(self.size_stages, (list, tuple)) and all(
                 isinstance(st, (list, tuple)) and len(st) == 2 and _int(st[0]) and st[0] >= 8 and _int(st[1])

@@ -1,0 +1,213 @@
+"""The `eva` command line: every command's flags, with their defaults and choices taken from the code they set.
+
+A flag that sets a `TrainConfig` field shows that field's default and allowed values (training/config.py); the build's
+flags show `build_dataset`'s (compositing/build.py). So `eva --help`, the notebooks' parameters and the Python API
+cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+
+from eva_helpers.cli import commands
+from eva_helpers.compositing.build import MODES, build_dataset
+from eva_helpers.compositing.teachers import TEACHERS
+from eva_helpers.errors import UsageError
+from eva_helpers.training.config import (CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS,
+                                         TrainConfig)
+
+TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+BUILD = {name: p.default for name, p in inspect.signature(build_dataset).parameters.items()
+         if p.default is not inspect.Parameter.empty}
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers, e.g. 0.3,0.7)") from None
+    return lo, hi
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (UsageError), not a usage block and SystemExit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _stage(text: str) -> list[int]:
+    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages."""
+    size, sep, epochs = text.partition(":")
+    if not (sep and size.isdigit() and epochs.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
+    return [int(size), int(epochs)]
+
+
+class _PerturbAction(argparse.Action):
+    """`--perturb NAME`: a name from perturb.PERTURBATIONS; `--perturb list` prints them with what each does and exits
+    at once (like --help, before the required flags are asked for); any other name is a one-line usage error."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from eva_helpers.evaluation.perturb import PERTURBATIONS, describe, names_line
+
+        if value == "list":
+            print(describe())
+            parser.exit(0)
+        if value not in PERTURBATIONS:
+            parser.error(f"argument {option_string}: unknown perturbation {value!r}; choose from {names_line()} "
+                         "(or 'list')")
+        setattr(namespace, self.dest, value)
+
+
+def _perturb_names() -> str:
+    from eva_helpers.evaluation.perturb import names_line
+
+    return names_line()
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every optional flag's help ends with its default (required ones have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.required else super()._get_help_string(action)
+
+
+class _HelpNames(_Help):
+    """Never wraps a line inside a hyphenated name (`wb-strong`, `exposure-10`): the perturbation names stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="eva", description="eva-maskdepth: masks and depth from (bg, fg_bg) pairs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": _Help}
+
+    b = sub.add_parser("build", help="composite bg/ + fg/ into verified zip shards with depth labels", **fmt)
+    b.add_argument("--bg", required=True, help="folder of background photos")
+    b.add_argument("--fg", required=True, help="folder of cut-outs with an alpha channel")
+    b.add_argument("--out", required=True, help="dataset folder to create (or resume)")
+    b.add_argument("--size", type=int, default=BUILD["size"], help="side of the square composites in pixels")
+    b.add_argument("--positions", type=int, default=BUILD["positions"], help="random placements per (bg, fg, flip)")
+    b.add_argument("--seed", type=int, default=BUILD["seed"], help="every random choice of sample i derives from (seed, i)")
+    b.add_argument("--teacher", default=BUILD["teacher"], help=" | ".join(TEACHERS))
+    b.add_argument("--teacher-model-dir", default=None, help="load the Depth Anything teacher from a local folder")
+    b.add_argument("--mode", default=BUILD["mode"], choices=MODES,
+                   help="depth labels: teacher once per background with the object as a layer; hybrid (background "
+                        "from the clean photo, object from the composite, aligned outside the mask); or every composite "
+                        "(aligned to the background's map)")
+    b.add_argument("--teacher-input-size", type=int, default=None,
+                   help="side the deep teacher runs at (default: its own, 518 for Depth Anything V2, 256 for MiDaS)")
+    b.add_argument("--scale-range", type=_pair, default=BUILD["scale_range"], help="object height as a fraction of the bg: LO,HI")
+    b.add_argument("--no-flips", action="store_true", help="do not add mirrored cut-outs")
+    b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="samples per zip shard")
+    b.add_argument("--jpeg-quality", type=int, default=BUILD["jpeg_quality"], help="JPEG quality of fg_bg (4:4:4 chroma)")
+    b.add_argument("--workers", type=int, default=None, help="build processes (None: one per CPU)")
+    b.add_argument("--on-bad", choices=["error", "skip"], default=BUILD["on_bad"], help="unreadable inputs: stop, or skip and report")
+    b.add_argument("--limit", type=int, default=None, help="build only the first N samples")
+    b.set_defaults(func=commands.cmd_build)
+
+    f = sub.add_parser("fetch", help="download/copy a dataset listed in data_manifest.json into the local cache, verified",
+                       **fmt)
+    f.add_argument("name", help="dataset name in data_manifest.json")
+    f.add_argument("--manifest", default=None, help="data_manifest.json to read (default: the repository's)")
+    f.add_argument("--cache", default=None, help="local cache folder (default: /content/eva_cache on Colab)")
+    f.set_defaults(func=commands.cmd_fetch)
+
+    s = sub.add_parser("stats", help="per-channel mean/std, foreground fraction, depth histogram -> stats.json", **fmt)
+    s.add_argument("--data", required=True, help="dataset folder (holding manifest.json)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N samples (a 400k build takes minutes)")
+    s.set_defaults(func=commands.cmd_stats)
+
+    t = sub.add_parser("train", help="train (resumes from <run-dir>/checkpoints when present; works under torchrun)",
+                       **fmt)
+    t.add_argument("--task", choices=list(TASK_HEADS), required=True, help="what the model predicts")
+    t.add_argument("--data", required=True, help="dataset folder (holding manifest.json)")
+    t.add_argument("--run-dir", required=True, help="run folder: config, history, checkpoints, metrics (resumed if present)")
+    t.add_argument("--model", default=TRAIN["model"], help="registry name, e.g. unet_small, resnet18_unet")
+    t.add_argument("--stem", choices=["concat", "two"], default=None,
+                   help="UNet input: one stem over cat(bg, fg_bg) (default) or a stem per image (--inputs concat only)")
+    t.add_argument("--inputs", choices=["concat", "diff", "tolerant", "siamese"], default=None,
+                   help="what the model sees: bg+fg_bg, plus |fg_bg - bg| (diff), plus a difference that tolerates 2 px "
+                        "of shake (tolerant), or a shared two-stream encoder (None: the default)")
+    t.add_argument("--mask-head", choices=["plain", "residual"], default=None,
+                   help="plain head (None: the default, plain) or residual: the thresholded |fg_bg - bg| as a learned "
+                        "prior the network corrects")
+    t.add_argument("--second-shot", choices=SECOND_SHOTS, default=TRAIN["second_shot"],
+                   help="train on pairs that look like two real photos: bg perturbed in tone, blur, noise and JPEG "
+                        "(tone), plus hand shake and cast shadows (full); off: exact composites")
+    t.add_argument("--init-from", metavar="RUN_DIR", default=None,
+                   help="start from another run's weights (not its optimizer or schedule): a run of the same model "
+                        "and inputs, at any size or on any dataset; a joint run may start from a mask-only or "
+                        "depth-only one (the other head starts fresh)")
+    t.add_argument("--init-which", choices=CHECKPOINT_CHOICES, default=TRAIN["init_which"],
+                   help="which checkpoint of --init-from to start from")
+    t.add_argument("--size-stages", nargs="+", type=_stage, default=None, metavar="SIZE:EPOCHS",
+                   help="progressive resizing: train these stages first, e.g. 32:5 (5 epochs at 32 px), then the "
+                        "remaining epochs at --size (validation and evaluation are always at --size)")
+    t.add_argument("--epochs", type=int, default=TRAIN["epochs"],
+                   help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
+    t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="samples per optimizer step (per process under torchrun)")
+    t.add_argument("--size", type=int, default=TRAIN["size"], help="training resolution in pixels")
+    t.add_argument("--seed", type=int, default=TRAIN["seed"], help="seed of the model init, sample order and augmentation")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (None: the model family's recipe, 1e-2 for UNets, 1e-3 for ResNets)")
+    t.add_argument("--schedule", choices=SCHEDULES, default=TRAIN["schedule"],
+                   help="learning-rate schedule: OneCycle per batch, halve on a validation plateau, or constant")
+    t.add_argument("--loss-weighting", choices=WEIGHTINGS, default=TRAIN["loss_weighting"],
+                   help="joint task: fixed loss weights or learned uncertainty weighting")
+    t.add_argument("--checkpoint-interval", type=float, default=TRAIN["checkpoint_interval_s"], help="seconds between mid-epoch checkpoints")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
+    t.add_argument("--workers", type=int, default=None, help="DataLoader workers (None: the loader's default)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms: a resumed CPU run ends bit-identical to an uninterrupted one")
+    t.add_argument("--pretrained", action="store_true", help="ImageNet weights for ResNet encoders (needs internet)")
+    t.add_argument("--tensorboard", action="store_true", help="log to TensorBoard in the local cache")
+    t.add_argument("--device", default=TRAIN["device"], help="auto | cpu | cuda | cuda:N")
+    t.set_defaults(func=commands.cmd_train)
+
+    e = sub.add_parser("eval", help="metrics.json (+ baseline) and a best/worst figure for a run folder",
+                       formatter_class=_HelpNames)
+    e.add_argument("--run-dir", required=True, help="a trained run folder")
+    e.add_argument("--data", required=True, help="dataset folder the run was trained on (its held-out split is "
+                   "scored); another dataset is scored whole as unseen data, with the run's own thresholds, into "
+                   "metrics-<folder name>.json (refused if it shares a background with the run's training split)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="held-out split to score")
+    e.add_argument("--which", default="best", choices=CHECKPOINT_CHOICES, help="checkpoint to score")
+    e.add_argument("--perturb", default=None, metavar="NAME", action=_PerturbAction,
+                   help="score the split as a real second shot would give it (fg_bg changed, thresholds still chosen "
+                        "on clean validation) -> metrics-NAME.json; 'list' shows what each does. NAME: "
+                        + _perturb_names())
+    e.add_argument("--align", action="store_true",
+                   help="register bg to fg_bg (and match its tone and JPEG compression) before the model and the "
+                        "baseline see each pair, as predict does -> metrics-<NAME or clean>-aligned.json")
+    e.set_defaults(func=commands.cmd_eval)
+
+    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, or "
+                                        "two folders of pairs matched by file name", **fmt)
+    pr.add_argument("--run-dir", required=True, help="a trained run folder")
+    pr.add_argument("--bg", required=True, help="the background photo, without the object (or a folder of them)")
+    pr.add_argument("--fg-bg", required=True, help="the same photo with the object, same size (or a folder: "
+                                                   "kitchen.png here pairs with kitchen.jpg in --bg)")
+    pr.add_argument("--out", required=True, help="folder for mask.png, depth.png, alignment.json and prediction.png "
+                                                 "(folders: <name>_mask.png, <name>_depth.png and alignment.csv)")
+    pr.add_argument("--which", default="best", choices=CHECKPOINT_CHOICES, help="checkpoint to use")
+    pr.add_argument("--no-align", action="store_true",
+                    help="use bg as it is; otherwise bg is registered to fg_bg, its tone matched and, when fg_bg "
+                         "was saved as a much coarser JPEG, saved again like it: each only when confident")
+    pr.add_argument("--batch-size", type=int, default=16,
+                    help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
+                         "time, so each result equals the single-pair command's)")
+    pr.set_defaults(func=commands.cmd_predict)
+
+    d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)
+    d.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
+    d.add_argument("--minutes", type=float, default=10.0, help="rough CPU time budget for the three trainings")
+    d.add_argument("--seed", type=int, default=0, help="seed of the build and the trainings")
+    d.set_defaults(func=commands.cmd_demo)
+    return p
