@@ -30,8 +30,8 @@ import torch
 
 from eva_helpers.atomic import TMP_PREFIX, atomic_copy, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
 from eva_helpers.errors import EvaError, IntegrityError
-from eva_helpers.training.run_folder import CHECKPOINTS
 
+CHECKPOINTS = "checkpoints"  # the folder inside a run folder
 LAST = "last.pt"
 PREV = "prev.pt"
 BEST = "best.pt"

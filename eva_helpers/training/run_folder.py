@@ -21,14 +21,13 @@ from eva_helpers.errors import EvaError, IntegrityError
 from eva_helpers.paths import default_cache, safe_name
 from eva_helpers.training.config import TrainConfig, result_changing_differences
 
+from eva_helpers.training.checkpoint import CHECKPOINTS, CheckpointManager
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from eva_helpers.training.checkpoint import CheckpointManager
-
 CONFIG = "config.json"
-CHECKPOINTS = "checkpoints"  # last.pt, prev.pt, best.pt (checkpoint.py)
 SUMMARY = "summary.json"
 HISTORY = "history.jsonl"
 STATS = "stats.json"
@@ -192,8 +191,6 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torc
         raise EvaError(f"which={which!r}: use 'best' or 'last'")
     if not Path(run_dir).is_dir():
         raise EvaError(f"{run_dir}: no such run folder; give the folder `eva train --run-dir` (or a notebook) wrote")
-    from eva_helpers.training.checkpoint import CheckpointManager
-
     manager = CheckpointManager(run_dir, is_main=False)  # reading only: nothing is created or cleaned
     ckpt, path = None, manager.dir / f"{which}.pt"
     if which == "best" and path.exists():
