@@ -13,6 +13,15 @@ from typing import Any
 
 from eva_helpers.atomic import atomic_write_text
 from eva_helpers.errors import EvaError
+from eva_helpers.atomic import check_output_folder
+from eva_helpers.compositing.build import build_dataset
+from eva_helpers.compositing.teachers import SYNTHETIC, describe_labels
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.loaders import load_stats
+from eva_helpers.data.stats import compute_stats
+from eva_helpers.paths import sample_assets
+from eva_helpers.plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
+from eva_helpers.training.config import TrainConfig
 
 # (task, model) trained by the demo; the joint model shares one encoder between a mask and a depth decoder.
 DEMO_RUNS = (("mask", "unet_small"), ("depth", "unet_small"), ("joint", "unet_small"))
@@ -37,9 +46,6 @@ class DemoConfig:
 
 
 def build_sample(cfg: DemoConfig) -> Path:
-    from eva_helpers.compositing.build import build_dataset
-    from eva_helpers.paths import sample_assets
-
     data = Path(cfg.out) / "data" / f"sample-{cfg.size}px"
     assets = sample_assets()
     build_dataset(assets / "bg", assets / "fg", data, size=cfg.size, positions=cfg.positions, seed=cfg.seed,
@@ -48,14 +54,10 @@ def build_sample(cfg: DemoConfig) -> Path:
 
 
 def ensure_stats(data: Path) -> dict:
-    from eva_helpers.data.loaders import load_stats
-    from eva_helpers.data.stats import compute_stats
-
     return load_stats(str(data)) or compute_stats(str(data))
 
 
 def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> dict[str, Any]:
-    from eva_helpers.training.config import TrainConfig
     from eva_helpers.colab.runs import current_metrics
     from eva_helpers.training.fit import fit
 
@@ -113,9 +115,6 @@ def margins(results: dict[str, dict]) -> list[str]:
 
 def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, dict]) -> Path:
     """report/README.md + PNG figures + metrics.json: what a person opens first."""
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
-    from eva_helpers.compositing.teachers import SYNTHETIC, describe_labels
     from eva_helpers.training.run_folder import read_history
 
     report = Path(cfg.out) / "report"
@@ -169,8 +168,6 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
 def run_demo(out: str | Path = "demo_output", minutes: float = 10.0, seed: int = 0, **overrides) -> Path:
     """The README's main job. `minutes` scales the epochs of the three trainings (10 = the default sizes)."""
     import math
-
-    from eva_helpers.atomic import check_output_folder
 
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise EvaError(f"minutes={minutes!r} is not valid: give a CPU time budget > 0, e.g. 10")

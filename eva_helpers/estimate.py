@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from eva_helpers.errors import EvaError
+from eva_helpers.compositing.build import build_dataset
+from eva_helpers.compositing.images import list_images
 
 BUILD_RATE = 1100  # composites/s, layered mode, Colab's 2 vCPUs (bench/RESULTS.md, five rounds 1,089-1,171)
 DRIVE_READ_MB_S = (30, 100)  # assumed range for large files read through the Drive mount (not measured here)
@@ -52,8 +54,6 @@ class BuildEstimate:
 
 def count_composites(bg_dir: str | Path, fg_dir: str | Path, positions: int, flips: bool) -> tuple[int, int, int]:
     """(composites, backgrounds, cut-outs) a build of these folders makes (junk files are not counted)."""
-    from eva_helpers.compositing.images import list_images
-
     n_bg, n_fg = len(list_images(bg_dir).files), len(list_images(fg_dir).files)
     return n_bg * n_fg * (2 if flips else 1) * positions, n_bg, n_fg
 
@@ -62,8 +62,6 @@ def measure_bytes_per_composite(bg_dir: str | Path, fg_dir: str | Path, size: in
                                 flips: bool = True) -> tuple[float, float]:
     """(bytes per composite, bytes per background) of a probe build: a few of the photos at `size` px, geometric
     labels, in a temp folder on local disk (deleted after)."""
-    from eva_helpers.compositing.build import build_dataset
-    from eva_helpers.compositing.images import list_images
 
     with tempfile.TemporaryDirectory(prefix="eva-probe-") as tmp:
         dirs = {}

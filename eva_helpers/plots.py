@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from eva_helpers.atomic import atomic_write_bytes
 
 
 def _plt():
@@ -40,8 +41,6 @@ def spread_indices(n: int, k: int = 6, seed: int = 0) -> list[int]:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    from eva_helpers.atomic import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())

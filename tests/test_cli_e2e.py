@@ -29,7 +29,8 @@ def test_build_stats_train_eval_predict_through_the_cli(tmp_path, monkeypatch, c
 def _pipeline(tmp_path, monkeypatch, capsys) -> None:
     from PIL import Image
 
-    import eva_helpers.training.run_folder as run_folder_mod
+    import eva_helpers.evaluation.heldout as heldout_mod
+    import eva_helpers.evaluation.predict as predict_mod
     from eva_helpers.data import formats
     from eva_helpers.training.checkpoint import read_sidecar
     from eva_helpers.cli import main
@@ -81,14 +82,15 @@ def _pipeline(tmp_path, monkeypatch, capsys) -> None:
 
     # eval with the default --which: best.pt is what gets scored
     loaded = []
-    real_load_run = run_folder_mod.load_run
+    real_load_run = heldout_mod.load_run
 
     def spy(*args, **kwargs):
         out = real_load_run(*args, **kwargs)
         loaded.append(int(out[2]["global_step"]))
         return out
 
-    monkeypatch.setattr(run_folder_mod, "load_run", spy)
+    monkeypatch.setattr(heldout_mod, "load_run", spy)
+    monkeypatch.setattr(predict_mod, "load_run", spy)
     assert main(["eval", "--run-dir", str(run), "--data", str(data)]) == 0
     assert loaded == [best["global_step"]] != [last["global_step"]]
     printed = json.loads(capsys.readouterr().out)

@@ -133,11 +133,11 @@ def test_private_repository_uses_colab_secrets_never_a_pasted_token(colab, monke
 def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_path, monkeypatch, capsys):
     from eva_helpers.colab import notebook_train as nt
 
-    monkeypatch.setattr("eva_helpers.colab.session.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
+    monkeypatch.setattr("eva_helpers.colab.notebook_train.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
     nt.record_code(tmp_path)
     nt.record_code(tmp_path)  # the same code again: nothing to add, nothing to say
     assert "other code" not in capsys.readouterr().out
-    monkeypatch.setattr("eva_helpers.colab.session.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
+    monkeypatch.setattr("eva_helpers.colab.notebook_train.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
     nt.record_code(tmp_path)
     out = capsys.readouterr().out
     assert "0.1.0, commit aaaaaaaaaaaa" in out and "0.1.1, commit bbbbbbbbbbbb" in out
@@ -163,7 +163,7 @@ def _fake_fit(monkeypatch):
         return {"finished": True, "global_step": 6, "epochs_completed": cfg.epochs, "best": None}
 
     monkeypatch.setattr("eva_helpers.training.fit.fit", fit)
-    monkeypatch.setattr("eva_helpers.estimate.estimate_training", lambda *a, **k: 0.0)
+    monkeypatch.setattr("eva_helpers.colab.notebook_train.estimate_training", lambda *a, **k: 0.0)
 
 
 def test_a_rebuilt_drive_dataset_keeps_its_run_folder_and_is_refused_there(colab, sample_dataset, monkeypatch, capsys):

@@ -54,7 +54,7 @@ def test_stats_on_drive_follow_the_dataset_into_the_cache(paths, sample_dataset,
     shutil.copytree(sample_dataset, origin)
     (origin / "stats.json").write_text('{"schema": "eva-stats/1"}')
     cache = paths.cache / "mine"
-    monkeypatch.setattr("eva_helpers.fetching.locate.resolve_dataset",
+    monkeypatch.setattr("eva_helpers.colab.notebook.resolve_dataset",
                         lambda name, p: shutil.copytree(origin, cache, ignore=shutil.ignore_patterns("stats.json"))
                         or cache)  # a Drive folder copied to the cache (without stats.json, as fetch does)
     assert notebook.dataset_for("mine", paths) == cache
@@ -107,7 +107,7 @@ def test_notebook_config_defaults_smoke_and_run_folder(paths, tmp_path):
 def test_comparison_never_trains_without_the_explicit_choice(paths, tmp_path, monkeypatch, capsys):
     from eva_helpers.colab.runs import compare_runs, notebook_config
 
-    monkeypatch.setattr("eva_helpers.training.fit.fit", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr("eva_helpers.colab.runs.fit", lambda *a, **k: pytest.fail("must not train"))
     cfg = notebook_config("joint", tmp_path / "ds", paths)
     results = compare_runs(cfg, {"mask_iou": 0.5}, train_missing=False)
     assert list(results) == [f"joint {cfg.model}"]

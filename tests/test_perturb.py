@@ -5,11 +5,8 @@ labels moved with the photo on a shake and left alone otherwise, a shadow that d
 """
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import shutil
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -186,11 +183,8 @@ def test_a_bad_name_is_refused_before_anything_is_read(run_copy, sample_dataset)
 
 
 def _fake_align(monkeypatch, calls: list) -> None:
-    """An `eva_helpers.evaluation.align` whose registration makes bg equal to fg_bg (so the baseline finds nothing) and says it
-    applied on every other pair: shows what the model and the baseline were handed."""
-    mod = types.ModuleType("eva_helpers.evaluation.align")
-    mod.__spec__ = importlib.machinery.ModuleSpec("eva_helpers.evaluation.align", None)
-
+    """A registration that makes bg equal to fg_bg (so the baseline finds nothing) and says it applied on every other
+    pair: shows what the model and the baseline were handed."""
     class Alignment:
         def __init__(self, applied):
             self.applied, self.tone_applied, self.jpeg_applied = applied, False, False
@@ -202,8 +196,7 @@ def _fake_align(monkeypatch, calls: list) -> None:
         calls.append(bg.shape)
         return fg_bg.copy(), Alignment(len(calls) % 2 == 0)
 
-    mod.align_pair, mod.Alignment = align_pair, Alignment
-    monkeypatch.setitem(sys.modules, "eva_helpers.evaluation.align", mod)
+    monkeypatch.setattr("eva_helpers.evaluation.perturb.align_pair", align_pair)
 
 
 def test_align_registers_every_scored_pair_for_model_and_baseline(run_copy, sample_dataset, monkeypatch):

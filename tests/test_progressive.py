@@ -78,7 +78,8 @@ def test_a_stage_size_the_model_cannot_take_is_one_line_before_anything(tmp_path
 
 
 def test_cli_size_stages(tmp_path):
-    from eva_helpers.cli import build_parser, train_config_from_args
+    from eva_helpers.cli.commands import train_config_from_args
+    from eva_helpers.cli.parser import build_parser
 
     args = build_parser().parse_args(["train", "--task", "joint", "--data", "d", "--run-dir", str(tmp_path / "r"), "--size", "64",
                                       "--epochs", "15", "--size-stages", "32:5", "48:2"])

@@ -47,7 +47,7 @@ def test_joint_run_from_a_mask_run_loads_the_shared_weights(data, mask_run, tmp_
         seen["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return out
 
-    monkeypatch.setattr(warm_start, "load_into", spy)
+    monkeypatch.setattr("eva_helpers.training.fit.load_into", spy)
     run = tmp_path / "joint"
     summary = fit(_cfg(data, run, task="joint", size=64, init_from=str(mask_run)))  # another size: convs do not mind
     source = load_checkpoint(mask_run / "checkpoints" / "best.pt")["model"]

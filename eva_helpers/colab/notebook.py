@@ -15,6 +15,25 @@ from typing import Any
 from eva_helpers.errors import EvaError
 from eva_helpers.estimate import BUILD_RATE
 from eva_helpers.paths import Paths, require_drive_mounted
+from eva_helpers.atomic import atomic_copy
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.colab.widgets import sample_browser
+from eva_helpers.compositing.build import build_dataset
+from eva_helpers.compositing.teachers import dataset_labels
+from eva_helpers.compositing.teachers import resolve_teacher as resolve
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.dataset import make_splits
+from eva_helpers.data.formats import MANIFEST
+from eva_helpers.data.loaders import collate
+from eva_helpers.data.stats import compute_stats, describe_stats
+from eva_helpers.estimate import estimate_build
+from eva_helpers.fetching.locate import in_data, known_dataset, resolve_dataset
+from eva_helpers.paths import safe_name, sample_assets
+from eva_helpers.plots import plot_stats
+from eva_helpers.plots import show_samples
+from eva_helpers.plots import spread_indices
+from eva_helpers.training.config import TrainConfig
 
 DEFAULT_DATASET = "my-dataset"  # the folder notebook 01 builds under <paths.data>
 SAMPLE = "sample"  # the shipped 64 px sample (data_manifest.json)
@@ -46,7 +65,6 @@ class BuildPlan:
 def resolve_teacher(teacher: str, out_dir: Path) -> str:
     """`teachers.resolve_teacher` with the teacher a started build in `out_dir` recorded: "auto" keeps it (a reconnect
     must not switch teachers), else picks Depth Anything V2 Small on a GPU and refuses a CPU runtime in one line."""
-    from eva_helpers.compositing.teachers import resolve_teacher as resolve
 
     try:
         recorded = json.loads((Path(out_dir) / "manifest.json").read_text())["params"]["teacher"]
@@ -61,8 +79,6 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                flips: bool = True, shard_size: int = 1000) -> BuildPlan:
     """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher; then
     what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space."""
-    from eva_helpers.estimate import estimate_build
-    from eva_helpers.paths import safe_name, sample_assets
 
     safe_name(dataset, what="DATASET", source="notebook 01")  # the build goes to <paths.data>/<dataset>, nowhere else
     if smoke:
@@ -81,8 +97,6 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
 
 def build(plan: BuildPlan) -> dict[str, Any]:
     """Build (or resume) the dataset of `plan`; returns its manifest."""
-    from eva_helpers.compositing.build import build_dataset
-
     require_drive_mounted(plan.out_dir, "the build")
     return build_dataset(plan.bg_dir, plan.fg_dir, plan.out_dir, size=plan.size, positions=plan.positions,
                          seed=plan.seed, teacher=plan.teacher, mode=plan.mode, scale_range=plan.scale_range,
@@ -105,10 +119,6 @@ def shard_report(manifest: dict[str, Any], out_dir: str | Path, max_rows: int = 
 
 def show_samples_of(data_dir: str | Path, k: int = 6, seed: int = 0):
     """k random samples of a dataset: bg | fg_bg | mask | depth."""
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.plots import show_samples, spread_indices
-    from eva_helpers.compositing.teachers import dataset_labels
-
     ds = ShardDataset(data_dir)
     labels = dataset_labels(data_dir)
     print(labels)  # which teacher made what the depth column shows, and whether it is synthetic
@@ -122,8 +132,6 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     SMOKE: notebook 01's SMOKE build of `dataset` when complete, else the shipped sample. Otherwise: a folder path, a
     dataset notebook 01 built under `paths.data`, or a name in data_manifest.json; none of these is a clear error.
     """
-    from eva_helpers.data.formats import MANIFEST
-    from eva_helpers.fetching.locate import in_data, known_dataset, resolve_dataset
 
     name = dataset or DEFAULT_DATASET
     require_drive_mounted(paths.root, "reading and caching the dataset")
@@ -147,7 +155,6 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     data_dir = resolve_dataset(name, paths)
     origin = folder(name)
     if (origin / MANIFEST).is_file() and origin.resolve() != Path(data_dir).resolve():
-        from eva_helpers.atomic import atomic_write_text
 
         require_drive_mounted(origin, "copying stats.json")
         atomic_write_text(Path(data_dir) / ORIGIN, str(origin.resolve()))  # where stats.json must go back to
@@ -165,8 +172,6 @@ def _complete(folder: Path) -> bool:
 
 def _sync_stats(origin: Path, data_dir: Path) -> None:
     """stats.json computed earlier (kept on Drive beside the dataset) follows the dataset into the local cache."""
-    from eva_helpers.atomic import atomic_copy
-
     src, dst = origin / "stats.json", Path(data_dir) / "stats.json"
     if src.is_file() and src.resolve() != dst.resolve() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
         atomic_copy(src, dst)
@@ -179,10 +184,6 @@ def estimate_build_minutes(samples: int, rate: float = BUILD_RATE) -> float:
 # ---- 02: explore -----------------------------------------------------------------------------------------------------
 def explore_stats(data_dir: str | Path, limit: int | None = None) -> dict[str, Any]:
     """Compute stats.json, print the table, keep a copy beside the Drive dataset (the cache is lost), plot."""
-    from eva_helpers.atomic import atomic_copy
-    from eva_helpers.plots import plot_stats
-    from eva_helpers.data.stats import compute_stats, describe_stats
-
     stats = compute_stats(data_dir, limit=limit or None)
     print(describe_stats(stats))
     try:
@@ -202,12 +203,7 @@ def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4
     scene, applied on the batch as `fit` does): mask and depth must move with fg_bg; bg looks like another photo."""
     import torch
 
-    from eva_helpers.data.augment import build_transforms
     from eva_helpers.training.batch_augment import BatchAugment
-    from eva_helpers.training.config import TrainConfig
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.data.loaders import collate
-    from eva_helpers.plots import show_samples
 
     show_samples_of(data_dir, k, seed)
     batch = collate([ShardDataset(data_dir, transform=build_transforms("val", size))[0]] * k)
@@ -220,8 +216,6 @@ def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4
 
 
 def show_splits(data_dir: str | Path, by: str = "bg", seed: int = 0) -> dict:
-    from eva_helpers.data.dataset import make_splits
-
     splits = make_splits(data_dir, by=by, seed=seed)
     for k in ("train", "val", "test"):
         print(f"{k:5s} {len(splits[k]):6d} samples")
@@ -230,7 +224,4 @@ def show_splits(data_dir: str | Path, by: str = "bg", seed: int = 0) -> dict:
 
 
 def sample_browser_for(data_dir: str | Path, splits: dict):
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.colab.widgets import sample_browser
-
     return sample_browser(ShardDataset(data_dir), splits)

@@ -20,6 +20,20 @@ import numpy as np
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import BadInputError, EvaError
 from eva_helpers.paths import in_colab, require_drive_mounted
+from eva_helpers.atomic import atomic_write_bytes
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.colab.session import describe_code, installed_code
+from eva_helpers.colab.widgets import prediction_browser
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.formats import read_manifest
+from eva_helpers.data.verify import dataset_identity
+from eva_helpers.demo import results_table
+from eva_helpers.estimate import estimate_evaluation
+from eva_helpers.estimate import estimate_training
+from eva_helpers.evaluation.align import describe_alignment
+from eva_helpers.paths import path_problem
+from eva_helpers.plots import side_by_side
 
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
 CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each session trained this run with
@@ -33,9 +47,6 @@ def show_model(cfg: TrainConfig) -> None:
 
 
 def _dataset_facts(data: str | Path) -> dict[str, Any]:
-    from eva_helpers.data.formats import read_manifest
-    from eva_helpers.data.verify import dataset_identity
-
     m = read_manifest(data)
     params = m.get("params") or {}
     return {"identity": dataset_identity(m), "name": Path(str(data)).name, "samples": (m.get("counts") or {}).get("samples"),
@@ -77,9 +88,6 @@ def record_code(run_dir: str | Path) -> dict[str, str]:
     import json
     from datetime import datetime, timezone
 
-    from eva_helpers.atomic import atomic_write_text
-    from eva_helpers.colab.session import describe_code, installed_code
-
     path = Path(run_dir) / CODE
     history = _read_json(path)
     history = history if isinstance(history, list) else []
@@ -115,8 +123,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run folder once fit's own checks have passed."""
     import json
 
-    from eva_helpers.atomic import atomic_write_text
-    from eva_helpers.estimate import estimate_training
     from eva_helpers.training.fit import fit
 
     run = require_drive_mounted(Path(cfg.run_dir), "training")
@@ -166,7 +172,6 @@ def tensorboard(cfg: TrainConfig) -> str:
 
 def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """Held-out test split beside the baseline: metrics.json in the run folder, the best/worst figure shown."""
-    from eva_helpers.estimate import estimate_evaluation
     from eva_helpers.colab.runs import current_metrics
 
     require_drive_mounted(Path(cfg.run_dir), "the evaluation")
@@ -190,8 +195,6 @@ def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: b
     size, epochs) and the baseline (Markdown), saved as `comparison.md` in the joint run folder."""
     from IPython.display import Markdown
 
-    from eva_helpers.atomic import atomic_write_text
-    from eva_helpers.demo import results_table
     from eva_helpers.colab.runs import compare_runs
 
     run = require_drive_mounted(Path(cfg.run_dir), "the comparison")
@@ -211,10 +214,7 @@ def _run(cfg: TrainConfig):
 
 def browse_predictions(cfg: TrainConfig):
     """A widget over the test and validation splits: predictions against targets."""
-    from eva_helpers.data.augment import build_transforms
-    from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.evaluation.heldout import split_positions
-    from eva_helpers.colab.widgets import prediction_browser
 
     model, run_cfg, stats = _run(cfg)
     splits = split_positions(run_cfg, cfg.data)
@@ -225,8 +225,6 @@ def browse_predictions(cfg: TrainConfig):
 
 def check_upload(uploaded: dict[str, bytes], role: str, like: np.ndarray | None = None) -> np.ndarray:
     """One uploaded photo -> (H, W, 3) uint8; exactly one readable file, the same size as `like` when given."""
-    from eva_helpers.atomic import atomic_write_bytes
-    from eva_helpers.paths import path_problem
     from eva_helpers.evaluation.predict import load_photo
 
     if len(uploaded) != 1:
@@ -255,7 +253,6 @@ def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.
 
         print(f"Choose ONE photo: {role}")
         return check_upload(files.upload(), role, like)
-    from eva_helpers.data.dataset import ShardDataset
 
     key = "bg" if like is None else "fg_bg"
     why = ("UPLOAD_PHOTOS is off (set it to True and run these cells to upload your own)" if in_colab() and not smoke
@@ -267,8 +264,6 @@ def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.
 def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
     """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth, after one line saying what
     the alignment of bg to fg_bg applied (as `eva predict` prints it)."""
-    from eva_helpers.plots import side_by_side
-    from eva_helpers.evaluation.align import describe_alignment
     from eva_helpers.evaluation.predict import predict_pair
 
     model, run_cfg, stats = _run(cfg)

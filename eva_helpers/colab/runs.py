@@ -15,6 +15,10 @@ from typing import Any
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
 from eva_helpers.training.run_folder import CONFIG, read_summary, run_folder
+from eva_helpers.data.formats import read_manifest
+from eva_helpers.data.verify import dataset_identity
+from eva_helpers.evaluation.heldout import evaluate_run
+from eva_helpers.training.fit import fit
 
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
@@ -63,8 +67,6 @@ def parse_stages(text: str) -> list[list[int]]:
 
 def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
     """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
-    from eva_helpers.evaluation.heldout import evaluate_run
-
     run_dir = Path(run_dir)
     path, best = run_dir / "metrics.json", run_dir / "checkpoints" / "best.pt"
     if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
@@ -89,8 +91,6 @@ def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:
     theirs = {**other, "split seed": other.get("split_seed") if other.get("split_seed") is not None else other.get("seed")}
     diff = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in MATCH_FIELDS if theirs.get(k) != ours.get(k)]
     if other.get("dataset_identity"):
-        from eva_helpers.data.formats import read_manifest
-        from eva_helpers.data.verify import dataset_identity
 
         ident = dataset_identity(read_manifest(cfg.data))
         if ident != other["dataset_identity"]:
@@ -105,7 +105,6 @@ def compare_runs(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing:
     A run whose dataset, split, split seed, size or epochs differ from `cfg` is left out, saying what differs. A finished single-task run is evaluated (or its fresh metrics reused). A missing or unfinished one is trained here
     only when `train_missing`; otherwise it is reported as missing, with what to run instead.
     """
-    from eva_helpers.training.fit import fit
 
     runs = Path(cfg.run_dir).parent
     results: dict[str, dict] = {}

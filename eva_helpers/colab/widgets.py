@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 from typing import Sequence
+from eva_helpers.data.loaders import collate, prepare_batch
+from eva_helpers.plots import show_predictions
+from eva_helpers.plots import show_samples
 
 NO_WIDGETS_ENV = "EVA_NO_WIDGETS"
 
@@ -43,8 +46,6 @@ def _browser(n_items_for, render, options: Sequence[str]):
 
 def sample_browser(dataset, splits: dict | None = None):
     """Browse a ShardDataset (untransformed) by split: bg | fg_bg | mask | depth with provenance."""
-    from eva_helpers.plots import show_samples
-
     lists = {"all": list(range(len(dataset)))}
     if splits:
         lists.update({k: list(v) for k, v in splits.items() if k in ("train", "val", "test")})
@@ -54,9 +55,6 @@ def sample_browser(dataset, splits: dict | None = None):
 def prediction_browser(model, datasets: dict, stats: dict | None = None, device: str = "cpu"):
     """Browse predictions against targets; `datasets` maps a split name to a transformed ShardDataset."""
     import torch
-
-    from eva_helpers.data.loaders import collate, prepare_batch
-    from eva_helpers.plots import show_predictions
 
     def render(split: str, k: int):
         s = datasets[split][k]

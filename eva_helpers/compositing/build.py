@@ -28,6 +28,7 @@ from eva_helpers.compositing.images import load_sources
 from eva_helpers.data.verify import VerifyRecord, verify_file, write_index
 from eva_helpers.lease import LEASE_NAME, hold
 from eva_helpers.compositing.teachers import describe_labels, get_teacher, normalise
+from eva_helpers.compositing.teachers import TEACHERS
 
 MODES = ("layered", "per-composite", "hybrid")
 _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change the labels
@@ -35,7 +36,6 @@ _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change 
 
 class BuildConflictError(EvaError):
     """The output folder holds something this build must not overwrite or mix with."""
-
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -46,7 +46,6 @@ def check_build_options(*, size: int, positions: int, seed: int, mode: str, scal
                         teacher_kwargs: dict | None) -> None:
     """Every option range-checked before anything is read or written: a mistyped flag must not claim the output folder
     (the corrected command would then be refused as a build with different parameters)."""
-    from eva_helpers.compositing.teachers import TEACHERS
 
     def need(ok: bool, what: str) -> None:
         if not ok:

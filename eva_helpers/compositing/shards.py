@@ -20,12 +20,12 @@ from eva_helpers.atomic import atomic_write_bytes, sha256_bytes
 from eva_helpers.compositing.compose import Compositor, place_cutout
 from eva_helpers.compositing.labels import composite_label, layer_object, ring_px
 from eva_helpers.data import formats
+from eva_helpers.data.loaders import _die_with_parent
 
 
 @dataclass
 class ShardJob:
     """Everything a worker needs to build shard k on its own (inherited by fork, or pickled for spawn)."""
-
     out_dir: Path
     comp: Compositor
     bg_ids: list[str]
@@ -48,8 +48,6 @@ def _init_worker(ctx: ShardJob, parent_pid: int | None = None) -> None:
     leaves the signals to it: Ctrl-C (sent to the whole process group) stops the main process, which lets the
     shards under way finish, and SIGTERM ends a worker at once, as it would any process."""
     import signal
-
-    from eva_helpers.data.loaders import _die_with_parent
 
     global _CTX
     _die_with_parent(parent_pid)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from eva_helpers.errors import BadInputError
 
 SPLITS = ("train", "val", "test")
 # cv2's INTER_NEAREST resize samples at floor(x * scale): up to half a pixel off the centre-aligned bilinear grid the
@@ -57,13 +58,11 @@ def _seed_of(seed: int, stream: int) -> int:
 
 class JointTransform:
     """callable(sample, seed) -> sample with tensors; picklable so spawn-started workers can use it."""
-
     def __init__(self, split: str, size: int, independent_jitter: bool = False, *, hflip: float = 0.5,
                  crop_scale: tuple[float, float] = (0.6, 1.0), affine_p: float = 0.0, rotate: float = 10.0,
                  jitter: float = 0.25, jitter_p: float = 0.8, saturation: float = 0.0, hue: float = 0.0,
                  compact: bool = False, with_bg: bool = True):
         if split not in SPLITS:
-            from eva_helpers.errors import BadInputError
 
             raise BadInputError(f"split {split!r}: use one of {SPLITS}")
         self.split, self.size, self.independent_jitter, self.compact = split, int(size), independent_jitter, compact

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from eva_helpers.data.formats import decode_image, encode_jpeg
 
 MAX_SIDE = 256         # the estimate reads at most a 256 x 256 window (a photo's worth of content) ...
 MAX_BLOCKS = 256       # ... and tests at most 256 of its unclipped 8x8 blocks, spread over it (plenty to tell)
@@ -38,7 +39,6 @@ _CHROMA = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 5
 @dataclass(frozen=True)
 class JpegGuess:
     """A photo's JPEG settings as read from its pixels; `on_grid`: the share of tested coefficients that fit them."""
-
     quality: int
     subsampled: bool  # 4:2:0 chroma (phones, chat apps) rather than 4:4:4
     on_grid: float
@@ -102,8 +102,6 @@ def _luma_qualities(win: np.ndarray) -> list[tuple[int, float]]:
 
 def encode_decode(rgb: np.ndarray, quality: int, subsampled: bool) -> np.ndarray:
     """(H, W, 3) uint8 RGB saved as a JPEG with these settings and read back, with the dataset's own codec."""
-    from eva_helpers.data.formats import decode_image, encode_jpeg
-
     return decode_image(encode_jpeg(rgb, quality, subsampled=subsampled))
 
 

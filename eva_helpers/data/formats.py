@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.errors import BadInputError
 
 SCHEMA = "eva-dataset/1"
 # The version of the code that turns (parameters, seed, i) into a sample's bytes (compositing, teachers, labels, codecs).
@@ -228,8 +230,6 @@ def read_jsonl(data: bytes) -> list[dict[str, Any]]:
 
 
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    from eva_helpers.errors import BadInputError
-
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
         raise BadInputError(f"{path}: no dataset manifest here (build one with `eva build` or notebook 01)")
@@ -245,8 +245,6 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(dataset_dir: str | Path, manifest: dict[str, Any]) -> None:
-    from eva_helpers.atomic import atomic_write_text
-
     atomic_write_text(Path(dataset_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from eva_helpers.data.stats import load_stats  # noqa: F401  (re-exported: callers import it from here or from stats)
+from eva_helpers.data.augment import resize_background
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,8 +126,6 @@ class BackgroundBank:
     def __call__(self, metas: Sequence[dict], device) -> Any:
         """(B, 3, size, size) uint8 on `device` for the batch's meta dicts."""
         import torch
-
-        from eva_helpers.data.augment import resize_background
 
         device, rows = torch.device(device), []
         if device != self._device:  # compare the device asked for, not tensor.device ("cuda" vs "cuda:0")

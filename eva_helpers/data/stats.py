@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from eva_helpers.atomic import atomic_write_text, json_text
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.errors import EvaError
 
 STATS = "stats.json"
 STATS_SCHEMA = "eva-stats/1"
@@ -21,7 +23,6 @@ STATS_SCHEMA = "eva-stats/1"
 
 class _Moments:
     """Streamed per-channel sum and sum of squares (float64)."""
-
     def __init__(self) -> None:
         self.s = np.zeros(3)
         self.s2 = np.zeros(3)
@@ -42,7 +43,6 @@ class _Moments:
 def check_stats(stats: dict[str, Any], source: str) -> dict[str, Any]:
     """Refuse normalisation stats that would make every input NaN or infinite: a std of 0 (e.g. computed on a build
     killed before its first shard, or on one flat image) or a non-finite mean/std. Returns the stats unchanged."""
-    from eva_helpers.errors import EvaError
 
     try:
         values = {f"{k}.{m}": [float(v) for v in stats[k][m]] for k in ("bg", "fg_bg") for m in ("mean", "std")}
@@ -60,8 +60,6 @@ def check_stats(stats: dict[str, Any], source: str) -> dict[str, Any]:
 
 def read_stats_file(path: str | os.PathLike) -> dict[str, Any]:
     """A run's frozen stats.json, checked: unreadable JSON or unusable values are one-line errors naming the file."""
-    from eva_helpers.errors import EvaError
-
     try:
         stats = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -76,9 +74,6 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
                   fraction_bins: int = 20, progress: bool = True, write: bool = True) -> dict[str, Any]:
     """Stream over the dataset (or `limit` evenly spaced samples) and write stats.json atomically."""
     from tqdm.auto import tqdm
-
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.errors import EvaError
 
     if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
         raise EvaError(f"stats limit={limit!r}: give 1 or more samples (or none: all of them)")
@@ -128,7 +123,6 @@ def load_stats(data_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     stats = read_stats_file(path)
     if stats.get("schema") != STATS_SCHEMA:
-        from eva_helpers.errors import EvaError
 
         raise EvaError(f"{path}: not a stats file of this version (schema {stats.get('schema')!r}, expected "
                        f"{STATS_SCHEMA!r}); move it away and run `eva stats --data {data_dir}` again")

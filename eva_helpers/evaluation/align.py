@@ -27,6 +27,8 @@ from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation.registration import (MAX_SAMPLES, MIN_DROP, MIN_RATIO, analysis_copy, cv2_module,
                                                  estimate_geometry, fit_linear, sample_pixels, similarity,
                                                  similarity_params, textured, trimmed_mean, warp, worst_channel)
+from eva_helpers.data.compression import encode_decode
+from eva_helpers.data.compression import estimate_jpeg
 
 TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identity in every channel is not applied
 JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPEG quality is this much lower
@@ -35,7 +37,6 @@ JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPE
 @dataclass(frozen=True)
 class Alignment:
     """What `align_pair` applied to bg and how sure it was; `reason` / `tone_reason` say why in a few words."""
-
     applied: bool = False
     dx: float = 0.0
     dy: float = 0.0
@@ -116,8 +117,6 @@ def _check(bg: np.ndarray, fg_bg: np.ndarray) -> None:
 
 def _compression(bg: np.ndarray, fg_bg: np.ndarray) -> dict:
     """Whether bg should be saved again with fg_bg's JPEG settings (module docstring), as Alignment fields."""
-    from eva_helpers.data.compression import estimate_jpeg
-
     fg = estimate_jpeg(fg_bg)
     if fg is None:
         return dict(jpeg_reason="fg_bg shows no coarse JPEG")
@@ -172,7 +171,6 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
     if alignment.applied:
         out = np.where(inside[..., None], out, fg_bg)  # no source -> fg_bg's pixel: no false difference
     if alignment.jpeg_applied:  # last, as a camera saves: on fg_bg's block grid, since bg now sits in its frame
-        from eva_helpers.data.compression import encode_decode
 
         out = encode_decode(out, alignment.jpeg_quality, alignment.jpeg_subsampled)
     return out, alignment

@@ -22,12 +22,32 @@ import torch
 
 from eva_helpers.atomic import atomic_write_json
 from eva_helpers.errors import EvaError
+from eva_helpers.atomic import sha256_bytes
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset
+from eva_helpers.data.dataset import make_splits
+from eva_helpers.data.formats import BACKGROUNDS
+from eva_helpers.data.formats import read_manifest
+from eva_helpers.data.loaders import collate, prepare_batch
+from eva_helpers.data.loaders import make_loader
+from eva_helpers.data.stats import STATS, load_stats, read_stats_file
+from eva_helpers.data.verify import dataset_identity
+from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth
+from eva_helpers.evaluation.baseline import fit_threshold
+from eva_helpers.evaluation.calibrate import fit_postprocess
+from eva_helpers.evaluation.calibrate import postprocess, save_calibration
+from eva_helpers.evaluation.metrics import MetricAccumulator
+from eva_helpers.evaluation.perturb import PERTURBATIONS
+from eva_helpers.evaluation.perturb import PerturbedDataset
+from eva_helpers.evaluation.perturb import check_name
+from eva_helpers.plots import save_figure, show_predictions
+from eva_helpers.training.run_folder import load_run
+from eva_helpers.training.run_folder import read_history
+from eva_helpers.training.run_folder import recorded_identity, resolve_data
 
 
 def split_positions(cfg, data_dir: str | Path) -> dict:
     """The same held-out split the run trained with (split_by, fractions and seed come from its config)."""
-    from eva_helpers.data.dataset import make_splits
-
     val, test = cfg.val_fraction, cfg.test_fraction
     return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.effective_split_seed)
 
@@ -35,13 +55,8 @@ def split_positions(cfg, data_dir: str | Path) -> dict:
 def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, perturb: str | None = None,
             align: bool = False):
     """The split at `positions` with the test transform; `perturb` / `align` change its pairs (perturb.py)."""
-    from eva_helpers.data.augment import build_transforms
-    from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.data.loaders import make_loader
-
     ds = ShardDataset(str(data_dir), indices=positions, transform=build_transforms("test", cfg.size))
     if perturb is not None or align:
-        from eva_helpers.evaluation.perturb import PerturbedDataset
 
         ds = PerturbedDataset(ds, perturb or "clean", ds.transform, align=align)
     return ds, make_loader(ds, batch_size, shuffle=False, num_workers=workers)
@@ -63,8 +78,6 @@ def metrics_name(perturb: str | None, align: bool) -> str:
 @torch.no_grad()
 def predict_loader(model, loader, device, stats, channels_last: bool = False):
     """Yields (batch, x, targets, outputs) with outputs in float32 on CPU-friendly devices."""
-    from eva_helpers.data.loaders import prepare_batch
-
     model.eval()
     for batch in loader:
         x, targets = prepare_batch(batch, device, stats, channels_last=channels_last)
@@ -84,16 +97,12 @@ def _fit_positions(splits: dict, cfg, max_fit: int) -> list[int]:
 
 def fit_baseline_threshold(data_dir, splits: dict, cfg, max_fit: int = 512) -> float:
     """The |fg_bg - bg| threshold chosen on (up to max_fit) validation samples: never on the split it is scored on."""
-    from eva_helpers.evaluation.baseline import fit_threshold
-
     _, fit_loader = _loader(data_dir, _fit_positions(splits, cfg, max_fit), cfg, 64)
     return float(fit_threshold(fit_loader))
 
 
 def fit_model_postprocess(model, data_dir, splits: dict, cfg, device, stats, max_fit: int = 512) -> dict[str, Any]:
     """The model's mask threshold and open/close choice, made on the same validation samples as the baseline's."""
-    from eva_helpers.evaluation.calibrate import fit_postprocess
-
     _, fit_loader = _loader(data_dir, _fit_positions(splits, cfg, max_fit), cfg, 64)
     batches = ((out["mask"], t["mask"], [m.get("bg_id") for m in b["meta"]])  # backgrounds: the unit of evidence
                for b, _, t, out in predict_loader(model, fit_loader, device, stats))
@@ -104,7 +113,6 @@ def free_baseline(data_dir, splits: dict, cfg, threshold: float | None, max_fit:
     """The no-learning predictor scored beside the model: the mask threshold given, plus (for runs with a depth task)
     the mean depth label of up to max_fit seeded *training* samples; a depth-only run still fits a threshold to paste
     the object's mask into that map."""
-    from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth
 
     if "depth" not in cfg.tasks:
         return FreeBaseline(threshold)
@@ -143,13 +151,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     """
     from tqdm.auto import tqdm
 
-    from eva_helpers.evaluation.calibrate import postprocess, save_calibration
-    from eva_helpers.evaluation.metrics import MetricAccumulator
-    from eva_helpers.training.run_folder import recorded_identity, resolve_data
-    from eva_helpers.training.run_folder import load_run
-
     if perturb is not None:
-        from eva_helpers.evaluation.perturb import check_name
 
         check_name(perturb)
     tag = change_tag(perturb, align)
@@ -164,7 +166,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     run_ident = recorded_identity(run_dir) or (_identity(run_data) if run_data and run_data.is_dir() else None)
     unseen = run_ident is not None and ident != run_ident
     if unseen:
-        from eva_helpers.data.dataset import ShardDataset
 
         whole = ShardDataset(str(data_dir))  # opened against its manifest first: damage is reported as such
         scored = list(range(len(whole)))
@@ -223,7 +224,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
         metrics["thresholds_chosen_on"] = {"path": str(run_data.resolve()), "identity": run_ident,
                                            "split": "val (mask), train (depth baseline)"}
     if tag is not None:
-        from eva_helpers.evaluation.perturb import PERTURBATIONS
 
         name = perturb or "clean"
         metrics.update(perturb=name, perturb_ops=PERTURBATIONS[name].ops, aligned=align)
@@ -243,9 +243,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
 
 def _identity(data_dir: Path) -> str:
     """Content identity of the dataset at `data_dir` (its manifest; a missing one is a one-line error)."""
-    from eva_helpers.data.formats import read_manifest
-    from eva_helpers.data.verify import dataset_identity
-
     return dataset_identity(read_manifest(data_dir))
 
 
@@ -253,9 +250,6 @@ def _background_keys(data_dir: Path) -> dict[str, str]:
     """{bg_id: content key} of a dataset's backgrounds: the source photo's sha256 as the build recorded it, else the
     prepared background's bytes (hashed)."""
     import zipfile
-
-    from eva_helpers.atomic import sha256_bytes
-    from eva_helpers.data.formats import BACKGROUNDS
 
     keys: dict[str, str] = {}
     try:
@@ -294,8 +288,6 @@ def _check_unseen(run_dir: Path, cfg, run_data: Path | None, run_ident: str, dat
 
 def training_speed(run_dir: Path) -> float | None:
     """Mean training samples/s over the run's epochs (history.jsonl), for the comparison tables."""
-    from eva_helpers.training.run_folder import read_history
-
     speeds = [r["samples_per_s"] for r in read_history(run_dir) if isinstance(r.get("samples_per_s"), (int, float))]
     return sum(speeds) / len(speeds) if speeds else None
 
@@ -303,7 +295,6 @@ def training_speed(run_dir: Path) -> float | None:
 def load_run_stats(run_dir: Path, data_dir: Path | None) -> dict:
     """Normalisation stats the run trained with: the run folder's copy, else its dataset's stats.json. Neither is an
     error saying how to get them back, never a silent fallback to ImageNet's (the outputs would quietly differ)."""
-    from eva_helpers.data.stats import STATS, load_stats, read_stats_file
 
     p = Path(run_dir) / STATS
     if p.is_file():
@@ -323,9 +314,6 @@ def _score_key(tasks) -> str:
 
 def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3) -> Path:
     """Rows: the k best and k worst test images by mask IoU (or depth SSIM), predictions against targets."""
-    from eva_helpers.data.loaders import collate, prepare_batch
-    from eva_helpers.plots import save_figure, show_predictions
-
     key = _score_key(cfg.tasks)
     scores = np.asarray(acc.per_image[key], dtype=np.float64)
     ranked = np.argsort(-scores)

@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from eva_helpers.errors import BadInputError
+from eva_helpers.data.compression import encode_decode
+from eva_helpers.evaluation.align import align_pair
 
 Op = tuple[str, tuple]  # (kind, parameters); combinations list them as a camera would: scene, shake, optics, tone, JPEG
 
@@ -28,7 +30,6 @@ Op = tuple[str, tuple]  # (kind, parameters); combinations list them as a camera
 @dataclass(frozen=True)
 class Perturbation:
     """A named second-shot change: `doc` says it in a user's words, `ops` is what is applied, in order."""
-
     doc: str
     ops: tuple[Op, ...] = ()
 
@@ -187,7 +188,6 @@ def perturb_sample(sample: dict[str, Any], name: str, seed: int) -> dict[str, An
             dy, dx = shift_offsets(seed, *args)
             fg, mask, depth = (shift_array(a, dy, dx) for a in (fg, mask, depth))
         elif kind == "jpeg":  # a real JPEG round trip with 4:2:0 chroma, as phone cameras save (the dataset: 4:4:4)
-            from eva_helpers.data.compression import encode_decode
 
             fg = encode_decode(fg, *args, subsampled=True)
         elif kind == "noise":
@@ -222,7 +222,6 @@ class PerturbedDataset:
         row = int(self.dataset.indices[int(pos)])
         sample = perturb_sample(self.dataset.load(row), self.name, row)
         if self.align:
-            from eva_helpers.evaluation.align import align_pair
 
             bg, how = align_pair(sample["bg"], sample["fg_bg"])
             sample["bg"] = bg

@@ -29,6 +29,16 @@ import torch
 from eva_helpers.errors import BadInputError
 from eva_helpers.compositing.images import check_same_kind, read_image
 from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record
+from eva_helpers.atomic import atomic_write_bytes, atomic_write_json
+from eva_helpers.data.formats import DEPTH_MAX, encode_depth16
+from eva_helpers.data.formats import encode_mask
+from eva_helpers.data.loaders import prepare_batch
+from eva_helpers.evaluation.calibrate import load_calibration
+from eva_helpers.evaluation.calibrate import postprocess
+from eva_helpers.evaluation.heldout import load_run_stats
+from eva_helpers.plots import save_figure, side_by_side
+from eva_helpers.training.run_folder import load_run
+from eva_helpers.training.run_folder import resolve_data
 
 
 NO_ALIGN_REASON = "turned off (--no-align)"
@@ -56,7 +66,6 @@ def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np
 @dataclass
 class Prepared:
     """A pair ready for the model: both photos at the model's size (bg aligned first), and what to undo after."""
-
     bg: np.ndarray  # (size, size, 3) uint8
     fg_bg: np.ndarray  # (size, size, 3) uint8
     alignment: "Alignment"
@@ -90,8 +99,6 @@ def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = Tru
 def run_model(model, prep: Prepared, stats: dict | None = None,
               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The model (in eval mode) on this one pair: a batch of one (see the module docstring for why never more)."""
-    from eva_helpers.data.loaders import prepare_batch
-
     size = prep.bg.shape[0]
     ims = [torch.from_numpy(a).permute(2, 0, 1)[None] for a in (prep.bg, prep.fg_bg)]
     zeros = torch.zeros(1, 1, size, size)
@@ -111,7 +118,6 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
     if "mask" in out:
         calib = calib or {"threshold": 0.5, "morph": False}
         if calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
-            from eva_helpers.evaluation.calibrate import postprocess
 
             m = postprocess(out["mask"], calib["threshold"], True)[0, 0].numpy().astype(np.uint8) * 255
             result["mask"] = _resize(m, (w, h), nearest=True)
@@ -129,7 +135,6 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
 def encode_depth_png(depth01: np.ndarray, rows: int = 512) -> bytes:
     """`formats.encode_depth`'s bytes (16-bit PNG, near = 1), converted `rows` rows at a time: the whole-image float64
     copies it makes would be 2 x 192 MB for a 24-megapixel photo."""
-    from eva_helpers.data.formats import DEPTH_MAX, encode_depth16
 
     out = np.empty(depth01.shape, np.uint16)
     for r in range(0, depth01.shape[0], rows):
@@ -182,11 +187,6 @@ def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dic
 
 def load_for_prediction(run_dir: str | Path, which: str, device: str | None):
     """The run, its frozen stats and calibration, once; checked before anything is written."""
-    from eva_helpers.evaluation.calibrate import load_calibration
-    from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.training.run_folder import resolve_data
-    from eva_helpers.training.run_folder import load_run
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
     stats = load_run_stats(Path(run_dir), resolve_data(cfg.data, run_dir))
@@ -197,9 +197,6 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
                 which: str = "best", device: str | None = None, align: bool = True) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
     into out_dir; returns the files written and the alignment applied."""
-    from eva_helpers.atomic import atomic_write_bytes, atomic_write_json
-    from eva_helpers.data.formats import encode_mask
-    from eva_helpers.plots import save_figure, side_by_side
 
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     check_same_size(bg, fg_bg, bg_path, fg_bg_path)

@@ -20,6 +20,12 @@ from eva_helpers.errors import BadInputError, EvaError
 from eva_helpers.compositing.images import check_same_kind
 from eva_helpers.evaluation.predict import (check_same_size, encode_depth_png, load_for_prediction, load_photo,
                                            not_aligned, predict_prepared, prepare_pair, single_threaded)
+from eva_helpers.atomic import atomic_write_bytes
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.atomic import check_output_folder
+from eva_helpers.compositing.images import list_images
+from eva_helpers.data.formats import encode_mask
+from eva_helpers.errors import user_message
 
 if TYPE_CHECKING:
     from eva_helpers.evaluation.align import Alignment
@@ -31,7 +37,6 @@ CSV_NAME = "alignment.csv"
 @dataclass
 class Matching:
     """Pairs of a bg folder and an fg_bg folder matched by file stem (kitchen.jpg + kitchen.png), and the rest."""
-
     pairs: list[tuple[str, Path, Path]]  # (name, bg file, fg_bg file), sorted by name
     bg_only: list[str] = field(default_factory=list)  # file names without a partner
     fg_only: list[str] = field(default_factory=list)
@@ -57,7 +62,6 @@ class Matching:
 def match_folders(bg_dir: str | Path, fg_dir: str | Path) -> Matching:
     """List both folders as the build does (junk such as .DS_Store, Thumbs.db, desktop.ini and hidden files skipped)
     and pair files by stem; no pair at all is an error naming both folders."""
-    from eva_helpers.compositing.images import list_images
 
     bg, fg = list_images(bg_dir), list_images(fg_dir)
     fg_by = {p.stem: p for p in fg.files}
@@ -75,7 +79,6 @@ def match_folders(bg_dir: str | Path, fg_dir: str | Path) -> Matching:
 @dataclass
 class FolderReport:
     """What `predict_folders` did: pairs written, pairs failed (name, one line), where the CSV is, and summaries."""
-
     pairs: int
     failed: list[tuple[str, str]]
     csv: Path
@@ -85,8 +88,6 @@ class FolderReport:
 
 def _check_out(out: Path, *inputs: Path) -> None:
     """The output folder: not a file, and neither one of the input folders nor inside one (inputs are only read)."""
-    from eva_helpers.atomic import check_output_folder
-
     check_output_folder(out, "predictions")
     o = out.resolve()
     for d in inputs:
@@ -99,7 +100,6 @@ def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
                   pair: tuple[str, Path, Path]) -> tuple[dict[str, Any], "Alignment | None"]:
     """One pair of files, whole: read, align, model, write `<name>_mask.png` / `<name>_depth.png`. Returns its CSV
     row and alignment; a user-fixable problem with the photos becomes the row's status (a write error still raises)."""
-    from eva_helpers.errors import user_message
 
     name, bg_path, fg_path = pair
     row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "width": "",
@@ -118,9 +118,6 @@ def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
 
 
 def _write_outputs(out: Path, name: str, pred: dict[str, Any]) -> None:
-    from eva_helpers.atomic import atomic_write_bytes
-    from eva_helpers.data.formats import encode_mask
-
     if "mask" in pred:
         atomic_write_bytes(out / f"{name}_mask.png", encode_mask(pred["mask"]))
     if "depth" in pred:
@@ -181,8 +178,6 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
     from functools import partial
 
     from tqdm.auto import tqdm
-
-    from eva_helpers.atomic import atomic_write_text
 
     if batch_size < 1:
         raise EvaError(f"--batch-size {batch_size}: must be at least 1")

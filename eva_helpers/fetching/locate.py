@@ -14,6 +14,14 @@ from typing import Any
 
 from eva_helpers.data.formats import MANIFEST
 from eva_helpers.paths import Paths, path_problem, require_drive_mounted, under_drive
+from eva_helpers.errors import EvaError
+from eva_helpers.estimate import estimate_copy
+from eva_helpers.fetching.catalogue import load_data_manifest
+from eva_helpers.fetching.catalogue import manifest_entry_for
+from eva_helpers.fetching.catalogue import save_entry
+from eva_helpers.fetching.fetch import fetch_dataset
+from eva_helpers.paths import default_cache
+from eva_helpers.paths import safe_name
 
 USER_LIST = "data_manifest.json"  # in the root folder (Drive): the user's datasets, read beside the shipped list
 
@@ -33,15 +41,12 @@ def resolve_dataset(name_or_path: str | Path, paths: Paths | None = None, *, cac
         if (folder / MANIFEST).is_file():
             on_drive = under_drive(folder.resolve())
             if copy_to_cache or (copy_to_cache is None and on_drive):
-                from eva_helpers.fetching.fetch import fetch_dataset
-                from eva_helpers.fetching.catalogue import manifest_entry_for
 
                 require_drive_mounted(folder, "the copy to the local cache")
                 entry = {**manifest_entry_for(folder, source_kind="drive_path"), "name": folder.resolve().name}
                 _print_copy_estimate(entry, Path(cache) if cache is not None else None)
                 return fetch_dataset(entry, cache=cache)
             return folder
-    from eva_helpers.fetching.fetch import fetch_dataset
 
     user = user_list(paths)
     if user is not None and text in _datasets(user):
@@ -50,9 +55,6 @@ def resolve_dataset(name_or_path: str | Path, paths: Paths | None = None, *, cac
 
 
 def _print_copy_estimate(entry: dict[str, Any], cache: Path | None) -> None:
-    from eva_helpers.estimate import estimate_copy
-    from eva_helpers.paths import default_cache
-
     dest = (cache or default_cache()) / entry["name"]
     specs = [entry["dataset_manifest"], entry["backgrounds"], *entry["shards"]]
     todo = [s for s in specs if not ((dest / s["file"]).is_file() and (dest / s["file"]).stat().st_size == s["bytes"])]
@@ -75,8 +77,6 @@ def user_list(paths: Paths | None) -> Path | None:
 
 
 def _datasets(path: str | Path | None) -> dict[str, Any]:
-    from eva_helpers.fetching.catalogue import load_data_manifest
-
     return load_data_manifest(path).get("datasets", {})
 
 
@@ -90,9 +90,6 @@ def save_dataset_entry(name: str, entry: dict[str, Any], paths: Paths) -> Path:
 
     A name of the shipped list is refused: the user's entry would hide it (e.g. the sample).
     """
-    from eva_helpers.errors import EvaError
-    from eva_helpers.fetching.catalogue import save_entry
-    from eva_helpers.paths import safe_name
 
     safe_name(name, what="dataset name")
     if name in _datasets(None):

@@ -30,6 +30,7 @@ import torch
 
 from eva_helpers.atomic import TMP_PREFIX, atomic_copy, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
 from eva_helpers.errors import EvaError, IntegrityError
+from eva_helpers.paths import DRIVE_MOUNT, default_cache
 
 CHECKPOINTS = "checkpoints"  # the folder inside a run folder
 LAST = "last.pt"
@@ -127,8 +128,6 @@ def _size(path: Path) -> int:
 
 def default_local_dir(run_dir: str | os.PathLike) -> Path | None:
     """Where extra checkpoints go: the local cache for a run folder on Drive, nowhere (None) for a local run folder."""
-    from eva_helpers.paths import DRIVE_MOUNT, default_cache
-
     run_dir = Path(run_dir).resolve()
     if not str(run_dir).startswith(str(DRIVE_MOUNT)):
         return None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from eva_helpers.errors import EvaError
 
 
 @dataclass
@@ -29,8 +30,6 @@ class DistInfo:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" picks CUDA when there is a GPU; a named device that is not here is a one-line error, not a crash later."""
-    from eva_helpers.errors import EvaError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

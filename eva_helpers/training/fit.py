@@ -29,6 +29,17 @@ from eva_helpers.training.loop import evaluate, live_plot, seeded_loader, open_t
     train_one_epoch
 from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
 from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
+from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.dataset import ShardDataset, make_splits
+from eva_helpers.data.loaders import BackgroundBank
+from eva_helpers.data.stats import load_stats
+from eva_helpers.models import build_model
+from eva_helpers.models import rebuild_model
+from eva_helpers.training.batch_augment import BatchAugment
+from eva_helpers.training.losses import build_criterion
+from eva_helpers.training.warm_start import check_source
+from eva_helpers.training.warm_start import describe, load_into
+from eva_helpers.training.warm_start import source_record
 
 
 def seed_everything(seed: int) -> None:
@@ -43,10 +54,6 @@ def seed_everything(seed: int) -> None:
 
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     """Train/val ShardDatasets (decode and resize only), split by `cfg.split_by`, and the dataset's channel stats."""
-    from eva_helpers.data.augment import build_transforms
-    from eva_helpers.data.dataset import ShardDataset, make_splits
-    from eva_helpers.data.stats import load_stats
-
     if not cfg.data:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
     fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
@@ -129,15 +136,12 @@ def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_s
         if not cfg.data:
             raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
         read_manifest(cfg.data)
-    from eva_helpers.training.batch_augment import BatchAugment
 
     BatchAugment.from_config(cfg)  # second_shot_opts checked
     if model is None:
-        from eva_helpers.models import build_model
 
         model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)  # no weights: a check, not the model
     if cfg.init_from and not (run_dir / CONFIG).exists():  # a resumed run has its own weights
-        from eva_helpers.training.warm_start import check_source
 
         check_source(cfg.init_from, cfg.init_which, model)
     divisor = int(getattr(model, "divisor", 1))
@@ -154,7 +158,6 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     # nothing in the run folder is written, so a refused command leaves it as it was
     config, init = check_config(run_dir, cfg)
     if cfg.init_from and not init:  # where a new run's weights start (a resumed run keeps its record)
-        from eva_helpers.training.warm_start import source_record
 
         init = source_record(cfg.init_from, cfg.init_which)
     if init:
@@ -183,23 +186,19 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     seed_everything(cfg.seed)
     stats, write_stats = run_stats(run_dir, cfg, stats, info.is_main)
     if model is None and state is not None and state.get("model_args"):
-        from eva_helpers.models import rebuild_model  # the architecture the checkpoint was trained with, whatever the defaults now
 
         model = rebuild_model(state["model_args"])
     elif model is None:
-        from eva_helpers.models import build_model
 
         extra = {"pretrained": True} if cfg.pretrained else {}  # UNets have no pretrained option at all
         model = build_model(cfg.model, tasks=cfg.tasks, **extra, **cfg.model_kwargs)
     if state is None and cfg.init_from:
-        from eva_helpers.training.warm_start import describe, load_into
 
         init = config["init"]  # recorded above; written with config.json once every check passed
         started = load_into(model, init)
         if info.is_main:
             print(describe(init, started), flush=True)
     if criterion is None:
-        from eva_helpers.training.losses import build_criterion
 
         criterion = build_criterion(cfg.tasks, weighting=cfg.loss_weighting, weights=cfg.loss_weights or None)
     model_args = dict(getattr(model, "model_args", {}) or {})
@@ -231,7 +230,6 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         run.model = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
     if cfg.compile:
         run.model = torch.compile(run.model)
-    from eva_helpers.training.batch_augment import BatchAugment
 
     run.augment = BatchAugment.from_config(cfg)
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
@@ -268,14 +266,12 @@ def _enter_stage(run: Run, train_set: Any, stage: int, size: int) -> int:
     Validation stays at `cfg.size`, so every epoch's val loss (and the best checkpoint) is comparable."""
     cfg = run.cfg
     if cfg.size_stages and hasattr(train_set, "transform"):
-        from eva_helpers.data.augment import build_transforms
 
         train_set.transform = build_transforms("val", size, compact=True, with_bg=False)
         if run.info.is_main and cfg.progress:
             print(f"stage {stage + 1} of {len(cfg.size_stages) + 1}: training at {size} px from epoch {run.epoch + 1}",
                   flush=True)
     if hasattr(train_set, "background"):  # a ShardDataset: batches without bg take theirs from the bank (lazy)
-        from eva_helpers.data.loaders import BackgroundBank
 
         run.backgrounds = BackgroundBank(train_set, size)
     run.loader = None  # a previous stage's persistent workers stop before the new ones start

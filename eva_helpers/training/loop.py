@@ -19,13 +19,15 @@ from eva_helpers.errors import EvaError
 from eva_helpers.signals import Interrupted, signal_name
 from eva_helpers.training.run_folder import checkpoint_path, tensorboard_dir
 from eva_helpers.training.state import Run, snapshot
+from eva_helpers.data.loaders import make_loader
+from eva_helpers.data.loaders import prepare_batch
+from eva_helpers.evaluation.metrics import MetricAccumulator
+from eva_helpers.plots import plot_history
 
 
 
 def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
     """`data.loaders.make_loader` in `sampler`'s order; the DataLoader never draws from the global RNG (resume-exact)."""
-    from eva_helpers.data.loaders import make_loader
-
     loader = make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
     if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
         loader.generator = torch.Generator().manual_seed(seed)
@@ -35,8 +37,6 @@ def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int |
 def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
             gen: torch.Generator | None = None, backgrounds: Any = None):
     """(x (B, 9, H, W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
-    from eva_helpers.data.loaders import prepare_batch
-
     return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
                          backgrounds=backgrounds)
 
@@ -155,7 +155,6 @@ def stopped_error(run: Run) -> Interrupted:
 class NonFiniteLossError(EvaError):
     """Training diverged: raised before the optimizer step, so the weights and the last checkpoint stay good."""
 
-
 def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None:
     """Stop with one line naming the step, the batch's samples and the likely causes when `value` is NaN or inf."""
     if bool(torch.isfinite(value.detach()).all()):
@@ -172,8 +171,6 @@ def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
     """Validation loss (per-sample mean) and the task metrics (per image, then averaged)."""
-    from eva_helpers.evaluation.metrics import MetricAccumulator
-
     model, device = run.raw_model, run.device
     was_training = model.training
     model.eval()
@@ -205,8 +202,6 @@ def live_plot(history: list[dict]) -> None:
         return
     import matplotlib.pyplot as plt
     from IPython.display import clear_output, display
-
-    from eva_helpers.plots import plot_history
 
     clear_output(wait=True)
     fig = plot_history(history)

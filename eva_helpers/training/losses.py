@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eva_helpers.errors import EvaError
+from eva_helpers.models.blocks import check_tasks
 
 SSIM_WIN, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 DICE_SMOOTH = 1.0
@@ -146,7 +147,6 @@ class JointCriterion(nn.Module):
 
     def __init__(self, tasks: Sequence[str], weighting: str = "fixed", weights: dict[str, float] | None = None):
         super().__init__()
-        from eva_helpers.models.blocks import check_tasks
 
         if weighting not in ("fixed", "uncertainty"):
             raise EvaError(f"weighting={weighting!r} is not valid: choose 'fixed' or 'uncertainty'")

@@ -22,6 +22,9 @@ from eva_helpers.paths import default_cache, safe_name
 from eva_helpers.training.config import TrainConfig, result_changing_differences
 
 from eva_helpers.training.checkpoint import CHECKPOINTS, CheckpointManager
+from eva_helpers.data.stats import check_stats, compute_stats, read_stats_file
+from eva_helpers.data.verify import dataset_identity
+from eva_helpers.models import rebuild_model
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +54,6 @@ def dataset_identity_at(data: str | None) -> str | None:
     """Content identity of the dataset at `data` (same bytes at any path -> same identity), None if there is none."""
     if not data:
         return None
-    from eva_helpers.data.verify import dataset_identity
 
     try:
         return dataset_identity(read_manifest(data))
@@ -95,7 +97,6 @@ def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool
     how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
     2,000 samples) rather than silently falling back to ImageNet's.
     """
-    from eva_helpers.data.stats import check_stats, compute_stats, read_stats_file
 
     path = Path(run_dir) / STATS
     if path.is_file():
@@ -212,7 +213,6 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torc
     if not ckpt.get("model_args"):
         raise EvaError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt")
     if build_fn is None:
-        from eva_helpers.models import rebuild_model  # no pretrained download: the state_dict replaces those weights
 
         model = rebuild_model(ckpt["model_args"])
     else:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from eva_helpers.errors import EvaError
+from eva_helpers.training.checkpoint import load_checkpoint, read_sidecar
+from eva_helpers.training.run_folder import load_run
 
 WHICH = ("best", "last")
 SAME = ("name", "inputs", "in_channels")  # model_args that must match: the family and what its input channels mean
@@ -27,8 +29,6 @@ SAME = ("name", "inputs", "in_channels")  # model_args that must match: the fami
 
 def _source(run_dir: str, which: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the source checkpoint dict, its model_args); one-line errors for a missing or damaged run."""
-    from eva_helpers.training.run_folder import load_run
-
     if which not in WHICH:
         raise EvaError(f"init_which={which!r}: use 'best' or 'last'")
     _, _, ckpt = load_run(run_dir, which=which)
@@ -70,7 +70,6 @@ def check_source(run_dir: str, which: str, new_model: nn.Module) -> None:
 def source_record(run_dir: str, which: str) -> dict[str, Any]:
     """What config.json records about the start: the run folder (absolute), the checkpoint file, its sha256 and
     step."""
-    from eva_helpers.training.checkpoint import read_sidecar
 
     ckpt, _ = _source(run_dir, which)
     path = Path(ckpt["loaded_from"])
@@ -83,7 +82,6 @@ def load_into(model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
     """Copy the recorded checkpoint's tensors into `model` where name and shape match; the rest keep their fresh
     initialisation. -> {"loaded": [parts], "fresh": [parts], "tensors": n loaded}. Refuses a checkpoint whose sha256
     changed since it was recorded."""
-    from eva_helpers.training.checkpoint import load_checkpoint, read_sidecar
 
     path = Path(record["checkpoint"])
     meta = read_sidecar(path) or {}
