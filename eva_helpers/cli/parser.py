@@ -1,8 +1,9 @@
 """The `eva` command line: every command's flags, with their defaults and choices taken from the code they set.
 
 A flag that sets a `TrainConfig` field shows that field's default and allowed values (training/config.py); the build's
-flags show `build_dataset`'s (compositing/build.py). So `eva --help`, the notebooks' parameters and the Python API
-cannot drift apart.
+and the demo's flags show `build_dataset`'s and `run_demo`'s. So `eva --help`, the notebooks' parameters and the Python
+API cannot drift apart. (`eva predict --batch-size` keeps its own default: reading predict_folders' would import torch
+for every command.)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import inspect
 from eva_helpers.cli import commands
 from eva_helpers.compositing.build import MODES, build_dataset
 from eva_helpers.compositing.teachers import TEACHERS
+from eva_helpers.demo import run_demo
 from eva_helpers.errors import UsageError
 from eva_helpers.training.config import (CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS,
                                          TrainConfig)
@@ -20,6 +22,8 @@ from eva_helpers.training.config import (CHECKPOINT_CHOICES, SCHEDULES, SECOND_S
 TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 BUILD = {name: p.default for name, p in inspect.signature(build_dataset).parameters.items()
          if p.default is not inspect.Parameter.empty}
+DEMO = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()
+        if p.default is not inspect.Parameter.empty}
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -206,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=commands.cmd_predict)
 
     d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)
-    d.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
-    d.add_argument("--minutes", type=float, default=10.0, help="rough CPU time budget for the three trainings")
-    d.add_argument("--seed", type=int, default=0, help="seed of the build and the trainings")
+    d.add_argument("--out", default=DEMO["out"], help="folder for data, runs and the report")
+    d.add_argument("--minutes", type=float, default=DEMO["minutes"], help="rough CPU time budget for the three trainings")
+    d.add_argument("--seed", type=int, default=DEMO["seed"], help="seed of the build and the trainings")
     d.set_defaults(func=commands.cmd_demo)
     return p

@@ -34,10 +34,9 @@ from eva_helpers.estimate import estimate_training
 from eva_helpers.evaluation.align import describe_alignment
 from eva_helpers.paths import path_problem
 from eva_helpers.plots import side_by_side
+from eva_helpers.training.run_folder import CHECKPOINTS, CODE, CONFIG, DATASET_RECORD, METRICS, checkpoint_path
 
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
-CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each session trained this run with
-DATASET_RECORD = "dataset.json"  # what the run's dataset was: identity, samples, shards, build parameters
 
 
 def show_model(cfg: TrainConfig) -> None:
@@ -67,7 +66,7 @@ def check_run_dataset(cfg: TrainConfig) -> None:
     """Refuse, in one line, a run folder trained on other dataset content than `cfg.data` (a rebuilt or extended
     dataset under the same name), saying what changed and how to start a new run on purpose."""
     run = Path(cfg.run_dir)
-    old = _read_json(run / "config.json")
+    old = _read_json(run / CONFIG)
     if not isinstance(old, dict) or not old.get("dataset_identity") or not cfg.data:
         return
     now = _dataset_facts(cfg.data)
@@ -175,7 +174,7 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     from eva_helpers.colab.runs import current_metrics
 
     require_drive_mounted(Path(cfg.run_dir), "the evaluation")
-    metrics_file, best = Path(cfg.run_dir) / "metrics.json", Path(cfg.run_dir) / "checkpoints" / "best.pt"
+    metrics_file, best = Path(cfg.run_dir) / METRICS, checkpoint_path(cfg.run_dir, "best")
     if not metrics_file.is_file() or (best.is_file() and metrics_file.stat().st_mtime < best.stat().st_mtime):
         estimate_evaluation(cfg, _split_sizes(cfg)["test"])
 
@@ -186,7 +185,7 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
         from IPython.display import Image, display
 
         display(Image(filename=str(fig)))
-    print("checkpoints:", sorted(p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir() if p.suffix == ".pt"))
+    print("checkpoints:", sorted(p.name for p in (Path(cfg.run_dir) / CHECKPOINTS).iterdir() if p.suffix == ".pt"))
     return metrics
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.training.run_folder import CONFIG, read_summary, run_folder
+from eva_helpers.training.run_folder import CONFIG, METRICS, checkpoint_path, read_summary, run_folder
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.verify import dataset_identity
 from eva_helpers.evaluation.heldout import evaluate_run
@@ -68,7 +68,7 @@ def parse_stages(text: str) -> list[list[int]]:
 def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
     """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
     run_dir = Path(run_dir)
-    path, best = run_dir / "metrics.json", run_dir / "checkpoints" / "best.pt"
+    path, best = run_dir / METRICS, checkpoint_path(run_dir, "best")
     if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
         metrics = json.loads(path.read_text())
     else:

@@ -278,17 +278,17 @@ def _recorded_background_maps(out: Path, old: dict | None, record: VerifyRecord,
     entry = (old or {}).get("backgrounds")
     if not entry or not _verified(out, entry, record):
         return None
-    import cv2
-
     with zipfile.ZipFile(out / formats.BACKGROUNDS) as zf:
         rows = {r["bg_id"]: r for r in formats.read_jsonl(zf.read(formats.INDEX)) if r.get("kind") == "bg"}
         maps, ranges = [], []
         for s in bg_srcs:
             if s.id not in rows:
                 return None
-            png = np.frombuffer(zf.read(formats.member("bg_depth", s.id)), np.uint8)
-            d16 = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
-            if d16 is None or d16.dtype != np.uint16 or d16.shape != (size, size):
+            try:
+                d16 = formats.decode_image(zf.read(formats.member("bg_depth", s.id)))
+            except ValueError:  # undecodable: the maps are labelled again
+                return None
+            if d16.dtype != np.uint16 or d16.shape != (size, size):
                 return None
             maps.append(d16)
             ranges.append((float(rows[s.id]["depth_min"]), float(rows[s.id]["depth_max"])))

@@ -23,8 +23,8 @@ from eva_helpers.atomic import atomic_write_text, json_text
 from eva_helpers.evaluation.baseline import open_close
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.metrics import binary_mask_metrics
+from eva_helpers.training.run_folder import CALIBRATION
 
-CALIBRATION = "calibration.json"
 PROB_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 .. 0.90
 DEFAULT = {"threshold": 0.5, "morph": False, "chosen_on": "default (no validation split scored)"}
 # two-sided 95 % critical values of Student's t by degrees of freedom (larger df: the normal's 1.96)

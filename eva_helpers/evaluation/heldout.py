@@ -41,7 +41,7 @@ from eva_helpers.evaluation.perturb import PERTURBATIONS
 from eva_helpers.evaluation.perturb import PerturbedDataset
 from eva_helpers.evaluation.perturb import check_name
 from eva_helpers.plots import save_figure, show_predictions
-from eva_helpers.training.run_folder import load_run
+from eva_helpers.training.run_folder import load_run, metrics_file
 from eva_helpers.training.run_folder import read_history
 from eva_helpers.training.run_folder import recorded_identity, resolve_data
 
@@ -72,7 +72,7 @@ def change_tag(perturb: str | None, align: bool) -> str | None:
 def metrics_name(perturb: str | None, align: bool) -> str:
     """metrics.json for the split as it is; metrics-<tag>.json otherwise (never the clean file)."""
     tag = change_tag(perturb, align)
-    return "metrics.json" if tag is None else f"metrics-{tag}.json"
+    return metrics_file(tag)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Model registry: a plain dict of name -> (builder, preset kwargs), and `build_model`, whose error lists the names.
 
-Every model takes prepare_batch's (B, 9, H, W) = cat(bg, fg_bg, |fg_bg - bg|) (models/inputs.py says which slice each
-input representation reads) and returns {"mask": logits} and/or {"depth": [0, 1]}.
+Every model takes prepare_batch's (B, 10, H, W) = cat(bg, fg_bg, |fg_bg - bg|, the shift-tolerant difference)
+(models/inputs.py says which slice each input representation reads) and returns {"mask": logits} and/or {"depth": [0, 1]}.
 `model.model_args` is a JSON-able dict: `build_model(**model.model_args)` rebuilds the architecture (checkpoints
 store it; models are never pickled). `rebuild_model(model_args)` does the same without downloading weights.
 """

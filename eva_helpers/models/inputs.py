@@ -1,6 +1,6 @@
 """What a model sees of the (bg, fg_bg) pair: the input representations, the Siamese wrapper, the baseline prior.
 
-`loaders.prepare_batch` always hands models one (B, 9, H, W) tensor:
+`data.loaders.prepare_batch` always hands models one (B, 10, H, W) tensor:
     channels 0-2  bg, normalised with the run's stats
     channels 3-5  fg_bg, normalised with the run's stats
     channels 6-8  |fg_bg - bg| per channel, from the raw uint8 images (before normalisation), divided by 0.225
@@ -44,7 +44,7 @@ def check_inputs(inputs: str) -> str:
 
 
 def select_inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    """The slice of prepare_batch's (B, 9, H, W) tensor a model of this representation reads."""
+    """The slice of prepare_batch's (B, 10, H, W) tensor a model of this representation reads."""
     need = _READS[inputs]
     if x.shape[1] < need:
         raise EvaError(f"a model with inputs={inputs!r} needs {need} input channels (bg, fg_bg"

@@ -1,7 +1,7 @@
 """`TrainConfig`: every training setting in one typed dataclass (notebooks override fields, the CLI builds it from flags).
 
 `to_dict()` is written to `config.json` in the run folder and into every checkpoint, with the dataset's path made
-absolute (a relative one would only resolve from the folder the run was started in; runs.resolve_data reads older
+absolute (a relative one would only resolve from the folder the run was started in; run_folder.resolve_data reads older
 relative ones); `from_dict` refuses unknown keys so a typo in a notebook cell or an old config file is reported instead
 of silently ignored.
 """
@@ -208,7 +208,7 @@ def _number(v: Any) -> bool:
 def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Names of fields whose values differ between two config dicts and that would change the trained weights.
 
-    More `epochs` than before is not one of them: that extends the run (`train.fit` re-times the schedule and
+    More `epochs` than before is not one of them: that extends the run (`fit` re-times the schedule and
     records the extension); fewer epochs is (a run cannot be shortened).
     """
     keys = (set(old) | set(new)) - RESUMABLE_FIELDS

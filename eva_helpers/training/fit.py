@@ -2,8 +2,8 @@
 
 Resume is exact: the checkpoint holds model, optimizer, scheduler, scaler, loss weights, the position inside the epoch,
 the running epoch sums and every RNG; the sampler replays the epoch's order from (seed, epoch) and skips what was
-consumed without decoding it; each sample's augmentation is seeded by (seed, epoch, index). On CPU with
-`deterministic=True` a run killed at any moment and resumed ends bit-identical to an uninterrupted one.
+consumed without decoding it; each batch's augmentation is seeded by (seed, global step, rank) (batch_augment.py).
+On CPU with `deterministic=True` a run killed at any moment and resumed ends bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 

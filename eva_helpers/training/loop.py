@@ -36,7 +36,7 @@ def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int |
 
 def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
             gen: torch.Generator | None = None, backgrounds: Any = None):
-    """(x (B, 9, H, W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
+    """(x (B, 10, H, W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
     return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
                          backgrounds=backgrounds)
 

@@ -35,7 +35,8 @@ SUMMARY = "summary.json"
 HISTORY = "history.jsonl"
 STATS = "stats.json"
 EXTENSIONS = "extensions.json"  # [{"from_epochs", "to_epochs", "at_epoch", "global_step"}]: each time a run was extended
-METRICS = "metrics.json"  # the test split's; metrics-<change>.json under a second-shot change (evaluation.heldout)
+METRICS = "metrics.json"  # the test split's; `metrics_file(tag)` names the others (evaluation.heldout)
+CALIBRATION = "calibration.json"  # the mask threshold and clean-up chosen on validation (evaluation.calibrate)
 CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each notebook session trained the run with
 DATASET_RECORD = "dataset.json"  # what the run's dataset was: identity, samples, shards, build parameters
 
@@ -43,6 +44,11 @@ DATASET_RECORD = "dataset.json"  # what the run's dataset was: identity, samples
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     """`<run_dir>/checkpoints/<which>.pt` ("best", "last" or "prev")."""
     return Path(run_dir) / CHECKPOINTS / f"{which}.pt"
+
+
+def metrics_file(tag: str | None = None) -> str:
+    """metrics.json, or metrics-<tag>.json for a second-shot change, an aligned score or another dataset."""
+    return METRICS if tag is None else f"metrics-{tag}.json"
 
 
 def tensorboard_dir(run_dir: str | os.PathLike) -> Path:
