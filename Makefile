@@ -1,10 +1,11 @@
-# The two set-up commands of the README: `make demo` (main job on the embedded sample) and `make test`.
+# The two set-up commands of the README: `make demo` (main job on the embedded sample) and `make test` (every test).
+# While working: `make lint` (ruff, ruff.toml) and `make test-fast` (skips the tests marked slow, pytest.ini).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): setup.py requirements.txt .ci/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -40,6 +40,7 @@ setup(
             "scikit-image>=0.24",
             "transformers>=4.45",
             "safetensors>=0.4",
+            "ruff>=0.6",
         ],
     },
     entry_points={"console_scripts": ["eva=eva_helpers.cli:main"]},

@@ -57,6 +57,8 @@ MOVED_NAMES = {
                                                         "NEAR_IDENTITY_PX", "TRIM")},
               "TONE_KEEP": "evaluation.registration:FIT_KEEP"},
     "runs": {n: "training.run_folder" for n in ("read_run_config", "recorded_identity", "resolve_data")},
+    "train_loop": {"Run": "training.state", "evaluate": "training.loop:validate",
+                   "make_loader": "training.loop:seeded_loader"},
 }
 
 

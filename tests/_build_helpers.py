@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eva_helpers.compositing.compose import cutout_chain, place_cutout
+from eva_helpers.compositing.labels import ring_around, ring_px
 from eva_helpers.data import formats
 from eva_helpers.paths import sample_assets
 
@@ -81,3 +83,18 @@ def build_killed_at_shard(bg: Path, fg: Path, out: Path, monkeypatch, shard: int
         mp.setattr(shards_mod, "build_shard", dies)
         with pytest.raises(KeyboardInterrupt):
             build_mod.build_dataset(bg, fg, out, **kw)
+
+
+# ---- oracles: what a built sample must satisfy, computed independently of the build --------------------
+def object_contrast(depth: np.ndarray, obj: np.ndarray, px: int | None = None) -> float:
+    """mean(depth over the object) - mean(depth over the ring around it); NaN without object or ring."""
+    ring = ring_around(obj, ring_px(max(obj.shape)) if px is None else px)
+    if not obj.any() or not ring.any():
+        return float("nan")
+    return float(depth[obj].mean() - depth[ring].mean())
+
+
+def placed_alpha(rgba: np.ndarray, flip: bool, w: int, h: int, size: int) -> np.ndarray:
+    """The uint8 (h, w) alpha of a cut-out placed at (w, h) in a `size` frame, re-derived from the source file's
+    pixels: exactly the mask inside the recorded box."""
+    return (place_cutout(cutout_chain(rgba, size), w, h, flip)[1] * 255.0 + 0.5).astype(np.uint8)

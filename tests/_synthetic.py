@@ -6,7 +6,6 @@ after any geometric augmentation: mask == 1 exactly where fg_bg shows the object
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 

@@ -96,6 +96,7 @@ def test_val_is_resize_only_and_compact_mode(syn):
     assert torch.equal(c["mask"].float(), f["mask"]) and torch.allclose(c["depth"].float(), f["depth"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_seeded_output_identical_in_a_fresh_process(syn):
     def digest(s):
         return hashlib.sha256(b"".join(s[k].numpy().tobytes() for k in ("bg", "fg_bg", "mask", "depth"))).hexdigest()

@@ -1,12 +1,15 @@
 """The free baselines: |fg_bg - bg| masks (threshold fitted on train only, morphology) and the mean-label depth."""
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from eva_helpers.evaluation.baseline import (FreeBaseline, bg_difference, bg_difference_mask, evaluate_baseline,
-                                  evaluate_depth_baseline, fit_mean_depth, fit_threshold, open_close,
+                                  fit_mean_depth, fit_threshold, open_close,
                                   paste_at_contact)
 from eva_helpers.errors import EvaError
+from eva_helpers.evaluation.metrics import MetricAccumulator
 
 
 def make_pairs(n, noise, seed, size=48):
@@ -138,3 +141,16 @@ def as_batch_d(pairs):
     b = as_batch(pairs)
     b["depth"] = torch.from_numpy(np.stack([p["depth"] for p in pairs]))[:, None]
     return b
+
+
+def evaluate_depth_baseline(data: Any, baseline: FreeBaseline, device: str | None = None) -> dict[str, float]:
+    """Score a fitted FreeBaseline's depth on `data` (batches with bg, fg_bg, depth): baseline_depth_* means."""
+    acc = MetricAccumulator(("depth",))
+    for item in data:
+        bg, fg_bg, depth = (torch.as_tensor(item[k]) for k in ("bg", "fg_bg", "depth"))
+        if device:
+            bg, fg_bg, depth = bg.to(device), fg_bg.to(device), depth.to(device)
+        depth = depth.float().reshape(-1, 1, *depth.shape[-2:])
+        acc.update({"depth": baseline(bg, fg_bg)["depth"]}, {"depth": depth})
+    out = acc.compute()
+    return {"baseline_" + k: v for k, v in out.items() if k != "n_images"} | {"baseline_n_images": out["n_images"]}

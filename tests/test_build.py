@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _build_helpers import all_bytes, build_killed_at_shard, folder_state, read_shard, sample_inputs
+from _build_helpers import (all_bytes, build_killed_at_shard, folder_state, object_contrast, placed_alpha, read_shard,
+                            sample_inputs)
 from eva_helpers.data import formats
 from eva_helpers.atomic import TMP_PREFIX, sha256_file
 from eva_helpers.compositing.build import BuildConflictError, build_dataset
-from eva_helpers.compositing.compose import placed_alpha
 from eva_helpers.errors import BadInputError, EvaError
 from eva_helpers.compositing.images import load_sources
-from eva_helpers.compositing.labels import MIN_CONTRAST, layer_object, object_contrast
+from eva_helpers.compositing.labels import MIN_CONTRAST, layer_object
 
 pytestmark = pytest.mark.timeout(120)
 KW = dict(size=48, positions=2, seed=0, shard_size=10, workers=1, progress=False)  # 3*3*2*2 = 36 samples, 4 shards
@@ -265,6 +265,7 @@ build_dataset(sys.argv[1], sys.argv[2], sys.argv[3], size=64, positions=6, seed=
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_build_then_resume_is_byte_identical(inputs, tmp_path):
     """Kill a real build process at random moments; each rerun must end byte-identical to an uninterrupted one.
 

@@ -95,6 +95,7 @@ print("SURVIVED")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["local", "copy", "last", "rotate", "last-renamed", "best", "best-renamed"])
 def test_killed_at_any_stage_of_a_save_leaves_a_valid_checkpoint(tmp_path, stage):
     import os

@@ -33,6 +33,7 @@ def test_build_empty_folder_is_one_line_error(tmp_path):
     assert str(tmp_path / "bg") in r.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_eval_without_checkpoint_is_one_line_error(tmp_path, sample_dataset):
     r = eva("eval", "--run-dir", str(tmp_path / "nothing"), "--data", str(sample_dataset))
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -79,6 +80,7 @@ def test_build_then_predict_via_cli(tmp_path, trained_run, monkeypatch, capsys):
         assert fig.width > 50 and fig.height > 40  # the side-by-side figure
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_predict_size_mismatch_is_clear(tmp_path, trained_run):
     from PIL import Image
 

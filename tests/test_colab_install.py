@@ -41,6 +41,7 @@ def _kw(tmp_path):
                 extra=["--target", str(tmp_path / "site"), "--no-deps", "--no-index", "--no-build-isolation"])
 
 
+@pytest.mark.slow  # two pip installs
 def test_pinned_install_fails_then_drive_copy_is_used(tmp_path, repo, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     drive = tmp_path / "drive"
@@ -67,6 +68,7 @@ def test_pinned_install_fails_then_drive_copy_is_used(tmp_path, repo, monkeypatc
     sys.modules.pop("evafake", None)
 
 
+@pytest.mark.slow  # a pip install from a git repository
 def test_pinned_install_from_local_repository_succeeds(tmp_path, repo, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     ok = ci.ensure_installed(f"file://{repo}", "v1", str(tmp_path / "no-drive"), log=lambda s: None, **_kw(tmp_path))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from _build_helpers import rgba_disc
-from eva_helpers.compositing.compose import Compositor, placed_alpha, prepare_background, trim_to_alpha
+from _build_helpers import placed_alpha
+from eva_helpers.compositing.compose import Compositor, prepare_background, trim_to_alpha
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = 48

@@ -108,6 +108,7 @@ def _report(data: Path, out: Path) -> str:
     return write_report(DemoConfig(out=str(out)), data, stats, {}).read_text()
 
 
+@pytest.mark.slow
 def test_the_demo_report_says_which_teacher_made_the_labels(sample_dataset, tmp_path):
     geo = _report(sample_dataset, tmp_path / "geo")
     assert "geometric teacher: SYNTHETIC labels (a ground-plane guess" in geo

@@ -138,7 +138,7 @@ def test_backgrounds_not_images_are_the_unit_of_evidence():
 
 def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained_run, sample_dataset, tmp_path):
     from eva_helpers.evaluation.heldout import evaluate_run
-    from eva_helpers.evaluation.predict import predict_files
+    from eva_helpers.evaluation.predict import predict_one
 
     metrics = evaluate_run(trained_run, sample_dataset, figure=False)
     calib = load_calibration(trained_run)
@@ -153,7 +153,7 @@ def test_eval_chooses_the_threshold_on_validation_and_predict_applies_it(trained
 
     cv2.imwrite(str(tmp_path / "bg.png"), bg)
     cv2.imwrite(str(tmp_path / "fg.png"), fg)
-    predict_files(trained_run, tmp_path / "bg.png", tmp_path / "fg.png", tmp_path / "out")
+    predict_one(trained_run, tmp_path / "bg.png", tmp_path / "fg.png", tmp_path / "out")
     mask = cv2.imread(str(tmp_path / "out" / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (32, 32) and mask.max() == 0
     (trained_run / "calibration.json").write_text(json.dumps(saved))

@@ -178,8 +178,12 @@ def test_worker_error_names_the_shard(syn):
     _rewrite_zip(shard, {formats.member("depth", formats.sample_id(2)): b"not a png"})
     _fix_manifest(syn, formats.shard_name(0))
     ds = ShardDataset(syn, indices=[2])
-    with pytest.raises(EvaError, match="depth/00000002.png"):
-        next(iter(make_loader(ds, 1, num_workers=1)))
+    batches = iter(make_loader(ds, 1, num_workers=1))
+    try:
+        with pytest.raises(EvaError, match="depth/00000002.png"):
+            next(batches)
+    finally:  # stop the worker now: left to the garbage collector, torch's shutdown waits 5 s for it in a later test
+        batches._shutdown_workers()
 
 
 def test_read_only_and_packaged_datasets_are_never_written(syn, tmp_path):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eva_helpers.data import formats
-from eva_helpers.compositing.labels import MIN_CONTRAST, object_contrast
+from _build_helpers import object_contrast
+from eva_helpers.compositing.labels import MIN_CONTRAST
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -107,6 +107,7 @@ def test_a_second_build_into_a_folder_being_built_is_refused(tmp_path, other_pro
     assert sorted(p.name for p in out.iterdir()) == [LEASE_NAME]  # nothing written
 
 
+@pytest.mark.slow
 def test_a_second_eva_train_on_a_live_run_folder_stops_within_60_s(tmp_path):
     data = write_synthetic_dataset(tmp_path / "ds", n_bg=4, n_fg=2, positions=1, size=32)
     run, gate = tmp_path / "run", tmp_path / "gate"

@@ -27,6 +27,7 @@ for i, _ in enumerate(loader):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 @pytest.mark.parametrize("when", ["starting", "running"])
 def test_workers_exit_when_the_main_process_is_killed(when):

@@ -172,6 +172,7 @@ def test_accumulator_scores_the_baseline_beside_the_model():
     assert "baseline_mask_pixel_acc" not in out
 
 
+@pytest.mark.slow
 def test_metrics_does_not_import_the_baseline():
     """One-way dependency: baseline uses metrics, never the reverse (no import cycle)."""
     import subprocess

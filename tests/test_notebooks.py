@@ -24,9 +24,7 @@ def test_notebook_committed_clean_and_thin(name):
     assert "colab-badge" in "".join(nb["cells"][0]["source"])
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and params[0] is code[0] and "SMOKE = False" in "".join(params[0]["source"])
-    install = "".join(code[1]["source"])
-    script = (ROOT / "eva_helpers" / "colab" / "install.py").read_text()
-    assert script in install, "install cell is stale: run python tools/make_notebooks.py"
+    install = "".join(code[1]["source"])  # its script is eva_helpers/colab/install.py: test_notebooks_generated.py
     assert "REF = " in install and "install torch" not in install
     rest = ["".join(c["source"]) for c in code[2:]]
     for src in ["".join(c["source"]) for c in code]:

@@ -89,6 +89,7 @@ def _predict(*args: str) -> int:
     return main(["predict", *map(str, args)])
 
 
+@pytest.mark.slow  # every pair of a shoot predicted twice
 def test_folders_match_by_name_and_equal_the_single_pair_command(tmp_path, shoot, run, capsys):
     bg_dir, fg_dir = shoot
     out = tmp_path / "out"

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a fresh process predicting a large pair: seconds
+
 SCRIPT = r"""
 import json, sys
 from pathlib import Path

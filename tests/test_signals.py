@@ -137,6 +137,7 @@ class Progress:
         return [ln.strip() for ln in re.split(r"[\r\n]", self.text) if ln.strip() and "%|" not in ln]  # not bars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_eva_train_stopped_mid_epoch_saves_that_step_and_resumes_to_the_same_weights(tmp_path, syn, uninterrupted,
                                                                                     signum):
@@ -200,6 +201,7 @@ def shards_listed(out: Path) -> list[dict]:
         return []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_build_workers_die_with_their_parent(tmp_path, signum):

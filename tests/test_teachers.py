@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eva_helpers.errors import EvaError
-from eva_helpers.compositing.labels import MIN_CONTRAST, ensure_contrast, fit_scale_shift, layer_object, object_contrast
+from _build_helpers import object_contrast
+from eva_helpers.compositing.labels import MIN_CONTRAST, ensure_contrast, fit_scale_shift, layer_object
 from eva_helpers.compositing.teachers import GeometricTeacher, get_teacher, normalise
 
 pytestmark = pytest.mark.timeout(120)

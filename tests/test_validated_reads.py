@@ -109,6 +109,7 @@ def test_missing_normalisation_is_an_error_saying_how_to_get_it_back(tmp_path):
     assert "stats.json" in msg and "eva stats --data" in msg and "\n" not in msg
 
 
+@pytest.mark.slow
 def test_predict_from_another_folder_finds_the_datasets_stats(tmp_path, sample_dataset):
     """A run trained with a relative --data, its stats.json deleted, predicted from another folder: the dataset's
     stats are found (config.json holds the path absolute), and the depth map equals the one with the run's copy."""

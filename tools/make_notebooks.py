@@ -1,6 +1,7 @@
 """Writes notebooks/01..05 from the cell sources below (run after editing; notebooks are committed without outputs).
 
-Usage: python tools/make_notebooks.py
+Usage: python tools/make_notebooks.py [--out DIR]   (default: notebooks/; tests/test_notebooks_generated.py writes
+them to a temporary folder and compares them with the committed ones)
 
 The notebooks are thin: every step is one call into eva_helpers (session, notebook, notebook_train, runs). The install
 cell embeds eva_helpers/colab/install.py verbatim (it must run before the package exists); the parameters' defaults
@@ -8,6 +9,7 @@ come from TrainConfig, so a changed default reaches the notebooks by running thi
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -64,6 +66,9 @@ FINISH = "finish(paths);"
 SMOKE_NOTE = "`SMOKE = True` runs everything on the embedded sample at tiny sizes in about a minute on a CPU."
 
 
+NOTEBOOKS: dict[str, nbf.NotebookNode] = {}  # name -> notebook, filled below; write_notebooks() writes them
+
+
 def notebook(name: str, title: str, intro: str, params: str, cells: list[tuple[str, str]]) -> None:
     nb = nbf.v4.new_notebook()
     nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -79,8 +84,7 @@ def notebook(name: str, title: str, intro: str, params: str, cells: list[tuple[s
     nb.cells = c
     for i, cell in enumerate(nb.cells):  # stable ids so regenerating gives the same file
         cell["id"] = f"{name[:2]}-{i:02d}"
-    OUT.mkdir(exist_ok=True)
-    nbf.write(nb, OUT / f"{name}.ipynb")
+    NOTEBOOKS[name] = nb
 
 
 DATASET_PARAM = (f'DATASET = "{DEFAULT_DATASET}"  #@param {{type:"string"}}\n'
@@ -277,4 +281,20 @@ notebook("05_train_joint", "05 · Train mask and depth together",
          "the mask-only and depth-only models and with the no-learning baseline on held-out backgrounds. Needs "
          "notebook 01's dataset (or `SMOKE`); notebooks 03 and 04 provide the comparison runs. " + SMOKE_NOTE,
          JOINT_PARAMS, joint_cells)
-print("wrote", sorted(p.name for p in OUT.glob("*.ipynb")))
+
+
+def write_notebooks(out_dir: Path = OUT) -> list[Path]:
+    """Write every notebook as `<out_dir>/<name>.ipynb`; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, nb in NOTEBOOKS.items():
+        nbf.write(nb, out_dir / f"{name}.ipynb")
+        written.append(out_dir / f"{name}.ipynb")
+    return written
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Write notebooks/01..05 from the cell sources in this file.")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder to write the .ipynb files to (default: notebooks/)")
+    print("wrote", sorted(p.name for p in write_notebooks(ap.parse_args().out)))

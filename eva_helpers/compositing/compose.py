@@ -103,12 +103,6 @@ def place_cutout(chain: list[np.ndarray], w: int, h: int, flip: bool = False) ->
     return out[..., :3], np.clip(out[..., 3], 0.0, 1.0)
 
 
-def placed_alpha(rgba: np.ndarray, flip: bool, w: int, h: int, size: int) -> np.ndarray:
-    """The uint8 (h, w) alpha of a cut-out placed at (w, h) in a `size` frame, re-derived from the source file's
-    pixels: exactly the mask inside the recorded box."""
-    return (place_cutout(cutout_chain(rgba, size), w, h, flip)[1] * 255.0 + 0.5).astype(np.uint8)
-
-
 @dataclass(frozen=True)
 class Plan:
     """Provenance of one sample: which inputs, and where the cut-out went (x, y top-left; w, h placed size)."""

@@ -38,14 +38,6 @@ def ring_around(obj: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(obj.astype(np.uint8), k).astype(bool) & ~obj
 
 
-def object_contrast(depth: np.ndarray, obj: np.ndarray, px: int | None = None) -> float:
-    """mean(depth over the object) - mean(depth over the ring around it); NaN without object or ring."""
-    ring = ring_around(obj, ring_px(max(obj.shape)) if px is None else px)
-    if not obj.any() or not ring.any():
-        return float("nan")
-    return float(depth[obj].mean() - depth[ring].mean())
-
-
 def ensure_contrast(depth: np.ndarray, obj: np.ndarray, min_contrast: float = MIN_CONTRAST,
                     px: int | None = None) -> np.ndarray:
     """(H, W) float label in [0, 1] whose object (bool (H, W)) differs from its ring by at least min_contrast.

@@ -40,11 +40,6 @@ def epoch_order_array(n: int, seed: int, epoch: int, shuffle: bool = True) -> np
     return torch.randperm(n, generator=g).numpy()
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """The global order of one epoch (before sharding)."""
-    return epoch_order_array(n, seed, epoch, shuffle).tolist()
-
-
 class ResumableSampler(Sampler):
     """Yields `(index, sample_seed)`; shards like `DistributedSampler` (rank r takes positions r, r + W, ...).
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.metrics import MetricAccumulator, binary_mask_metrics
+from eva_helpers.evaluation.metrics import binary_mask_metrics
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 51))  # 0.01 .. 0.50 in image units [0, 1]
 
@@ -191,14 +191,3 @@ class FreeBaseline:
         return out
 
 
-def evaluate_depth_baseline(data: Any, baseline: FreeBaseline, device: str | None = None) -> dict[str, float]:
-    """Score a fitted FreeBaseline's depth on `data` (batches with bg, fg_bg, depth): baseline_depth_* means."""
-    acc = MetricAccumulator(("depth",))
-    for item in data:
-        bg, fg_bg, depth = (torch.as_tensor(item[k]) for k in ("bg", "fg_bg", "depth"))
-        if device:
-            bg, fg_bg, depth = bg.to(device), fg_bg.to(device), depth.to(device)
-        depth = depth.float().reshape(-1, 1, *depth.shape[-2:])
-        acc.update({"depth": baseline(bg, fg_bg)["depth"]}, {"depth": depth})
-    out = acc.compute()
-    return {"baseline_" + k: v for k, v in out.items() if k != "n_images"} | {"baseline_n_images": out["n_images"]}

@@ -226,12 +226,3 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     return written, pred["alignment"]
 
 
-def predict_files(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path, out_dir: str | Path,
-                  which: str = "best", device: str | None = None, align: bool = True) -> list[Path]:
-    """`predict_one`, returning only the files written (mask.png, depth.png, alignment.json, prediction.png)."""
-    return predict_one(run_dir, bg_path, fg_bg_path, out_dir, which, device, align)[0]
-
-
-# ---------------------------------------------------------------- folders: a shoot's pairs, matched by file name
-
-

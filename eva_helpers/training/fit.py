@@ -25,7 +25,7 @@ from eva_helpers.signals import StopRequest
 from eva_helpers.training import distributed as D
 from eva_helpers.training.checkpoint import CheckpointManager
 from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
-from eva_helpers.training.loop import evaluate, live_plot, seeded_loader, open_tensorboard, stop_agreed, stopped_error, \
+from eva_helpers.training.loop import live_plot, seeded_loader, open_tensorboard, stop_agreed, stopped_error, validate, \
     train_one_epoch
 from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
 from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
@@ -290,7 +290,7 @@ def _end_epoch(run: Run) -> None:
     if cfg.size_stages:
         row.update(stage=run.stage, size=run.stage_size)
     if run.val_loader is not None:
-        metrics = evaluate(run) if info.is_main else {}
+        metrics = validate(run) if info.is_main else {}
         row["val_loss"] = D.broadcast_float(metrics.get("val_loss", 0.0), info, device)
         row.update({k: v for k, v in metrics.items() if k != "val_loss"})
     monitor, key = (row["val_loss"], "val_loss") if "val_loss" in row else (train_loss, "train_loss")

@@ -169,7 +169,7 @@ def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict[str, float]:
+def validate(run: Run) -> dict[str, float]:
     """Validation loss (per-sample mean) and the task metrics (per image, then averaged)."""
     model, device = run.raw_model, run.device
     was_training = model.training

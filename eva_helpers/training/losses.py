@@ -127,17 +127,6 @@ def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     return (s[:, None] * p + t[:, None]).view_as(pred)
 
 
-def scale_shift_invariant_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Align pred to target per image (least squares), then L1 ("l1") or MSE ("mse"): for relative-depth teachers."""
-    aligned = align_scale_shift(pred, target)
-    if kind == "l1":
-        return (aligned - target).abs().mean()
-    if kind == "mse":
-        return ((aligned - target) ** 2).mean()
-    raise EvaError(f"scale-shift loss kind={kind!r} is not valid: choose 'l1' or 'mse'")
-
-
-# ----------------------------------------------------------------------------------------------- criterion
 class JointCriterion(nn.Module):
     """criterion(outputs, targets) -> (loss, parts); parts are detached float tensors for logging.
 
