@@ -13,9 +13,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
-
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from eva_helpers.errors import EvaError, WriteError, os_error_line
 

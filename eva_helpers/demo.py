@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eva_helpers.atomic import atomic_write_text
-from eva_helpers.errors import EvaError
-from eva_helpers.atomic import check_output_folder
+from eva_helpers.atomic import atomic_write_text, check_output_folder
 from eva_helpers.compositing.build import build_dataset
 from eva_helpers.compositing.teachers import SYNTHETIC, describe_labels
 from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.loaders import load_stats
 from eva_helpers.data.stats import compute_stats
+from eva_helpers.errors import EvaError
 from eva_helpers.paths import sample_assets
 from eva_helpers.plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
 from eva_helpers.training.config import TrainConfig

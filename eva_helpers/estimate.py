@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eva_helpers.errors import EvaError
 from eva_helpers.compositing.build import build_dataset
 from eva_helpers.compositing.images import list_images
+from eva_helpers.errors import EvaError
 
 BUILD_RATE = 1100  # composites/s, layered mode, Colab's 2 vCPUs (bench/RESULTS.md, five rounds 1,089-1,171)
 DRIVE_READ_MB_S = (30, 100)  # assumed range for large files read through the Drive mount (not measured here)

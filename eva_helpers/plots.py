@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
 from eva_helpers.atomic import atomic_write_bytes
 
 

@@ -58,7 +58,7 @@ def _run(argv: list[str] | None) -> int:
     except UsageError as e:
         print(f"eva: error: {_unrecognized(parser, argv, str(e))}", file=sys.stderr)
         return 2
-    from eva_helpers.signals import exit_code, sigterm_interrupts, signal_name
+    from eva_helpers.signals import exit_code, signal_name, sigterm_interrupts
 
     try:
         with sigterm_interrupts():  # SIGTERM (a runtime or scheduler stopping us) takes Ctrl-C's path

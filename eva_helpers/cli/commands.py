@@ -76,8 +76,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
     """Two photos -> one pair; two folders -> every pair matched by file name (exit 2 at the end if any failed)."""
     from eva_helpers.errors import BadInputError, EvaError
     from eva_helpers.evaluation.align import describe_alignment
-    from eva_helpers.evaluation.predict_folders import predict_folders
     from eva_helpers.evaluation.predict import predict_one
+    from eva_helpers.evaluation.predict_folders import predict_folders
 
     if a.batch_size < 1:
         raise EvaError(f"--batch-size {a.batch_size}: must be at least 1")

@@ -12,27 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eva_helpers.errors import EvaError
-from eva_helpers.estimate import BUILD_RATE
-from eva_helpers.paths import Paths, require_drive_mounted
-from eva_helpers.atomic import atomic_copy
-from eva_helpers.atomic import atomic_write_text
+from eva_helpers.atomic import atomic_copy, atomic_write_text
 from eva_helpers.colab.widgets import sample_browser
 from eva_helpers.compositing.build import build_dataset
 from eva_helpers.compositing.teachers import dataset_labels
 from eva_helpers.compositing.teachers import resolve_teacher as resolve
 from eva_helpers.data.augment import build_transforms
-from eva_helpers.data.dataset import ShardDataset
-from eva_helpers.data.dataset import make_splits
+from eva_helpers.data.dataset import ShardDataset, make_splits
 from eva_helpers.data.formats import MANIFEST
 from eva_helpers.data.loaders import collate
 from eva_helpers.data.stats import compute_stats, describe_stats
-from eva_helpers.estimate import estimate_build
+from eva_helpers.errors import EvaError
+from eva_helpers.estimate import BUILD_RATE, estimate_build
 from eva_helpers.fetching.locate import in_data, known_dataset, resolve_dataset
-from eva_helpers.paths import safe_name, sample_assets
-from eva_helpers.plots import plot_stats
-from eva_helpers.plots import show_samples
-from eva_helpers.plots import spread_indices
+from eva_helpers.paths import Paths, require_drive_mounted, safe_name, sample_assets
+from eva_helpers.plots import plot_stats, show_samples, spread_indices
 from eva_helpers.training.config import TrainConfig
 
 DEFAULT_DATASET = "my-dataset"  # the folder notebook 01 builds under <paths.data>

@@ -17,11 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eva_helpers.training.config import TrainConfig
-from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.paths import in_colab, require_drive_mounted
-from eva_helpers.atomic import atomic_write_bytes
-from eva_helpers.atomic import atomic_write_text
+from eva_helpers.atomic import atomic_write_bytes, atomic_write_text
 from eva_helpers.colab.session import describe_code, installed_code
 from eva_helpers.colab.widgets import prediction_browser
 from eva_helpers.data.augment import build_transforms
@@ -29,11 +25,12 @@ from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.verify import dataset_identity
 from eva_helpers.demo import results_table
-from eva_helpers.estimate import estimate_evaluation
-from eva_helpers.estimate import estimate_training
+from eva_helpers.errors import BadInputError, EvaError
+from eva_helpers.estimate import estimate_evaluation, estimate_training
 from eva_helpers.evaluation.align import describe_alignment
-from eva_helpers.paths import path_problem
+from eva_helpers.paths import in_colab, path_problem, require_drive_mounted
 from eva_helpers.plots import side_by_side
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.training.run_folder import CHECKPOINTS, CODE, CONFIG, DATASET_RECORD, METRICS, checkpoint_path
 
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
@@ -267,7 +264,9 @@ def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
 
     model, run_cfg, stats = _run(cfg)
     try:
-        from eva_helpers.evaluation.calibrate import load_calibration  # the mask threshold chosen on validation, when evaluated
+        from eva_helpers.evaluation.calibrate import (
+            load_calibration,  # the mask threshold chosen on validation, when evaluated
+        )
 
         calib = load_calibration(cfg.run_dir)
     except ImportError:

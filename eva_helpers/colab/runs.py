@@ -12,14 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eva_helpers.training.config import TrainConfig
-from eva_helpers.errors import EvaError
-from eva_helpers.training.run_folder import CONFIG, METRICS, checkpoint_path, read_summary, run_folder
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.verify import dataset_identity
+from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.heldout import evaluate_run
+from eva_helpers.training.config import TrainConfig
 from eva_helpers.training.fit import fit
-
+from eva_helpers.training.run_folder import CONFIG, METRICS, checkpoint_path, read_summary, run_folder
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from typing import Sequence
+
 from eva_helpers.data.loaders import collate, prepare_batch
-from eva_helpers.plots import show_predictions
-from eva_helpers.plots import show_samples
+from eva_helpers.plots import show_predictions, show_samples
 
 NO_WIDGETS_ENV = "EVA_NO_WIDGETS"
 

@@ -19,16 +19,15 @@ from typing import Any
 import numpy as np
 
 from eva_helpers import __version__
-from eva_helpers.data import formats
 from eva_helpers.atomic import TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes
 from eva_helpers.compositing.compose import Compositor, prepare_background
-from eva_helpers.compositing.shards import ShardJob, run_shards
-from eva_helpers.errors import EvaError
 from eva_helpers.compositing.images import load_sources
+from eva_helpers.compositing.shards import ShardJob, run_shards
+from eva_helpers.compositing.teachers import TEACHERS, describe_labels, get_teacher, normalise
+from eva_helpers.data import formats
 from eva_helpers.data.verify import VerifyRecord, verify_file, write_index
+from eva_helpers.errors import EvaError
 from eva_helpers.lease import LEASE_NAME, hold
-from eva_helpers.compositing.teachers import describe_labels, get_teacher, normalise
-from eva_helpers.compositing.teachers import TEACHERS
 
 MODES = ("layered", "per-composite", "hybrid")
 _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change the labels

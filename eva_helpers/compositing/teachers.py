@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from eva_helpers.errors import EvaError
-from eva_helpers.data.formats import MASK_THRESHOLD, read_manifest
 from eva_helpers.compositing.labels import MIN_CONTRAST, RELIEF, layer_object
+from eva_helpers.data.formats import MASK_THRESHOLD, read_manifest
+from eva_helpers.errors import EvaError
 
 DEFAULT_TEACHER = "geometric"
 DA_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+
 from eva_helpers.errors import BadInputError
 
 SPLITS = ("train", "val", "test")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
 from eva_helpers.data.formats import decode_image, encode_jpeg
 
 MAX_SIDE = 256         # the estimate reads at most a 256 x 256 window (a photo's worth of content) ...

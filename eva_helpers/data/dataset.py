@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from eva_helpers.data import formats
-from eva_helpers.errors import BadInputError, IntegrityError
 from eva_helpers.data.columns import ColumnarIndex
 from eva_helpers.data.verify import open_dataset
+from eva_helpers.errors import BadInputError, IntegrityError
 
 RECORD_KEYS = ("id", "index", "bg_id", "fg_id", "flip", "scale", "x", "y", "w", "h", "depth_min", "depth_max")
 _MAX_FDS = 128  # open shard descriptors per process (least recently used closed beyond this)

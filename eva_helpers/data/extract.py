@@ -19,9 +19,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from eva_helpers.atomic import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
 from eva_helpers.data import formats
 from eva_helpers.data.verify import VerifyRecord, verify_listed
-from eva_helpers.atomic import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
 from eva_helpers.errors import EvaError, IntegrityError, WriteError, os_error_line
 from eva_helpers.paths import path_problem
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from eva_helpers.atomic import atomic_write_text
 from eva_helpers.errors import BadInputError
 

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from eva_helpers.data.stats import load_stats  # noqa: F401  (re-exported: callers import it from here or from stats)
 from eva_helpers.data.augment import resize_background
+from eva_helpers.data.stats import load_stats  # noqa: F401  (re-exported: callers import it from here or from stats)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

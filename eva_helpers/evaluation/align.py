@@ -23,12 +23,24 @@ from typing import Any
 
 import numpy as np
 
+from eva_helpers.data.compression import encode_decode, estimate_jpeg
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.registration import (MAX_SAMPLES, MIN_DROP, MIN_RATIO, analysis_copy, cv2_module,
-                                                 estimate_geometry, fit_linear, sample_pixels, similarity,
-                                                 similarity_params, textured, trimmed_mean, warp, worst_channel)
-from eva_helpers.data.compression import encode_decode
-from eva_helpers.data.compression import estimate_jpeg
+from eva_helpers.evaluation.registration import (
+    MAX_SAMPLES,
+    MIN_DROP,
+    MIN_RATIO,
+    analysis_copy,
+    cv2_module,
+    estimate_geometry,
+    fit_linear,
+    sample_pixels,
+    similarity,
+    similarity_params,
+    textured,
+    trimmed_mean,
+    warp,
+    worst_channel,
+)
 
 TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identity in every channel is not applied
 JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPEG quality is this much lower

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 import torch
 
 from eva_helpers.atomic import atomic_write_text, json_text
-from eva_helpers.evaluation.baseline import open_close
 from eva_helpers.errors import EvaError
+from eva_helpers.evaluation.baseline import open_close
 from eva_helpers.evaluation.metrics import binary_mask_metrics
 from eva_helpers.training.run_folder import CALIBRATION
 

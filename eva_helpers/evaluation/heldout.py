@@ -20,30 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from eva_helpers.atomic import atomic_write_json
-from eva_helpers.errors import EvaError
-from eva_helpers.atomic import sha256_bytes
+from eva_helpers.atomic import atomic_write_json, sha256_bytes
 from eva_helpers.data.augment import build_transforms
-from eva_helpers.data.dataset import ShardDataset
-from eva_helpers.data.dataset import make_splits
-from eva_helpers.data.formats import BACKGROUNDS
-from eva_helpers.data.formats import read_manifest
-from eva_helpers.data.loaders import collate, prepare_batch
-from eva_helpers.data.loaders import make_loader
+from eva_helpers.data.dataset import ShardDataset, make_splits
+from eva_helpers.data.formats import BACKGROUNDS, read_manifest
+from eva_helpers.data.loaders import collate, make_loader, prepare_batch
 from eva_helpers.data.stats import STATS, load_stats, read_stats_file
 from eva_helpers.data.verify import dataset_identity
-from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth
-from eva_helpers.evaluation.baseline import fit_threshold
-from eva_helpers.evaluation.calibrate import fit_postprocess
-from eva_helpers.evaluation.calibrate import postprocess, save_calibration
+from eva_helpers.errors import EvaError
+from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth, fit_threshold
+from eva_helpers.evaluation.calibrate import fit_postprocess, postprocess, save_calibration
 from eva_helpers.evaluation.metrics import MetricAccumulator
-from eva_helpers.evaluation.perturb import PERTURBATIONS
-from eva_helpers.evaluation.perturb import PerturbedDataset
-from eva_helpers.evaluation.perturb import check_name
+from eva_helpers.evaluation.perturb import PERTURBATIONS, PerturbedDataset, check_name
 from eva_helpers.plots import save_figure, show_predictions
-from eva_helpers.training.run_folder import load_run, metrics_file
-from eva_helpers.training.run_folder import read_history
-from eva_helpers.training.run_folder import recorded_identity, resolve_data
+from eva_helpers.training.run_folder import load_run, metrics_file, read_history, recorded_identity, resolve_data
 
 
 def split_positions(cfg, data_dir: str | Path) -> dict:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eva_helpers.errors import BadInputError
 from eva_helpers.data.compression import encode_decode
+from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation.align import align_pair
 
 Op = tuple[str, tuple]  # (kind, parameters); combinations list them as a camera would: scene, shake, optics, tone, JPEG

@@ -26,20 +26,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from eva_helpers.errors import BadInputError
-from eva_helpers.compositing.images import check_same_kind, read_image
-from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_json
-from eva_helpers.data.formats import DEPTH_MAX, encode_depth16
-from eva_helpers.data.formats import encode_mask
+from eva_helpers.compositing.images import check_same_kind, read_image
+from eva_helpers.data.formats import DEPTH_MAX, encode_depth16, encode_mask
 from eva_helpers.data.loaders import prepare_batch
-from eva_helpers.evaluation.calibrate import load_calibration
-from eva_helpers.evaluation.calibrate import postprocess
+from eva_helpers.errors import BadInputError
+from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record
+from eva_helpers.evaluation.calibrate import load_calibration, postprocess
 from eva_helpers.evaluation.heldout import load_run_stats
 from eva_helpers.plots import save_figure, side_by_side
-from eva_helpers.training.run_folder import load_run
-from eva_helpers.training.run_folder import resolve_data
-
+from eva_helpers.training.run_folder import load_run, resolve_data
 
 NO_ALIGN_REASON = "turned off (--no-align)"
 

@@ -16,16 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.compositing.images import check_same_kind
-from eva_helpers.evaluation.predict import (check_same_size, encode_depth_png, load_for_prediction, load_photo,
-                                           not_aligned, predict_prepared, prepare_pair, single_threaded)
-from eva_helpers.atomic import atomic_write_bytes
-from eva_helpers.atomic import atomic_write_text
-from eva_helpers.atomic import check_output_folder
-from eva_helpers.compositing.images import list_images
+from eva_helpers.atomic import atomic_write_bytes, atomic_write_text, check_output_folder
+from eva_helpers.compositing.images import check_same_kind, list_images
 from eva_helpers.data.formats import encode_mask
-from eva_helpers.errors import user_message
+from eva_helpers.errors import BadInputError, EvaError, user_message
+from eva_helpers.evaluation.predict import (
+    check_same_size,
+    encode_depth_png,
+    load_for_prediction,
+    load_photo,
+    not_aligned,
+    predict_prepared,
+    prepare_pair,
+    single_threaded,
+)
 
 if TYPE_CHECKING:
     from eva_helpers.evaluation.align import Alignment

@@ -17,7 +17,6 @@ from eva_helpers.data import formats
 from eva_helpers.errors import EvaError
 from eva_helpers.paths import safe_name, safe_relpath
 
-
 DATA_MANIFEST_SCHEMA = "eva-data-manifest/1"
 
 

@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from eva_helpers.data.formats import MANIFEST
-from eva_helpers.paths import Paths, path_problem, require_drive_mounted, under_drive
 from eva_helpers.errors import EvaError
 from eva_helpers.estimate import estimate_copy
-from eva_helpers.fetching.catalogue import load_data_manifest
-from eva_helpers.fetching.catalogue import manifest_entry_for
-from eva_helpers.fetching.catalogue import save_entry
+from eva_helpers.fetching.catalogue import load_data_manifest, manifest_entry_for, save_entry
 from eva_helpers.fetching.fetch import fetch_dataset
-from eva_helpers.paths import default_cache
-from eva_helpers.paths import safe_name
+from eva_helpers.paths import Paths, default_cache, path_problem, require_drive_mounted, safe_name, under_drive
 
 USER_LIST = "data_manifest.json"  # in the root folder (Drive): the user's datasets, read beside the shipped list
 

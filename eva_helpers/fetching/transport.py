@@ -25,7 +25,6 @@ from eva_helpers.errors import EvaError, IntegrityError
 from eva_helpers.fetching import catalogue
 from eva_helpers.fetching.catalogue import SOURCE_KINDS, FetchError
 
-
 _CHUNK = 1 << 20  # one read buffer
 
 

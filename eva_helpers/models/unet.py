@@ -13,7 +13,6 @@ from eva_helpers.errors import EvaError
 from eva_helpers.models.blocks import DoubleConv, MultiTaskNet
 from eva_helpers.models.inputs import ENCODER_IN, check_inputs
 
-
 STEMS = ("concat", "two")
 
 

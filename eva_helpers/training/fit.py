@@ -18,28 +18,32 @@ from torch import nn
 
 from eva_helpers import lease, precision
 from eva_helpers.atomic import atomic_write_text, check_output_folder
-from eva_helpers.data.formats import read_manifest
-from eva_helpers.data.sampler import ResumableSampler
-from eva_helpers.errors import EvaError
-from eva_helpers.signals import StopRequest
-from eva_helpers.training import distributed as D
-from eva_helpers.training.checkpoint import CheckpointManager
-from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
-from eva_helpers.training.loop import live_plot, seeded_loader, open_tensorboard, stop_agreed, stopped_error, validate, \
-    train_one_epoch
-from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
-from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
 from eva_helpers.data.augment import build_transforms
 from eva_helpers.data.dataset import ShardDataset, make_splits
+from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.loaders import BackgroundBank
+from eva_helpers.data.sampler import ResumableSampler
 from eva_helpers.data.stats import load_stats
-from eva_helpers.models import build_model
-from eva_helpers.models import rebuild_model
+from eva_helpers.errors import EvaError
+from eva_helpers.models import build_model, rebuild_model
+from eva_helpers.signals import StopRequest
+from eva_helpers.training import distributed as D
 from eva_helpers.training.batch_augment import BatchAugment
+from eva_helpers.training.checkpoint import CheckpointManager
+from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
+from eva_helpers.training.loop import (
+    live_plot,
+    open_tensorboard,
+    seeded_loader,
+    stop_agreed,
+    stopped_error,
+    train_one_epoch,
+    validate,
+)
 from eva_helpers.training.losses import build_criterion
-from eva_helpers.training.warm_start import check_source
-from eva_helpers.training.warm_start import describe, load_into
-from eva_helpers.training.warm_start import source_record
+from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
+from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
+from eva_helpers.training.warm_start import check_source, describe, load_into, source_record
 
 
 def seed_everything(seed: int) -> None:

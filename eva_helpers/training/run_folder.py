@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from eva_helpers.atomic import atomic_write_text, remove_stale_temps
 from eva_helpers.data.formats import read_manifest
-from eva_helpers.errors import EvaError, IntegrityError
-from eva_helpers.paths import default_cache, safe_name
-from eva_helpers.training.config import TrainConfig, result_changing_differences
-
-from eva_helpers.training.checkpoint import CHECKPOINTS, CheckpointManager
 from eva_helpers.data.stats import check_stats, compute_stats, read_stats_file
 from eva_helpers.data.verify import dataset_identity
+from eva_helpers.errors import EvaError, IntegrityError
 from eva_helpers.models import rebuild_model
+from eva_helpers.paths import default_cache, safe_name
+from eva_helpers.training.checkpoint import CHECKPOINTS, CheckpointManager
+from eva_helpers.training.config import TrainConfig, result_changing_differences
 
 if TYPE_CHECKING:
     import torch

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from eva_helpers.data.sampler import ResumableSampler
 from eva_helpers.errors import EvaError
 from eva_helpers.training import distributed as D
-from eva_helpers.data.sampler import ResumableSampler
 from eva_helpers.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from eva_helpers.training.config import TrainConfig
-
 
 FORMAT = "eva-ckpt/1"
 
