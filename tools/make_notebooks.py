@@ -10,6 +10,7 @@ come from TrainConfig, so a changed default reaches the notebooks by running thi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 from eva_helpers.training.config import RECIPE_LR, TrainConfig  # noqa: E402
 from eva_helpers.estimate import BUILD_RATE  # noqa: E402
 from eva_helpers.colab.notebook import DEFAULT_DATASET  # noqa: E402
+from eva_helpers.compositing.build import BUILD_DEFAULTS as B, MODES  # noqa: E402
+from eva_helpers.compositing.teachers import TEACHERS  # noqa: E402
 
 REPO = "eva-maskdepth/eva-maskdepth"
 REF = "main"  # the default branch: it always exists (tests/test_colab_journey.py checks REF with git rev-parse)
@@ -103,17 +106,19 @@ SMOKE = False  #@param {{type:"boolean"}}
 BG_DIR = ""  #@param {{type:"string"}}
 FG_DIR = ""  #@param {{type:"string"}}
 {DATASET_PARAM}
-SIZE = 224  #@param {{type:"integer"}}
-POSITIONS = 20  #@param {{type:"integer"}}
-SEED = 0  #@param {{type:"integer"}}
-TEACHER = "auto"  #@param ["auto", "geometric", "depth-anything-v2-small", "midas-small"]
+SIZE = {B["size"]}  #@param {{type:"integer"}}
+POSITIONS = {B["positions"]}  #@param {{type:"integer"}}
+SEED = {B["seed"]}  #@param {{type:"integer"}}
+TEACHER = "auto"  #@param {json.dumps(["auto", *TEACHERS])}
 # TEACHER: "auto" = Depth Anything V2 Small on a GPU runtime (a CPU runtime stops and says so); "geometric" = synthetic
 # labels (a ground-plane guess, not a measurement), only when chosen here on purpose
-MODE = "layered"  #@param ["layered", "per-composite"]
-SCALE_MIN = 0.3  #@param {{type:"number"}}
-SCALE_MAX = 0.7  #@param {{type:"number"}}
-FLIPS = True  #@param {{type:"boolean"}}
-SHARD_SIZE = 1000  #@param {{type:"integer"}}''',
+MODE = "{B["mode"]}"  #@param {json.dumps(list(MODES))}
+# MODE: "layered" = the teacher once per background, the object as a layer on it; "hybrid" = background from the clean
+# photo, object from the teacher on the composite; "per-composite" = the teacher on every composite
+SCALE_MIN = {B["scale_range"][0]}  #@param {{type:"number"}}
+SCALE_MAX = {B["scale_range"][1]}  #@param {{type:"number"}}
+FLIPS = {B["flips"]}  #@param {{type:"boolean"}}
+SHARD_SIZE = {B["shard_size"]}  #@param {{type:"integer"}}''',
     [
         ("md", "## What will be built\n`SMOKE` shrinks everything (and labels with the geometric teacher). "
                "`TEACHER = \"auto\"` keeps the teacher a started build recorded (a reconnect does not switch it), else "

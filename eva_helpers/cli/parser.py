@@ -12,15 +12,14 @@ import dataclasses
 import inspect
 
 from eva_helpers.cli import commands
-from eva_helpers.compositing.build import MODES, build_dataset
+from eva_helpers.compositing.build import BUILD_DEFAULTS, MODES
 from eva_helpers.compositing.teachers import TEACHERS
 from eva_helpers.demo import run_demo
 from eva_helpers.errors import UsageError
 from eva_helpers.training.config import CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS, TrainConfig
 
 TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-BUILD = {name: p.default for name, p in inspect.signature(build_dataset).parameters.items()
-         if p.default is not inspect.Parameter.empty}
+BUILD = BUILD_DEFAULTS
 DEMO = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()
         if p.default is not inspect.Parameter.empty}
 

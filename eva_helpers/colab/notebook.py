@@ -14,7 +14,7 @@ from typing import Any
 
 from eva_helpers.atomic import atomic_copy, atomic_write_text
 from eva_helpers.colab.widgets import sample_browser
-from eva_helpers.compositing.build import build_dataset
+from eva_helpers.compositing.build import BUILD_DEFAULTS, build_dataset
 from eva_helpers.compositing.teachers import dataset_labels
 from eva_helpers.compositing.teachers import resolve_teacher as resolve
 from eva_helpers.data.augment import build_transforms
@@ -68,9 +68,10 @@ def resolve_teacher(teacher: str, out_dir: Path) -> str:
 
 
 def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: str = "",
-               dataset: str = DEFAULT_DATASET, size: int = 224, positions: int = 20, seed: int = 0,
-               teacher: str = "auto", mode: str = "layered", scale_range: tuple[float, float] = (0.3, 0.7),
-               flips: bool = True, shard_size: int = 1000) -> BuildPlan:
+               dataset: str = DEFAULT_DATASET, size: int = BUILD_DEFAULTS["size"],
+               positions: int = BUILD_DEFAULTS["positions"], seed: int = BUILD_DEFAULTS["seed"], teacher: str = "auto",
+               mode: str = BUILD_DEFAULTS["mode"], scale_range: tuple[float, float] = BUILD_DEFAULTS["scale_range"],
+               flips: bool = BUILD_DEFAULTS["flips"], shard_size: int = BUILD_DEFAULTS["shard_size"]) -> BuildPlan:
     """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher; then
     what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space."""
 

@@ -9,6 +9,7 @@ precision its maps could differ, and the shards built so far were labelled from 
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import json
 import os
@@ -267,6 +268,11 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     manifest["complete"] = True
     formats.write_manifest(out, manifest)
     return manifest
+
+
+# build_dataset's defaults, for the CLI and notebook 01 (one source: the signature above)
+BUILD_DEFAULTS = {name: p.default for name, p in inspect.signature(build_dataset).parameters.items()
+                  if p.default is not inspect.Parameter.empty}
 
 
 def _recorded_background_maps(out: Path, old: dict | None, record: VerifyRecord, bg_srcs,
