@@ -245,7 +245,7 @@ def iou(pred: np.ndarray, target: np.ndarray) -> float:
     """Per-image mask IoU (metrics.binary_mask_metrics: empty on empty = 1) of two (H, W) masks (nonzero = object)."""
     import torch
 
-    from eva_helpers.evaluation.metrics import binary_mask_metrics
+    from eva_helpers.training.metrics import binary_mask_metrics
 
     p, t = (torch.from_numpy(np.ascontiguousarray(a != 0))[None, None] for a in (pred, target))
     return float(binary_mask_metrics(p, t)["mask_iou"][0])

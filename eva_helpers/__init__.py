@@ -28,7 +28,7 @@ MOVED = {
     "checkpoint": "training.checkpoint", "distributed": "training.distributed", "losses": "training.losses",
     "warm_start": "training.warm_start", "batch_augment": "training.batch_augment",
     "second_shot": "training.second_shot",
-    "metrics": "evaluation.metrics", "baseline": "evaluation.baseline", "calibrate": "evaluation.calibrate",
+    "metrics": "training.metrics", "baseline": "evaluation.baseline", "calibrate": "evaluation.calibrate",
     "evaluate": "evaluation.heldout", "predict": "evaluation.predict", "align": "evaluation.align",
     "perturb": "evaluation.perturb",
     "session": "colab.session", "colab_install": "colab.install", "notebook": "colab.notebook",

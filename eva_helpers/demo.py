@@ -57,7 +57,7 @@ def ensure_stats(data: Path) -> dict:
 
 
 def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> dict[str, Any]:
-    from eva_helpers.colab.runs import current_metrics
+    from eva_helpers.evaluation.heldout import current_metrics
     from eva_helpers.training.fit import fit
 
     run_dir = Path(cfg.out) / "runs" / f"{task}-{model}"

@@ -9,7 +9,7 @@ from eva_helpers.evaluation.baseline import (FreeBaseline, bg_difference, bg_dif
                                   fit_mean_depth, fit_threshold, open_close,
                                   paste_at_contact)
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.metrics import MetricAccumulator
+from eva_helpers.training.metrics import MetricAccumulator
 
 
 def make_pairs(n, noise, seed, size=48):

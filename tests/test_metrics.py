@@ -6,7 +6,7 @@ import torch
 
 from eva_helpers.errors import EvaError
 
-from eva_helpers.evaluation.metrics import (DEPTH_CAP, DEPTH_KEYS, MetricAccumulator, binary_mask_metrics, depth_metrics,
+from eva_helpers.training.metrics import (DEPTH_CAP, DEPTH_KEYS, MetricAccumulator, binary_mask_metrics, depth_metrics,
                                  depth_pixel_metrics, fit_disparity, mask_metrics)
 
 BIG = 30.0
@@ -178,6 +178,6 @@ def test_metrics_does_not_import_the_baseline():
     import subprocess
     import sys
 
-    code = "import sys, eva_helpers.evaluation.metrics; print('eva_helpers.evaluation.baseline' in sys.modules)"
+    code = "import sys, eva_helpers.training.metrics; print('eva_helpers.evaluation.baseline' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

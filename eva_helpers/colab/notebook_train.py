@@ -168,7 +168,7 @@ def tensorboard(cfg: TrainConfig) -> str:
 
 def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """Held-out test split beside the baseline: metrics.json in the run folder, the best/worst figure shown."""
-    from eva_helpers.colab.runs import current_metrics
+    from eva_helpers.evaluation.heldout import current_metrics
 
     require_drive_mounted(Path(cfg.run_dir), "the evaluation")
     metrics_file, best = Path(cfg.run_dir) / METRICS, checkpoint_path(cfg.run_dir, "best")

@@ -1,8 +1,8 @@
-"""Run folders as the notebooks, the demo and notebook 05's comparison see them: names, configs, up-to-date metrics.
+"""Runs as the training notebooks see them: a notebook's TrainConfig, and notebook 05's comparison table.
 
-One naming rule (`run_folder`) lets notebook 05 find the runs notebooks 03 and 04 trained; `current_metrics` reuses a
-run's metrics.json only while it is newer than its best checkpoint; `compare_runs` never trains a missing comparison
-run unless asked to (it would triple the runtime) and says what is missing instead.
+One naming rule (`run_folder.run_folder`) lets notebook 05 find the runs notebooks 03 and 04 trained; their metrics come
+from `heldout.current_metrics` (metrics.json while it is newer than the best checkpoint); `compare_runs` never trains a
+missing comparison run unless asked to (it would triple the runtime) and says what is missing instead.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.verify import dataset_identity
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.heldout import evaluate_run
+from eva_helpers.evaluation.heldout import current_metrics
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.training.fit import fit
-from eva_helpers.training.run_folder import CONFIG, METRICS, checkpoint_path, read_summary, run_folder
+from eva_helpers.training.run_folder import CONFIG, read_summary, run_folder
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}
@@ -62,18 +62,6 @@ def parse_stages(text: str) -> list[list[int]]:
             raise EvaError(f"SIZE_STAGES {text!r}: write SIZE:EPOCHS stages separated by spaces, e.g. \"32:5\"")
         out.append([int(size), int(epochs)])
     return out
-
-
-def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
-    """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
-    run_dir = Path(run_dir)
-    path, best = run_dir / METRICS, checkpoint_path(run_dir, "best")
-    if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
-        metrics = json.loads(path.read_text())
-    else:
-        metrics = evaluate_run(run_dir, data_dir, **eval_kw)
-    metrics["run_dir"] = str(run_dir)
-    return metrics
 
 
 MATCH_FIELDS = ("split_by", "split seed", "val_fraction", "test_fraction", "size", "epochs")

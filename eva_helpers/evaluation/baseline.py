@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.metrics import binary_mask_metrics
+from eva_helpers.training.metrics import binary_mask_metrics
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 51))  # 0.01 .. 0.50 in image units [0, 1]
 

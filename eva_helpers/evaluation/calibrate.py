@@ -22,7 +22,7 @@ import torch
 from eva_helpers.atomic import atomic_write_text, json_text
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.baseline import open_close
-from eva_helpers.evaluation.metrics import binary_mask_metrics
+from eva_helpers.training.metrics import binary_mask_metrics
 from eva_helpers.training.run_folder import CALIBRATION
 
 PROB_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 .. 0.90

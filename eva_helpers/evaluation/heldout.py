@@ -30,10 +30,18 @@ from eva_helpers.data.verify import dataset_identity
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth, fit_threshold
 from eva_helpers.evaluation.calibrate import fit_postprocess, postprocess, save_calibration
-from eva_helpers.evaluation.metrics import MetricAccumulator
 from eva_helpers.evaluation.perturb import PERTURBATIONS, PerturbedDataset, check_name
 from eva_helpers.plots import save_figure, show_predictions
-from eva_helpers.training.run_folder import load_run, metrics_file, read_history, recorded_identity, resolve_data
+from eva_helpers.training.metrics import MetricAccumulator
+from eva_helpers.training.run_folder import (
+    METRICS,
+    checkpoint_path,
+    load_run,
+    metrics_file,
+    read_history,
+    recorded_identity,
+    resolve_data,
+)
 
 
 def split_positions(cfg, data_dir: str | Path) -> dict:
@@ -317,3 +325,15 @@ def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3
     labels = [f"{'best' if j < k else 'worst'} {key}={scores[i]:.3f}" for j, i in enumerate(picks)]
     fig = show_predictions(batch["fg_bg"], {kk: v.cpu() for kk, v in targets.items()}, outputs, labels, max_rows=len(picks))
     return save_figure(fig, path)
+
+
+def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
+    """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
+    run_dir = Path(run_dir)
+    path, best = run_dir / METRICS, checkpoint_path(run_dir, "best")
+    if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
+        metrics = json.loads(path.read_text())
+    else:
+        metrics = evaluate_run(run_dir, data_dir, **eval_kw)
+    metrics["run_dir"] = str(run_dir)
+    return metrics

@@ -15,11 +15,11 @@ from torch import nn
 
 from eva_helpers.data.loaders import make_loader, prepare_batch
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.metrics import MetricAccumulator
 from eva_helpers.plots import plot_history
 from eva_helpers.signals import Interrupted, signal_name
 from eva_helpers.training import distributed as D
 from eva_helpers.training.config import TrainConfig
+from eva_helpers.training.metrics import MetricAccumulator
 from eva_helpers.training.run_folder import checkpoint_path, tensorboard_dir
 from eva_helpers.training.state import Run, snapshot
 
