@@ -59,8 +59,9 @@ def ensure_stats(data: Path) -> dict:
 def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> dict[str, Any]:
     from eva_helpers.evaluation.heldout import current_metrics
     from eva_helpers.training.fit import fit
+    from eva_helpers.training.run_folder import run_folder
 
-    run_dir = Path(cfg.out) / "runs" / f"{task}-{model}"
+    run_dir = run_folder(Path(cfg.out) / "runs", task, model, cfg.size, data, name=f"{task}-{model}")
     tc = TrainConfig(task=task, data=str(data), run_dir=str(run_dir), model=model, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, checkpoint_interval_s=60.0,
