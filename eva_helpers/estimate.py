@@ -62,7 +62,6 @@ def measure_bytes_per_composite(bg_dir: str | Path, fg_dir: str | Path, size: in
                                 flips: bool = True) -> tuple[float, float]:
     """(bytes per composite, bytes per background) of a probe build: a few of the photos at `size` px, geometric
     labels, in a temp folder on local disk (deleted after)."""
-
     with tempfile.TemporaryDirectory(prefix="eva-probe-") as tmp:
         dirs = {}
         for kind, folder in (("bg", bg_dir), ("fg", fg_dir)):

@@ -59,7 +59,6 @@ class BuildPlan:
 def resolve_teacher(teacher: str, out_dir: Path) -> str:
     """`teachers.resolve_teacher` with the teacher a started build in `out_dir` recorded: "auto" keeps it (a reconnect
     must not switch teachers), else picks Depth Anything V2 Small on a GPU and refuses a CPU runtime in one line."""
-
     try:
         recorded = json.loads((Path(out_dir) / "manifest.json").read_text())["params"]["teacher"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -74,7 +73,6 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                flips: bool = BUILD_DEFAULTS["flips"], shard_size: int = BUILD_DEFAULTS["shard_size"]) -> BuildPlan:
     """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher; then
     what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space."""
-
     safe_name(dataset, what="DATASET", source="notebook 01")  # the build goes to <paths.data>/<dataset>, nowhere else
     if smoke:
         size, positions, teacher, shard_size = (SMOKE_BUILD[k] for k in ("size", "positions", "teacher", "shard_size"))
@@ -127,7 +125,6 @@ def dataset_for(dataset: str, paths: Paths, smoke: bool = False) -> Path:
     SMOKE: notebook 01's SMOKE build of `dataset` when complete, else the shipped sample. Otherwise: a folder path, a
     dataset notebook 01 built under `paths.data`, or a name in data_manifest.json; none of these is a clear error.
     """
-
     name = dataset or DEFAULT_DATASET
     require_drive_mounted(paths.root, "reading and caching the dataset")
 

@@ -92,7 +92,6 @@ def compare_runs(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing:
     A run whose dataset, split, split seed, size or epochs differ from `cfg` is left out, saying what differs. A finished single-task run is evaluated (or its fresh metrics reused). A missing or unfinished one is trained here
     only when `train_missing`; otherwise it is reported as missing, with what to run instead.
     """
-
     runs = Path(cfg.run_dir).parent
     results: dict[str, dict] = {}
     for task in tasks:

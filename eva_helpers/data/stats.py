@@ -43,7 +43,6 @@ class _Moments:
 def check_stats(stats: dict[str, Any], source: str) -> dict[str, Any]:
     """Refuse normalisation stats that would make every input NaN or infinite: a std of 0 (e.g. computed on a build
     killed before its first shard, or on one flat image) or a non-finite mean/std. Returns the stats unchanged."""
-
     try:
         values = {f"{k}.{m}": [float(v) for v in stats[k][m]] for k in ("bg", "fg_bg") for m in ("mean", "std")}
     except (KeyError, TypeError, ValueError) as e:

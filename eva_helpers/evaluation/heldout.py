@@ -111,7 +111,6 @@ def free_baseline(data_dir, splits: dict, cfg, threshold: float | None, max_fit:
     """The no-learning predictor scored beside the model: the mask threshold given, plus (for runs with a depth task)
     the mean depth label of up to max_fit seeded *training* samples; a depth-only run still fits a threshold to paste
     the object's mask into that map."""
-
     if "depth" not in cfg.tasks:
         return FreeBaseline(threshold)
     if threshold is None:
@@ -293,7 +292,6 @@ def training_speed(run_dir: Path) -> float | None:
 def load_run_stats(run_dir: Path, data_dir: Path | None) -> dict:
     """Normalisation stats the run trained with: the run folder's copy, else its dataset's stats.json. Neither is an
     error saying how to get them back, never a silent fallback to ImageNet's (the outputs would quietly differ)."""
-
     p = Path(run_dir) / STATS
     if p.is_file():
         return read_stats_file(p)

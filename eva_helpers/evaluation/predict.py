@@ -131,7 +131,6 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
 def encode_depth_png(depth01: np.ndarray, rows: int = 512) -> bytes:
     """`formats.encode_depth`'s bytes (16-bit PNG, near = 1), converted `rows` rows at a time: the whole-image float64
     copies it makes would be 2 x 192 MB for a 24-megapixel photo."""
-
     out = np.empty(depth01.shape, np.uint16)
     for r in range(0, depth01.shape[0], rows):
         d = np.clip(np.asarray(depth01[r:r + rows], dtype=np.float64), 0.0, 1.0)
@@ -193,7 +192,6 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
                 which: str = "best", device: str | None = None, align: bool = True) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
     into out_dir; returns the files written and the alignment applied."""
-
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     check_same_size(bg, fg_bg, bg_path, fg_bg_path)
     check_same_kind(bg_path, fg_bg_path)

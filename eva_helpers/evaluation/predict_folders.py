@@ -66,7 +66,6 @@ class Matching:
 def match_folders(bg_dir: str | Path, fg_dir: str | Path) -> Matching:
     """List both folders as the build does (junk such as .DS_Store, Thumbs.db, desktop.ini and hidden files skipped)
     and pair files by stem; no pair at all is an error naming both folders."""
-
     bg, fg = list_images(bg_dir), list_images(fg_dir)
     fg_by = {p.stem: p for p in fg.files}
     bg_by = {p.stem: p for p in bg.files}
@@ -104,7 +103,6 @@ def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
                   pair: tuple[str, Path, Path]) -> tuple[dict[str, Any], "Alignment | None"]:
     """One pair of files, whole: read, align, model, write `<name>_mask.png` / `<name>_depth.png`. Returns its CSV
     row and alignment; a user-fixable problem with the photos becomes the row's status (a write error still raises)."""
-
     name, bg_path, fg_path = pair
     row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "width": "",
                            "height": ""}

@@ -86,7 +86,6 @@ def save_dataset_entry(name: str, entry: dict[str, Any], paths: Paths) -> Path:
 
     A name of the shipped list is refused: the user's entry would hide it (e.g. the sample).
     """
-
     safe_name(name, what="dataset name")
     if name in _datasets(None):
         raise EvaError(f"{name!r} is a dataset the package ships; give your entry another name")

@@ -102,7 +102,6 @@ def run_stats(run_dir: Path, cfg: TrainConfig, stats: dict | None, is_main: bool
     how a trained model's inputs are normalised. A dataset without stats.json gets them computed (streamed, first
     2,000 samples) rather than silently falling back to ImageNet's.
     """
-
     path = Path(run_dir) / STATS
     if path.is_file():
         return read_stats_file(path), False

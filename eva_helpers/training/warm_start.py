@@ -70,7 +70,6 @@ def check_source(run_dir: str, which: str, new_model: nn.Module) -> None:
 def source_record(run_dir: str, which: str) -> dict[str, Any]:
     """What config.json records about the start: the run folder (absolute), the checkpoint file, its sha256 and
     step."""
-
     ckpt, _ = _source(run_dir, which)
     path = Path(ckpt["loaded_from"])
     meta = read_sidecar(path) or {}
@@ -82,7 +81,6 @@ def load_into(model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
     """Copy the recorded checkpoint's tensors into `model` where name and shape match; the rest keep their fresh
     initialisation. -> {"loaded": [parts], "fresh": [parts], "tensors": n loaded}. Refuses a checkpoint whose sha256
     changed since it was recorded."""
-
     path = Path(record["checkpoint"])
     meta = read_sidecar(path) or {}
     if record.get("sha256") and meta.get("sha256") != record["sha256"]:
