@@ -24,6 +24,44 @@ from eva_helpers.training.config import TrainConfig
 FORMAT = "eva-ckpt/1"
 
 
+@dataclass
+class Run:
+    """The objects one training run works with, and where it is (epoch, step, position in the epoch)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    info: D.DistInfo
+    device: torch.device
+    model: nn.Module  # what forward runs (DDP- and/or compile-wrapped)
+    raw_model: nn.Module  # the plain module: its state_dict is what checkpoints hold
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    sampler: ResumableSampler
+    stats: dict | None
+    ckm: CheckpointManager
+    model_args: dict
+    loader: Any = None
+    val_loader: Any = None
+    tb: Any = None
+    augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
+    backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
+    lease: Any = None  # lease.Lease on the run folder (rank 0): training stops if another process took it over
+    stop: Any = None  # signals.StopRequest: set by SIGINT/SIGTERM, answered after the current step
+    epoch: int = 0
+    global_step: int = 0
+    pos: int = 0  # samples of this epoch consumed by this rank
+    resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
+    accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
+    history: list = field(default_factory=list)
+    stage: int = 0  # progressive resizing: the stage being trained and its size (cfg.stage_at)
+    stage_size: int = 0
+    best: dict = field(default_factory=dict)
+    finished: bool = False
+
+
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
@@ -100,41 +138,3 @@ def snapshot(run: Run) -> dict[str, Any]:
         "history": list(run.history), "config": run.cfg.to_dict(), "model_args": run.model_args,
         "best": dict(run.best), "finished": run.finished, "world_size": run.info.world_size,
     }
-
-
-@dataclass
-class Run:
-    """The objects one training run works with, and where it is (epoch, step, position in the epoch)."""
-
-    cfg: TrainConfig
-    run_dir: Path
-    info: D.DistInfo
-    device: torch.device
-    model: nn.Module  # what forward runs (DDP- and/or compile-wrapped)
-    raw_model: nn.Module  # the plain module: its state_dict is what checkpoints hold
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    sampler: ResumableSampler
-    stats: dict | None
-    ckm: CheckpointManager
-    model_args: dict
-    loader: Any = None
-    val_loader: Any = None
-    tb: Any = None
-    augment: Any = None  # batch_augment.BatchAugment: training augmentation on the batch, seeded per step
-    backgrounds: Any = None  # loaders.BackgroundBank: the training batches' bg, by bg_id
-    lease: Any = None  # lease.Lease on the run folder (rank 0): training stops if another process took it over
-    stop: Any = None  # signals.StopRequest: set by SIGINT/SIGTERM, answered after the current step
-    epoch: int = 0
-    global_step: int = 0
-    pos: int = 0  # samples of this epoch consumed by this rank
-    resume_consumed: int = 0  # global samples of `epoch` consumed before a resume
-    accum: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0})
-    history: list = field(default_factory=list)
-    stage: int = 0  # progressive resizing: the stage being trained and its size (cfg.stage_at)
-    stage_size: int = 0
-    best: dict = field(default_factory=dict)
-    finished: bool = False
