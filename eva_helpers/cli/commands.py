@@ -35,9 +35,10 @@ def cmd_fetch(a: argparse.Namespace) -> None:
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
-    from eva_helpers.data.stats import compute_stats, describe_stats
+    from eva_helpers.data.stats import STATS, compute_stats, describe_stats
 
     print(describe_stats(compute_stats(a.data, limit=a.limit)))
+    print(f"written: {Path(a.data) / STATS}")
     print(f"written: {Path(a.data) / 'stats.json'}")
 
 
