@@ -39,7 +39,6 @@ def cmd_stats(a: argparse.Namespace) -> None:
 
     print(describe_stats(compute_stats(a.data, limit=a.limit)))
     print(f"written: {Path(a.data) / STATS}")
-    print(f"written: {Path(a.data) / 'stats.json'}")
 
 
 def train_config_from_args(a: argparse.Namespace):
