@@ -6,7 +6,7 @@ Builds the embedded sample at 32 px with --positions 261 (100,224 samples) and 1
 on 2 cores), then for each dataset runs, each in a fresh process: `make_splits(by="bg")` + `ShardDataset(train split)`
 timed, the main process's RSS growth over that (the index's memory), then a DataLoader with 2 workers (the product's
 `make_loader`, batch 64) timed over --samples samples, with each worker's peak RSS (VmHWM), its private memory (USS:
-pages nobody shares) and the main process's peak RSS read from /proc. "old" is eva_helpers/data/dataset.py as it was at
+pages nobody shares) and the main process's peak RSS read from /proc. "old" is eva_helpers/dataset.py as it was at
 commit da5ac18 (every index.jsonl parsed into dicts), loaded from git into a temp module; "new" is the package's.
 Prints one JSON line per measurement and a markdown table. Linux only (/proc).
 """
@@ -30,13 +30,14 @@ POSITIONS = {"100k": 261, "400k": 1042}
 
 
 def old_dataset_module() -> types.ModuleType:
-    """eva_helpers/data/dataset.py at OLD_COMMIT as module eva_helpers._old_dataset (its relative imports still resolve)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:eva_helpers/data/dataset.py"], check=True,
+    """eva_helpers/dataset.py at OLD_COMMIT (the flat layout) as module eva_helpers._old_dataset; its relative imports
+    resolve through the old-path aliases (moved.py)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:eva_helpers/dataset.py"], check=True,
                          capture_output=True, text=True).stdout
     mod = types.ModuleType("eva_helpers._old_dataset")
     mod.__package__ = "eva_helpers"
     sys.modules[mod.__name__] = mod
-    exec(compile(src, f"{OLD_COMMIT}:eva_helpers/data/dataset.py", "exec"), mod.__dict__)
+    exec(compile(src, f"{OLD_COMMIT}:eva_helpers/dataset.py", "exec"), mod.__dict__)
     return mod
 
 
