@@ -26,7 +26,7 @@ from eva_helpers.compositing.images import load_sources
 from eva_helpers.compositing.shards import ShardJob, run_shards
 from eva_helpers.compositing.teachers import TEACHERS, describe_labels, get_teacher, normalise
 from eva_helpers.data import formats
-from eva_helpers.data.verify import VerifyRecord, verify_file, write_index
+from eva_helpers.data.verify import VerifyRecord, is_verified, write_index
 from eva_helpers.errors import EvaError
 from eva_helpers.lease import LEASE_NAME, hold
 
@@ -226,7 +226,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                 f"{out / formats.BACKGROUNDS}: missing or damaged, and the teacher's background maps here differ from "
                 f"the ones the {len(old['shards'])} shards built so far were labelled from; restore the file from a "
                 "copy, or build into a new folder")
-        if not (old and old.get("backgrounds") == bgz_entry and _verified(out, bgz_entry, record)):
+        if not (old and old.get("backgrounds") == bgz_entry and is_verified(out, bgz_entry, record)):
             atomic_write_bytes(out / formats.BACKGROUNDS, bgz)
             record.add(formats.BACKGROUNDS, (out / formats.BACKGROUNDS).stat(), bgz_entry["sha256"])
     manifest["backgrounds"] = bgz_entry
@@ -235,7 +235,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     kept = (old or {}).get("shards", [])
     for e in tqdm(kept, desc="check shards", unit="shard", disable=not (progress and kept)):
         k = e["first_index"] // shard_size  # resume: keep shards whose bytes match the manifest
-        if k < n_shards and e.get("file") == formats.shard_name(k) and _verified(out, e, record):
+        if k < n_shards and e.get("file") == formats.shard_name(k) and is_verified(out, e, record):
             done[k] = e
     record.save()
     manifest["shards"] = [done[k] for k in sorted(done)]
@@ -281,7 +281,7 @@ def _recorded_background_maps(out: Path, old: dict | None, record: VerifyRecord,
     teacher (min, max)), in `bg_srcs` order; None when there are none to keep (a new build, a build killed before it
     wrote them, or a backgrounds.zip that no longer matches its manifest entry)."""
     entry = (old or {}).get("backgrounds")
-    if not entry or not _verified(out, entry, record):
+    if not entry or not is_verified(out, entry, record):
         return None
     with zipfile.ZipFile(out / formats.BACKGROUNDS) as zf:
         rows = {r["bg_id"]: r for r in formats.read_jsonl(zf.read(formats.INDEX)) if r.get("kind") == "bg"}
@@ -307,13 +307,3 @@ def _to_size(raw: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _verified(out: Path, entry: dict, record: VerifyRecord) -> bool:
-    """Whether a file of an earlier run of this build still matches its manifest entry (hashed unless the record
-    vouches for it: same size, mtime, ctime and inode as when it was hashed)."""
-    try:
-        verify_file(out, entry, record, entry["file"])
-    except EvaError:
-        return False
-    return True

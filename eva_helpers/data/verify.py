@@ -26,7 +26,7 @@ import numpy as np
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from eva_helpers.data import formats
 from eva_helpers.data.columns import INDEX_FILE, INDEX_SCHEMA, ColumnarIndex, index_bytes, shard_columns, smallest
-from eva_helpers.errors import BadInputError, IntegrityError
+from eva_helpers.errors import BadInputError, EvaError, IntegrityError
 from eva_helpers.paths import default_cache, path_problem
 
 
@@ -115,6 +115,16 @@ def verify_file(data_dir: Path, entry: dict[str, Any], record: VerifyRecord | No
                                  "fetch or rebuild the dataset")
         record.add(rel, st, sha)
     return path
+
+
+def is_verified(data_dir: Path, entry: dict[str, Any], record: VerifyRecord | None) -> bool:
+    """Whether the file `entry` lists is there and matches it (hashed unless the record vouches for it): a resumed
+    build or fetch keeps it, anything else is made again."""
+    try:
+        verify_file(data_dir, entry, record, str(entry.get("file")))
+    except EvaError:
+        return False
+    return True
 
 
 def build_columns(data_dir: Path, manifest: dict[str, Any], record: VerifyRecord | None,

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eva_helpers.atomic import fsync_dir, sha256_file
-from eva_helpers.data.verify import VerifyRecord, verify_file
-from eva_helpers.errors import EvaError, IntegrityError
+from eva_helpers.data.verify import VerifyRecord, is_verified
+from eva_helpers.errors import IntegrityError
 from eva_helpers.fetching import catalogue
 from eva_helpers.fetching.catalogue import SOURCE_KINDS, FetchError
 
@@ -210,7 +210,7 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
     own = record is None
     if own:
         record, spec = VerifyRecord(target.parent), {**spec, "file": target.name}
-    if _verified(record, spec, target):
+    if is_verified(record.dir, {"file": spec["file"], "sha256": sha, "bytes": expected}, record):
         if own:
             record.save()
         return target
@@ -258,15 +258,3 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
                                  "again to resume") from None
             time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _verified(record: VerifyRecord, spec: dict[str, Any], target: Path) -> bool:
-    """Whether `target` already is the listed file (hashed only when the record cannot vouch for it)."""
-    if not target.is_file():
-        return False
-    try:
-        verify_file(record.dir, {"file": spec["file"], "sha256": spec["sha256"], "bytes": int(spec["bytes"])}, record,
-                    spec["file"])
-    except EvaError:
-        return False
-    return True
