@@ -162,7 +162,7 @@ def _fake_fit(monkeypatch):
         _record_config(Path(cfg.run_dir), cfg)
         return {"finished": True, "global_step": 6, "epochs_completed": cfg.epochs, "best": None}
 
-    monkeypatch.setattr("eva_helpers.training.fit.fit", fit)
+    monkeypatch.setattr("eva_helpers.colab.notebook_train.fit", fit)
     monkeypatch.setattr("eva_helpers.colab.notebook_train.estimate_training", lambda *a, **k: 0.0)
 
 

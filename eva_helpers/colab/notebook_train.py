@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_text
+from eva_helpers.colab.runs import compare_runs
 from eva_helpers.colab.session import describe_code, installed_code
 from eva_helpers.colab.widgets import prediction_browser
 from eva_helpers.data.augment import build_transforms
@@ -28,17 +29,30 @@ from eva_helpers.demo import results_table
 from eva_helpers.errors import BadInputError, EvaError
 from eva_helpers.estimate import estimate_evaluation, estimate_training
 from eva_helpers.evaluation.align import describe_alignment
+from eva_helpers.evaluation.calibrate import load_calibration
+from eva_helpers.evaluation.heldout import current_metrics, load_run_stats, split_positions
+from eva_helpers.evaluation.predict import load_photo, predict_pair
+from eva_helpers.models import build_model, summary
 from eva_helpers.paths import in_colab, path_problem, require_drive_mounted
 from eva_helpers.plots import side_by_side
 from eva_helpers.training.config import TrainConfig
-from eva_helpers.training.run_folder import CHECKPOINTS, CODE, CONFIG, DATASET_RECORD, METRICS, checkpoint_path
+from eva_helpers.training.fit import fit
+from eva_helpers.training.run_folder import (
+    CHECKPOINTS,
+    CODE,
+    CONFIG,
+    DATASET_RECORD,
+    METRICS,
+    checkpoint_path,
+    load_run,
+    read_summary,
+    tensorboard_dir,
+)
 
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
 
 
 def show_model(cfg: TrainConfig) -> None:
-    from eva_helpers.models import build_model, summary
-
     summary(build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs), cfg.size)
 
 
@@ -101,14 +115,10 @@ def record_code(run_dir: str | Path) -> dict[str, str]:
 
 
 def _split_sizes(cfg: TrainConfig) -> dict[str, int]:
-    from eva_helpers.evaluation.heldout import split_positions
-
     return {k: len(v) for k, v in split_positions(cfg, cfg.data).items() if k in ("train", "val", "test")}
 
 
 def _epochs_done(run_dir: Path) -> int:
-    from eva_helpers.training.run_folder import read_summary
-
     return int((read_summary(run_dir) or {}).get("epochs_completed") or 0)
 
 
@@ -118,8 +128,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     First: Drive mounted, the run's dataset unchanged, the time estimated; the code and the dataset are recorded in the
     run folder once fit's own checks have passed."""
     import json
-
-    from eva_helpers.training.fit import fit
 
     run = require_drive_mounted(Path(cfg.run_dir), "training")
     check_run_dataset(cfg)
@@ -150,8 +158,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def tensorboard(cfg: TrainConfig) -> str:
     """%tensorboard on this run's local logs in Colab; elsewhere print the command. Returns the log folder."""
-    from eva_helpers.training.run_folder import tensorboard_dir
-
     logdir = str(tensorboard_dir(cfg.run_dir))
     shell = None
     if in_colab():
@@ -168,8 +174,6 @@ def tensorboard(cfg: TrainConfig) -> str:
 
 def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """Held-out test split beside the baseline: metrics.json in the run folder, the best/worst figure shown."""
-    from eva_helpers.evaluation.heldout import current_metrics
-
     require_drive_mounted(Path(cfg.run_dir), "the evaluation")
     metrics_file, best = Path(cfg.run_dir) / METRICS, checkpoint_path(cfg.run_dir, "best")
     if not metrics_file.is_file() or (best.is_file() and metrics_file.stat().st_mtime < best.stat().st_mtime):
@@ -191,8 +195,6 @@ def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: b
     size, epochs) and the baseline (Markdown), saved as `comparison.md` in the joint run folder."""
     from IPython.display import Markdown
 
-    from eva_helpers.colab.runs import compare_runs
-
     run = require_drive_mounted(Path(cfg.run_dir), "the comparison")
     table = results_table(compare_runs(cfg, joint_metrics, train_missing))
     atomic_write_text(run / "comparison.md", table + "\n")
@@ -201,17 +203,12 @@ def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: b
 
 
 def _run(cfg: TrainConfig):
-    from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.training.run_folder import load_run
-
     model, run_cfg, _ = load_run(cfg.run_dir)
     return model, run_cfg, load_run_stats(Path(cfg.run_dir), Path(cfg.data))
 
 
 def browse_predictions(cfg: TrainConfig):
     """A widget over the test and validation splits: predictions against targets."""
-    from eva_helpers.evaluation.heldout import split_positions
-
     model, run_cfg, stats = _run(cfg)
     splits = split_positions(run_cfg, cfg.data)
     tf = build_transforms("test", run_cfg.size)
@@ -221,8 +218,6 @@ def browse_predictions(cfg: TrainConfig):
 
 def check_upload(uploaded: dict[str, bytes], role: str, like: np.ndarray | None = None) -> np.ndarray:
     """One uploaded photo -> (H, W, 3) uint8; exactly one readable file, the same size as `like` when given."""
-    from eva_helpers.evaluation.predict import load_photo
-
     if len(uploaded) != 1:
         names = ", ".join(uploaded) or "nothing"
         raise BadInputError(f"{role}: upload exactly one photo (got {names}); run this cell again")
@@ -260,13 +255,8 @@ def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.
 def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
     """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth, after one line saying what
     the alignment of bg to fg_bg applied (as `eva predict` prints it)."""
-    from eva_helpers.evaluation.predict import predict_pair
-
     model, run_cfg, stats = _run(cfg)
     try:
-        from eva_helpers.evaluation.calibrate import (
-            load_calibration,  # the mask threshold chosen on validation, when evaluated
-        )
 
         calib = load_calibration(cfg.run_dir)
     except ImportError:
