@@ -19,7 +19,6 @@ from eva_helpers.errors import UsageError
 from eva_helpers.training.config import CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS, TrainConfig
 
 TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-BUILD = BUILD_DEFAULTS
 DEMO = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()
         if p.default is not inspect.Parameter.empty}
 
@@ -94,23 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bg", required=True, help="folder of background photos")
     b.add_argument("--fg", required=True, help="folder of cut-outs with an alpha channel")
     b.add_argument("--out", required=True, help="dataset folder to create (or resume)")
-    b.add_argument("--size", type=int, default=BUILD["size"], help="side of the square composites in pixels")
-    b.add_argument("--positions", type=int, default=BUILD["positions"], help="random placements per (bg, fg, flip)")
-    b.add_argument("--seed", type=int, default=BUILD["seed"], help="every random choice of sample i derives from (seed, i)")
-    b.add_argument("--teacher", default=BUILD["teacher"], help=" | ".join(TEACHERS))
+    b.add_argument("--size", type=int, default=BUILD_DEFAULTS["size"], help="side of the square composites in pixels")
+    b.add_argument("--positions", type=int, default=BUILD_DEFAULTS["positions"], help="random placements per (bg, fg, flip)")
+    b.add_argument("--seed", type=int, default=BUILD_DEFAULTS["seed"], help="every random choice of sample i derives from (seed, i)")
+    b.add_argument("--teacher", default=BUILD_DEFAULTS["teacher"], help=" | ".join(TEACHERS))
     b.add_argument("--teacher-model-dir", default=None, help="load the Depth Anything teacher from a local folder")
-    b.add_argument("--mode", default=BUILD["mode"], choices=MODES,
+    b.add_argument("--mode", default=BUILD_DEFAULTS["mode"], choices=MODES,
                    help="depth labels: teacher once per background with the object as a layer; hybrid (background "
                         "from the clean photo, object from the composite, aligned outside the mask); or every composite "
                         "(aligned to the background's map)")
     b.add_argument("--teacher-input-size", type=int, default=None,
                    help="side the deep teacher runs at (default: its own, 518 for Depth Anything V2, 256 for MiDaS)")
-    b.add_argument("--scale-range", type=_pair, default=BUILD["scale_range"], help="object height as a fraction of the bg: LO,HI")
+    b.add_argument("--scale-range", type=_pair, default=BUILD_DEFAULTS["scale_range"], help="object height as a fraction of the bg: LO,HI")
     b.add_argument("--no-flips", action="store_true", help="do not add mirrored cut-outs")
-    b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="samples per zip shard")
-    b.add_argument("--jpeg-quality", type=int, default=BUILD["jpeg_quality"], help="JPEG quality of fg_bg (4:4:4 chroma)")
+    b.add_argument("--shard-size", type=int, default=BUILD_DEFAULTS["shard_size"], help="samples per zip shard")
+    b.add_argument("--jpeg-quality", type=int, default=BUILD_DEFAULTS["jpeg_quality"], help="JPEG quality of fg_bg (4:4:4 chroma)")
     b.add_argument("--workers", type=int, default=None, help="build processes (None: one per CPU)")
-    b.add_argument("--on-bad", choices=["error", "skip"], default=BUILD["on_bad"], help="unreadable inputs: stop, or skip and report")
+    b.add_argument("--on-bad", choices=["error", "skip"], default=BUILD_DEFAULTS["on_bad"], help="unreadable inputs: stop, or skip and report")
     b.add_argument("--limit", type=int, default=None, help="build only the first N samples")
     b.set_defaults(func=commands.cmd_build)
 
