@@ -78,8 +78,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             spec.loader_state = module.__spec__  # the import system sets __spec__ to ours: exec_module puts it back
             return module
         stand_in = types.ModuleType(spec.name, module.__doc__)
-        stand_in.__getattr__ = lambda name: _moved_name(old, name) if name in MOVED_NAMES[old] else getattr(module,
-                                                                                                            name)
+
+        def find(name: str):
+            return _moved_name(old, name) if name in MOVED_NAMES[old] else getattr(module, name)
+
+        stand_in.__getattr__ = find
         return stand_in
 
     def exec_module(self, module):
