@@ -173,7 +173,7 @@ def encode_depth(depth01: np.ndarray) -> bytes:
 
 def encode_depth16(depth16: np.ndarray) -> bytes:
     """(H, W) uint16 depth (near = DEPTH_MAX) -> PNG with the Sub filter on every row: depth is smooth, and a fixed
-    filter skips libpng's adaptive search (2-3x faster). The bytes `BandPNG` writes for the same image."""
+    filter skips libpng's adaptive search (2-3x faster). `BandPNG` writes the same pixels, faster, for layered labels."""
     return _png(np.asarray(depth16, dtype=np.uint16), mask=False)
 
 
@@ -202,8 +202,8 @@ def decode_mask(data: bytes) -> np.ndarray:
 
 
 def _png(arr: np.ndarray, mask: bool = False) -> bytes:
+    """Grayscale PNG with a fixed filter at PNG_LEVEL (encode_mask, encode_depth16)."""
     cv2 = _cv2()
-
     flags = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
         flags += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP if mask else cv2.IMWRITE_PNG_FILTER_SUB]
