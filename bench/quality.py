@@ -156,8 +156,8 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
     from eva_helpers.training.losses import build_criterion
     from eva_helpers.models import build_model
     from eva_helpers.training.fit import build_data, seed_everything
-    from eva_helpers.training.loop import prepare
-    from eva_helpers.training.loop import make_loader
+    from eva_helpers.data.loaders import BackgroundBank, prepare_batch
+    from eva_helpers.training.loop import seeded_loader
     from eva_helpers.data.sampler import ResumableSampler
 
     cfg = train_config(name, 0, data, Path("/tmp"), demo, None, None)
@@ -166,15 +166,16 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
     model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)
     crit = build_criterion(cfg.tasks, weighting=cfg.loss_weighting)
     opt = torch.optim.AdamW(list(model.parameters()) + list(crit.parameters()), lr=lo, weight_decay=cfg.weight_decay)
-    loader = make_loader(train_set, cfg.batch_size, sampler=ResumableSampler(len(train_set), seed=0),
-                         workers=cfg.workers, seed=0)
+    loader = seeded_loader(train_set, cfg.batch_size, sampler=ResumableSampler(len(train_set), seed=0),
+                           workers=cfg.workers, seed=0)
+    backgrounds = BackgroundBank(train_set, cfg.size)  # the workers ship no bg (fit does the same)
     out, avg, step = [], None, 0
     while step < steps:
         for batch in loader:
             lr = lo * (hi / lo) ** (step / (steps - 1))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, t = prepare(batch, "cpu", stats, False)
+            x, t = prepare_batch(batch, "cpu", stats=stats, backgrounds=backgrounds)
             loss, _ = crit(model(x), t)
             opt.zero_grad()
             loss.backward()

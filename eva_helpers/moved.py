@@ -52,7 +52,7 @@ MOVED_NAMES = {
               "TONE_KEEP": "evaluation.registration:FIT_KEEP"},
     "runs": {n: "training.run_folder" for n in ("read_run_config", "recorded_identity", "resolve_data")},
     "train_loop": {"Run": "training.state", "evaluate": "training.loop:validate",
-                   "make_loader": "training.loop:seeded_loader"},
+                   "make_loader": "training.loop:seeded_loader", "prepare": "data.loaders:prepare_batch"},
 }
 
 

@@ -32,13 +32,6 @@ def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int |
     return loader
 
 
-def prepare(batch: dict, device: torch.device, stats: dict | None, channels_last: bool, augment: Any = None,
-            gen: torch.Generator | None = None, backgrounds: Any = None):
-    """(x (B, 10, H, W) normalised float32, {"mask","depth": (B,1,H,W) float32}) on the device, augmented when asked."""
-    return prepare_batch(batch, device, stats=stats, channels_last=channels_last, augment=augment, gen=gen,
-                         backgrounds=backgrounds)
-
-
 def train_one_epoch(run: Run) -> bool:
     """Train `run.epoch` from its stored position; returns True when `max_steps` stopped the run (checkpoint saved)."""
     from tqdm.auto import tqdm
@@ -67,7 +60,8 @@ def train_one_epoch(run: Run) -> bool:
             run.ckm.save(snapshot(run))
             raise stopped_error(run) from None
         gen = run.augment.generator(cfg.seed, run.global_step, info.rank, device) if run.augment else None
-        x, targets = prepare(batch, device, run.stats, cfg.channels_last, run.augment, gen, run.backgrounds)
+        x, targets = prepare_batch(batch, device, stats=run.stats, channels_last=cfg.channels_last,
+                                   augment=run.augment, gen=gen, backgrounds=run.backgrounds)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             out = run.model(x)  # {"mask": (B,1,H,W) logits, "depth": (B,1,H,W)}
             loss, _ = run.criterion(out, targets)
@@ -175,7 +169,7 @@ def validate(run: Run) -> dict[str, float]:
     acc = MetricAccumulator(run.cfg.tasks)
     total, count = 0.0, 0
     for batch in run.val_loader:
-        x, targets = prepare(batch, device, run.stats, run.cfg.channels_last)
+        x, targets = prepare_batch(batch, device, stats=run.stats, channels_last=run.cfg.channels_last)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             out = model(x)
             loss, _ = run.criterion(out, targets)
