@@ -85,8 +85,8 @@ def _legacy_manager_class():
 
     import torch
 
-    from eva_helpers.atomic import atomic_write_text, sha256_file
-    from eva_helpers.training.checkpoint import LAST, SIDECAR, _STEP_RE, CheckpointManager, _copy, ckpt_name
+    from eva_helpers.atomic import atomic_copy, atomic_write_text, sha256_file
+    from eva_helpers.training.checkpoint import LAST, SIDECAR, _STEP_RE, CheckpointManager, ckpt_name
 
     class StepsManager(CheckpointManager):
         bytes_deleted = 0
@@ -101,7 +101,7 @@ def _legacy_manager_class():
                 for target in [name, LAST]:
                     dst = self.dir / target
                     self.bytes_dropped += dst.stat().st_size if dst.exists() else 0  # replaced by the rename
-                    _copy(local, dst, "copy")
+                    atomic_copy(local, dst)
                     self.bytes_written += meta["bytes"]
                     atomic_write_text(self.dir / (target + SIDECAR), _json.dumps({**meta, "file": target}))
             steps = sorted(p for p in self.dir.glob("ckpt-*.pt") if _STEP_RE.match(p.name))
