@@ -97,7 +97,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
         if report.failed:
             raise EvaError(f"{len(report.failed)} of {report.pairs} pairs failed: see {report.csv}")
         return
-    written, alignment = predict_one(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, align=not a.no_align)
+    written, alignment = predict_one(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, align=not a.no_align,
+                                     refine=not a.no_refine)
     print(describe_alignment(alignment))
     for p in written:
         print(p)

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-align", action="store_true",
                     help="use bg as it is; otherwise bg is registered to fg_bg, its tone matched and, when fg_bg "
                          "was saved as a much coarser JPEG, saved again like it: each only when confident")
+    pr.add_argument("--no-refine", action="store_true",
+                    help="the model's mask resized to the photo; otherwise, on a photo larger than the model, the "
+                         "mask's outline is decided by the photo's own pixels (sharp edges at full resolution)")
     pr.add_argument("--batch-size", type=int, default=16,
                     help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
                          "time, so each result equals the single-pair command's)")

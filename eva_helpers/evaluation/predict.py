@@ -34,6 +34,7 @@ from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record
 from eva_helpers.evaluation.calibrate import load_calibration, postprocess
 from eva_helpers.evaluation.heldout import load_run_stats
+from eva_helpers.evaluation.refine import REFINE_MIN_SCALE, refine_mask
 from eva_helpers.plots import save_figure, side_by_side
 from eva_helpers.training.run_folder import load_run, resolve_data
 
@@ -66,6 +67,7 @@ class Prepared:
     fg_bg: np.ndarray  # (size, size, 3) uint8
     alignment: "Alignment"
     shape: tuple[int, int]  # (H, W) of the photos: the outputs' size
+    full: tuple[np.ndarray, np.ndarray] | None = None  # (bg aligned, fg_bg) at the photo's size, for refine.py
 
 
 def check_same_size(bg: np.ndarray, fg_bg: np.ndarray, bg_name: object = "bg", fg_name: object = "fg_bg") -> None:
@@ -79,16 +81,19 @@ def not_aligned(reason: str = NO_ALIGN_REASON) -> "Alignment":
     return replace(IDENTITY, reason=reason, tone_reason=reason)
 
 
-def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = True) -> Prepared:
+def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = True, refine: bool = True) -> Prepared:
     """Align bg to fg_bg at full resolution (registration + tone, each only when confident), then resize both to the
-    model's size. Alignment first: a shift of a few px at full size is a fraction of a pixel at the model's."""
+    model's size. Alignment first: a shift of a few px at full size is a fraction of a pixel at the model's. With
+    `refine`, the full-size pair is kept for the mask's outline (refine.py) when the photo is larger than the model."""
     check_same_size(bg, fg_bg)
     if align:
         bg, alignment = align_pair(bg, fg_bg)
     else:
         alignment = not_aligned()
     small = [np.array(_resize(a, (size, size))) for a in (bg, fg_bg)]  # copies: inputs may be read-only
-    return Prepared(bg=small[0], fg_bg=small[1], alignment=alignment, shape=(fg_bg.shape[0], fg_bg.shape[1]))
+    shape = (fg_bg.shape[0], fg_bg.shape[1])
+    full = (bg, fg_bg) if refine and min(shape) >= REFINE_MIN_SCALE * size else None
+    return Prepared(bg=small[0], fg_bg=small[1], alignment=alignment, shape=shape, full=full)
 
 
 @torch.no_grad()
@@ -103,17 +108,23 @@ def run_model(model, prep: Prepared, stats: dict | None = None,
     return {k: v.float().cpu() for k, v in model(x).items()}
 
 
-def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | None = None) -> dict[str, np.ndarray]:
+def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | None = None,
+           full: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Model outputs (1, 1, size, size) -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1]} at the
-    photo's size, with the run's mask post-processing chosen on validation (None = a plain 0.5 cut).
+    photo's size, with the run's mask post-processing chosen on validation (None = a plain 0.5 cut). `full`: the
+    aligned full-size (bg, fg_bg); given, the mask's outline is decided by them (refine.py, "refine" in the result).
 
     Each output is resized once and then changed in place: a 24-megapixel photo holds one full-size float32 map at a
     time (96 MB), never several."""
     h, w = shape
-    result: dict[str, np.ndarray] = {}
+    result: dict[str, Any] = {}
     if "mask" in out:
         calib = calib or {"threshold": 0.5, "morph": False}
-        if calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
+        if full is not None:
+            coarse = postprocess(out["mask"], calib["threshold"], calib["morph"])[0, 0].numpy()  # (size, size) bool
+            prob = out["mask"].sigmoid()[0, 0].numpy()
+            result["mask"], result["refine"] = refine_mask(prob, coarse, *full)
+        elif calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
 
             m = postprocess(out["mask"], calib["threshold"], True)[0, 0].numpy().astype(np.uint8) * 255
             result["mask"] = _resize(m, (w, h), nearest=True)
@@ -166,18 +177,20 @@ def single_threaded() -> Iterator[None]:
 
 
 def predict_prepared(model, prep: Prepared, stats: dict | None, device, calib: dict | None) -> dict[str, Any]:
-    result: dict[str, Any] = finish(run_model(model, prep, stats, device), prep.shape, calib)
+    result: dict[str, Any] = finish(run_model(model, prep, stats, device), prep.shape, calib, prep.full)
     result["alignment"] = prep.alignment
     return result
 
 
 def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dict | None = None,
-                 device: str | torch.device = "cpu", calib: dict | None = None, align: bool = True) -> dict[str, Any]:
+                 device: str | torch.device = "cpu", calib: dict | None = None, align: bool = True,
+                 refine: bool = True) -> dict[str, Any]:
     """(H, W, 3) uint8 bg and fg_bg -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1], "alignment":
-    align.Alignment} at the photos' size. `calib`: calibrate.load_calibration's dict, None = a 0.5 cut."""
+    align.Alignment} at the photos' size. `calib`: calibrate.load_calibration's dict, None = a 0.5 cut. `refine`: on a
+    photo larger than the model, the mask's outline comes from the photo's pixels (refine.py; "refine" says how)."""
     model.eval()
     with single_threaded():
-        return predict_prepared(model, prepare_pair(bg, fg_bg, size, align), stats, device, calib)
+        return predict_prepared(model, prepare_pair(bg, fg_bg, size, align, refine), stats, device, calib)
 
 
 def load_for_prediction(run_dir: str | Path, which: str, device: str | None):
@@ -189,9 +202,10 @@ def load_for_prediction(run_dir: str | Path, which: str, device: str | None):
 
 
 def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path, out_dir: str | Path,
-                which: str = "best", device: str | None = None, align: bool = True) -> tuple[list[Path], "Alignment"]:
+                which: str = "best", device: str | None = None, align: bool = True,
+                refine: bool = True) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
-    into out_dir; returns the files written and the alignment applied."""
+    into out_dir; returns the files written and the alignment applied. `refine`: see predict_pair."""
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     check_same_size(bg, fg_bg, bg_path, fg_bg_path)
     check_same_kind(bg_path, fg_bg_path)
@@ -199,7 +213,7 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     thumbs = thumbnail(bg), thumbnail(fg_bg)  # the figure's copies: the full-size photos go as soon as they are used
     model.eval()
     with single_threaded():
-        prep = prepare_pair(bg, fg_bg, cfg.size, align)
+        prep = prepare_pair(bg, fg_bg, cfg.size, align, refine)
         del bg, fg_bg
         pred = predict_prepared(model, prep, stats, dev, calib)
     out = Path(out_dir)
@@ -211,7 +225,8 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     if "depth" in pred:
         atomic_write_bytes(out / "depth.png", encode_depth_png(pred["depth"]))
         written.append(out / "depth.png")
-    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), **alignment_record(pred["alignment"])}
+    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), **alignment_record(pred["alignment"]),
+              "mask_refine": pred.get("refine", {"refined": False, "threshold": None, "band_fraction": 0.0})}
     atomic_write_json(out / "alignment.json", record)
     written.append(out / "alignment.json")
     small = {k: thumbnail(pred.pop(k)) for k in ("mask", "depth") if k in pred}

@@ -1,0 +1,206 @@
+"""Masks at the photo's resolution: the demo's models on photos 4x their size, beside the baseline at that size.
+
+    python bench/fullres.py --seeds 0 1 2 --threads 1                       # clean and noise, the table
+    python bench/fullres.py --seeds 0 1 2 --threads 1 --perturb clean noise4 shadow-strong --align --write
+    python bench/fullres.py --seeds 0 --limit 16 --perturb clean             # a quick smoke run
+
+Users meet the model on photos larger than it (a 64 px demo model, a 224 px Colab model; 12 MP phone photos). The
+embedded sample is built again at `--scale` x the demo's size (256 px for the 64 px model: the same composites, as
+every choice of sample i comes from (seed, i), checked on each scored pair's provenance). Each quality-bench run
+(`bench/quality.py`'s candidate, trained there or here, reused) scores its own held-out test backgrounds at that size,
+as `eva predict` does: `predict.prepare_pair` (alignment with --align) -> the model at its size -> the mask
+  - "upsampled": the run's calibrated decision resized to the photo (the answer before refine.py),
+  - "refined": the outline decided by the photo's pixels (`refine.refine_mask`, the default of `eva predict`),
+beside the free baseline at the photo's size (max_c |fg_bg - bg| > t, 3x3 open/close, t chosen on the run's
+validation backgrounds at the same size). fg_bg changes as `eva eval --perturb` makes them (`perturb.perturb_sample`,
+at the photo's size). Per image: mask IoU and Boundary IoU (3 px, `metrics.boundary_iou`); per run the mean; the table
+gives mean ± sample std over seeds and the ms per pair of refine.py. About 1 minute per run and change on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (bench/quality.py: candidates, run folders; puts the repo on sys.path)
+
+ROOT = quality.ROOT
+BEGIN, END = "<!-- fullres:begin -->", "<!-- fullres:end -->"
+HEADING = "## Masks at the photo's resolution (`bench/fullres.py`)"
+WHO = ("upsampled", "refined", "baseline")
+
+
+def build_large(demo, scale: int) -> Path:
+    """The demo's sample built at scale x its size (same seed and positions: the same composites)."""
+    from eva_helpers.compositing.build import build_dataset
+    from eva_helpers.paths import sample_assets
+
+    data = Path(demo.out) / "data" / f"sample-{demo.size * scale}px"
+    assets = sample_assets()
+    build_dataset(assets / "bg", assets / "fg", data, size=demo.size * scale, positions=demo.positions,
+                  seed=demo.seed, teacher="geometric", mode="layered", shard_size=500, progress=False)
+    return data
+
+
+def same_composite(a: dict, b: dict) -> bool:
+    keys = ("bg_id", "fg_id", "flip", "index")
+    return all(a["meta"].get(k) == b["meta"].get(k) for k in keys)
+
+
+def masks_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(IoU, Boundary IoU at 3 px) of one binary prediction against its label, both (H, W)."""
+    import torch
+
+    from eva_helpers.training.metrics import binary_mask_metrics, boundary_iou
+
+    p = torch.from_numpy(np.ascontiguousarray(pred > 0))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(target > 0)).float()[None, None]
+    return float(binary_mask_metrics(p, t)["mask_iou"][0]), float(boundary_iou(p, t, 3)[0])
+
+
+def baseline_threshold(large, positions: list[int], limit: int | None) -> float:
+    """The baseline's threshold chosen on validation pairs at the photo's size: the best mean IoU over the grid."""
+    import torch
+
+    from eva_helpers.evaluation.baseline import THRESHOLDS, bg_difference, open_close
+    from eva_helpers.training.metrics import binary_mask_metrics
+
+    scores = np.zeros(len(THRESHOLDS))
+    for pos in positions[:limit]:
+        s = large.load(pos)
+        d = bg_difference(s["bg"], s["fg_bg"])  # (1, 1, H, W)
+        t = torch.from_numpy(s["mask"]).float()[None, None]
+        for j, th in enumerate(THRESHOLDS):
+            scores[j] += float(binary_mask_metrics(open_close((d > th).float()) > 0.5, t)["mask_iou"][0])
+    return float(THRESHOLDS[int(np.argmax(scores))])
+
+
+def score_run(cfg, small, large, perturbs: list[str], align: bool, limit: int | None) -> dict:
+    """{change: {who: (IoU, BIoU)}, "_ms_refine": ...} means over the run's test pairs at the large size."""
+    from eva_helpers.evaluation.baseline import bg_difference_mask
+    from eva_helpers.evaluation.heldout import split_positions
+    from eva_helpers.evaluation.perturb import perturb_sample
+    from eva_helpers.evaluation.predict import finish, load_for_prediction, prepare_pair, run_model, single_threaded
+
+    model, cfg, stats, calib, dev = load_for_prediction(cfg.run_dir, "best", "cpu")
+    model.eval()
+    splits = split_positions(cfg, small.data_dir)
+    test = [int(p) for p in splits["test"]][:limit]
+    threshold = baseline_threshold(large, [int(p) for p in splits["val"]], limit)
+    out: dict = {"_baseline_threshold": threshold}
+    refine_s, n_refine = 0.0, 0
+    with single_threaded():
+        for name in perturbs:
+            rows = {w: [] for w in WHO}
+            for pos in test:
+                raw = large.load(pos)
+                assert same_composite(raw, small.load(pos)), f"sample {pos} differs between the two builds"
+                s = perturb_sample(raw, name, pos)
+                prep = prepare_pair(s["bg"], s["fg_bg"], cfg.size, align)
+                y = run_model(model, prep, stats, dev)
+                rows["upsampled"].append(masks_iou(finish(y, prep.shape, calib)["mask"], s["mask"]))
+                t0 = time.perf_counter()
+                refined = finish({"mask": y["mask"]}, prep.shape, calib, prep.full)["mask"]
+                refine_s, n_refine = refine_s + time.perf_counter() - t0, n_refine + 1
+                rows["refined"].append(masks_iou(refined, s["mask"]))
+                base = bg_difference_mask(prep.full[0], prep.full[1], threshold)[0, 0].numpy()
+                rows["baseline"].append(masks_iou(base, s["mask"]))
+            out[name] = {w: tuple(float(np.mean(c)) for c in zip(*v)) for w, v in rows.items()}
+            print(f"  {Path(cfg.run_dir).name} {name}{' aligned' if align else ''}: " + ", ".join(
+                f"{w} {v[0]:.4f}/{v[1]:.4f}" for w, v in out[name].items()), flush=True)
+    out["_ms_refine"] = 1000 * refine_s / max(n_refine, 1)
+    return out
+
+
+def fmt(vals: list[float]) -> str:
+    return quality.fmt(vals) if vals else "–"
+
+
+def table(perturbs: list[str], per_seed: list[dict]) -> str:
+    head = ("| fg_bg changed by | model, upsampled: IoU | BIoU | **model, refined: IoU** | **BIoU** | baseline: IoU | "
+            "BIoU | refined − baseline (IoU) |\n|---|" + "---:|" * 7 + "\n")
+    lines = []
+    for name in perturbs:
+        cells = []
+        for w in WHO:
+            cells += [fmt([r[name][w][0] for r in per_seed]), fmt([r[name][w][1] for r in per_seed])]
+        d = [r[name]["refined"][0] - r[name]["baseline"][0] for r in per_seed]
+        cells.append(f"{statistics.mean(d):+.3f}" + (f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_results(text: str) -> None:
+    from eva_helpers.atomic import atomic_write_text
+
+    path = ROOT / "bench" / "RESULTS.md"
+    old = path.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}{END}"
+    if BEGIN in old and END in old:
+        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
+    atomic_write_text(path, new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="joint-tol-depth2", metavar="CANDIDATE",
+                    help="a candidate of bench/quality.py (default: the product's default model)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--scale", type=int, default=4, help="photo size / model size (default 4: 256 px photos)")
+    ap.add_argument("--perturb", nargs="+", default=["clean", "noise4"], metavar="NAME")
+    ap.add_argument("--align", action="store_true", help="register each pair first, as eva predict does")
+    ap.add_argument("--limit", type=int, default=None, help="score at most this many test (and validation) pairs")
+    ap.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (smoke runs)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="TrainConfig overrides, as quality.py")
+    ap.add_argument("--out", default=str(ROOT / "bench_output" / "quality"),
+                    help="bench folder (quality.py's default: its trained runs are reused)")
+    ap.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    args = ap.parse_args()
+
+    import json
+
+    import torch
+
+    from eva_helpers.data.dataset import ShardDataset
+    from eva_helpers.demo import DemoConfig, build_sample, ensure_stats
+    from eva_helpers.evaluation.perturb import check_name
+
+    for name in args.perturb:
+        check_name(name)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    demo = DemoConfig(out=args.out)
+    data = build_sample(demo)
+    ensure_stats(data)
+    small, large = ShardDataset(str(data)), ShardDataset(str(build_large(demo, args.scale)))
+    sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    per_seed = []
+    for seed in args.seeds:
+        cfg = quality.train_config(args.only, seed, data, Path(args.out), demo, None, args.epochs, sets)
+        quality.run_one(cfg)
+        per_seed.append(score_run(cfg, small, large, args.perturb, args.align, args.limit))
+    ms = statistics.mean(r["_ms_refine"] for r in per_seed)
+    px = demo.size * args.scale
+    text = (f"`python bench/fullres.py {' '.join(sys.argv[1:])}`: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}; candidate {args.only} ({demo.size} px model), its 2 held-out test "
+            f"backgrounds built at {px} px ({args.scale}x), scored at {px} px{' with alignment' if args.align else ''}; "
+            f"mean ± sample std over seeds {args.seeds}; BIoU = Boundary IoU, 3 px. refine.py: {ms:.1f} ms per "
+            f"{px} px pair (one thread); baseline thresholds chosen on validation at {px} px: "
+            f"{sorted({r['_baseline_threshold'] for r in per_seed})}.\n\n" + table(args.perturb, per_seed))
+    print(text)
+    if args.write:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()
