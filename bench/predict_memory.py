@@ -1,6 +1,6 @@
 """Peak memory and time of `eva predict` on a phone-sized pair (6000x4000 by default), in a fresh process.
 
-    python bench/predict_memory.py [--run RUN_DIR] [--width 6000 --height 4000] [--shake]
+    python bench/predict_memory.py [--run RUN_DIR] [--width 6000 --height 4000] [--shake] [--no-refine]
 
 Without --run it trains a throw-away joint run on the embedded sample (64 px, 5 steps: the weights do not matter,
 the model runs at its own size whatever the photo's). The pair is a smooth synthetic scene as JPEG with a red block
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=6000)
     ap.add_argument("--height", type=int, default=4000)
     ap.add_argument("--shake", action="store_true", help="fg_bg shaken and brighter: alignment applies")
+    ap.add_argument("--no-refine", action="store_true", help="eva predict --no-refine: the mask resized, not refined")
     args = ap.parse_args()
     eva = [sys.executable, "-m", "eva_helpers.cli"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,13 +58,15 @@ def main() -> None:
                            capture_output=True)
         bg, fg = make_pair(tmp / "pair", args.width, args.height, args.shake)
         res = subprocess.run(["/usr/bin/time", "-v"] + eva + ["predict", "--run-dir", str(run), "--bg", str(bg),
-                                                              "--fg-bg", str(fg), "--out", str(tmp / "out")],
+                                                              "--fg-bg", str(fg), "--out", str(tmp / "out")]
+                             + (["--no-refine"] if args.no_refine else []),
                              capture_output=True, text=True)
         if res.returncode:
             sys.exit(res.stderr[-2000:])
         peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
         wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", res.stderr).group(1)
-        print(f"eva predict on a {args.width}x{args.height} pair{' (shaken)' if args.shake else ''}: "
+        print(f"eva predict{' --no-refine' if args.no_refine else ''} on a {args.width}x{args.height} pair"
+              f"{' (shaken)' if args.shake else ''}: "
               f"peak RSS {peak_kb / 1024 ** 2:.2f} GB, wall {wall}")
         print(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "")
 

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.perturb import PERTURBATIONS, SUITE, perturb_sample, shadow_map, shift_offsets
+from eva_helpers.evaluation.perturb import (
+    MOVES_LABELS,
+    PERTURBATIONS,
+    SUITE,
+    perturb_sample,
+    shadow_map,
+    shift_offsets,
+)
 
 OBJECT = (255, 0, 255)  # a colour the background below never has
 
@@ -47,7 +54,7 @@ def test_every_name_runs_and_keeps_shapes_and_label_ranges(size):
         assert out["mask"].shape == (size, size) and set(np.unique(out["mask"])) <= {0, 1}, name
         assert out["depth"].dtype == np.float32 and 0.0 <= out["depth"].min() <= out["depth"].max() <= 1.0, name
         assert out["bg"] is s["bg"] and out["meta"] == s["meta"], name
-        if not any(kind == "shift" for kind, _ in PERTURBATIONS[name].ops):  # only a shake moves the labels
+        if not any(kind in MOVES_LABELS for kind, _ in PERTURBATIONS[name].ops):  # only a moved shot moves labels
             assert np.array_equal(out["mask"], s["mask"]) and np.array_equal(out["depth"], s["depth"]), name
         if name != "clean":
             assert not np.array_equal(out["fg_bg"], s["fg_bg"]), f"{name} changed nothing"
@@ -242,3 +249,41 @@ def test_cli_perturb_flag_writes_its_metrics_and_bad_names_are_one_line(run_copy
     assert e.value.code == 0
     listed = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in listed] == list(SUITE)
+
+
+# ------------------------------------------------------------------------- scene changes of a hand-held second shot
+@pytest.mark.parametrize("name", ["shadow-far", "reflection", "moved-object"])
+def test_light_and_background_changes_stay_away_from_the_object_and_keep_the_labels(name):
+    s = _sample(64, box=(8, 8, 20, 14))
+    out = perturb_sample(s, name, seed=5)
+    inside = s["mask"] == 1
+    assert np.array_equal(out["fg_bg"][inside], s["fg_bg"][inside]), "the object itself is lit as it was"
+    changed = np.abs(out["fg_bg"].astype(int) - s["fg_bg"]).max(2) > 2
+    assert changed.sum() > 20
+    ys, xs = np.nonzero(changed)
+    # "far from the object": the change's centre lies well outside the object's box
+    cy, cx = ys.mean(), xs.mean()
+    assert not (8 - 4 <= cy <= 28 + 4 and 8 - 4 <= cx <= 22 + 4), (cy, cx)
+    assert np.array_equal(out["mask"], s["mask"]) and np.array_equal(out["depth"], s["depth"])
+
+
+@pytest.mark.parametrize("name", ["rotate5", "zoom5", "keystone4", "parallax"])
+def test_a_moved_shot_moves_its_labels_with_the_object(name):
+    s = _sample(64)
+    s["depth"][s["mask"] == 1] = 1.0  # the object is the nearest thing (parallax moves it most)
+    out = perturb_sample(s, name, seed=2)
+    assert not np.array_equal(out["mask"], s["mask"]), "the object moved, so its label must"
+    core = out["mask"] == 1
+    core &= np.roll(core, 1, 0) & np.roll(core, -1, 0) & np.roll(core, 1, 1) & np.roll(core, -1, 1)
+    assert core.sum() > 20
+    # where the moved label says object (away from its resampled rim), the moved photo shows the object's colour
+    assert np.abs(out["fg_bg"][core].astype(int) - OBJECT).max() <= 2
+    assert abs(int(out["mask"].sum()) - int(s["mask"].sum())) < 0.2 * s["mask"].sum()
+
+
+def test_phone_hdr_lifts_dark_regions_and_lowers_bright_ones():
+    s = _sample(64)
+    fg = np.zeros((64, 64, 3), np.uint8)
+    fg[:, :32], fg[:, 32:] = 40, 220
+    out = perturb_sample({**s, "fg_bg": fg}, "hdr", seed=0)["fg_bg"].astype(int)
+    assert out[:, :16].mean() > 40 + 10 and out[:, 48:].mean() < 220 - 10

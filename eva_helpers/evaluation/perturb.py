@@ -22,8 +22,10 @@ import numpy as np
 
 from eva_helpers.data.compression import encode_decode
 from eva_helpers.errors import BadInputError
+from eva_helpers.evaluation import scene_changes as scene
 from eva_helpers.evaluation.align import align_pair
 
+MOVES_LABELS = ("shift", "keystone", "rotate", "parallax")  # kinds that move the whole shot, labels included
 Op = tuple[str, tuple]  # (kind, parameters); combinations list them as a camera would: scene, shake, optics, tone, JPEG
 
 
@@ -58,6 +60,27 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "blur-strong": _p("out of focus or moved (Gaussian blur, sigma 1.5 px)", ("blur", (1.5,))),
     "shadow": _p("the object casts a soft shadow on the ground beside it (25 % darker)", ("shadow", (0.25,))),
     "shadow-strong": _p("the object casts a dark shadow on the ground beside it (45 % darker)", ("shadow", (0.45,))),
+    "shadow35": _p("the object casts a dark soft shadow on the ground beside it (35 % darker)", ("shadow", (0.35,))),
+    "shadow-far": _p("a soft shadow far from the object (35 % darker, 15 % of the frame)", ("blob", (-0.35, 0.15))),
+    "reflection": _p("a reflection or a patch of light far from the object (40 % brighter, 15 % of the frame)",
+                     ("blob", (0.4, 0.15))),
+    "moved-object": _p("something in the background moved: a patch of 12 % of the frame shows the scene 4 % to one side",
+                       ("moved", (0.12, 0.04))),
+    "hdr": _p("a phone's local tone mapping (HDR): dark regions lifted, bright ones lowered, region by region",
+              ("local_tone", (0.35,))),
+    "motion-blur": _p("moved during the shot: motion blur over 6 % of the frame (15 px on a 256 px photo)",
+                      ("motion", (0.06,))),
+    "defocus": _p("out of focus: a disc blur of radius 2.5 % of the frame (6 px on a 256 px photo)", ("defocus", (0.025,))),
+    "rotate2": _p("the second shot turned 2 degrees (labels move with it)", ("rotate", (2.0, 1.0))),
+    "rotate5": _p("the second shot turned 5 degrees (labels move with it)", ("rotate", (5.0, 1.0))),
+    "zoom5": _p("the second shot zoomed in 5 % (labels move with it)", ("rotate", (0.0, 1.05))),
+    "keystone4": _p("perspective: the second shot from a little lower, one edge 4 % narrower (labels move with it)",
+                    ("keystone", (0.04,))),
+    "parallax": _p("the camera moved sideways: near things shift up to 3 % of the frame against far ones (8 px on a "
+                   "256 px photo; labels move with it)", ("parallax", (0.03,))),
+    "handheld": _p("a typical hand-held second shot: 2 % keystone, 1 degree, 5 % brighter, noise 3, JPEG 70",
+                   ("keystone", (0.02,)), ("rotate", (1.0, 1.0)), ("gain", (1.05, 1.05, 1.05)), ("noise", (3.0,)),
+                   ("jpeg", (70,))),
     "phone": _p("a typical second phone shot: 5 % brighter, a little warmer, noise 3, 1 px shake, JPEG 70",
                 ("shift", (1,)), ("gain", (1.05 * 1.03, 1.05, 1.05 * 0.97)), ("noise", (3.0,)), ("jpeg", (70,))),
     "phone-strong": _p("a careless second shot: the object's shadow, 2 px shake, 10 % brighter, warmer, noise 6, "
@@ -196,6 +219,19 @@ def perturb_sample(sample: dict[str, Any], name: str, seed: int) -> dict[str, An
             fg = _blur(fg, *args)
         elif kind == "shadow":
             fg = _shadow(fg, mask, *args, seed)
+        elif kind in MOVES_LABELS[1:]:  # the whole second shot moves: labels with it
+            move = {"keystone": scene.keystone, "rotate": scene.rotate_zoom, "parallax": scene.parallax}[kind]
+            fg, mask, depth = move((fg, mask, depth), *args, _rng(seed, kind))
+        elif kind == "local_tone":
+            fg = scene.local_tone(fg, *args)
+        elif kind == "motion":
+            fg = scene.motion_blur(fg, *args, _rng(seed, kind))
+        elif kind == "defocus":
+            fg = scene.defocus(fg, *args)
+        elif kind == "blob":
+            fg = scene.light_blob(fg, mask, *args, _rng(seed, kind))
+        elif kind == "moved":
+            fg = scene.moved_patch(fg, mask, *args, _rng(seed, kind))
         else:  # pragma: no cover - the registry above is the only source of ops
             raise ValueError(f"unknown operation {kind!r} in perturbation {name!r}")
     out.update(fg_bg=fg, mask=mask, depth=depth)
