@@ -37,6 +37,7 @@ TOL = {"inputs": "tolerant", "mask_head": "plain"}  # diff + the shift-tolerant 
 W1 = {"loss_weights": {}}  # losses.DEFAULT_WEIGHTS as they are (depth 1), not TrainConfig's default depth x2
 P08, SHAKE2 = {"p": 0.8}, {"shift": 2.0, "p_shift": 0.5}
 DEFAULT = {"second_shot": "full", "loss_weights": {"depth": 2.0}, "second_shot_opts": {"p": 0.5, **SHAKE2}}
+LIGHT = {"p_cast": 0.5, "p_blobs": 0.8, "p_motion": 0.3, "blur": 2.0}
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-first-round": ("joint", {"inputs": "concat", "mask_head": "plain", **NARROW}, FIRST_ROUND),
     "joint-diff-lr1e-3": ("joint", DIFF, {"lr": 1e-3}),
@@ -74,6 +75,9 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
                                        "second_shot_opts": {"p": 0.5, "shift": 2.0, "p_shift": 0.8}}),
     "joint-tol-jpeg": ("joint", TOL, {"second_shot": "full", **W1, "second_shot_opts": {
         **P08, "shift": 3.0, "p_shift": 0.5, "p_jpeg": 0.8, "jpeg_quality": [20, 90]}}),
+    # light and blur a real second shot brings (shot_light.py): the object's cast silhouette, light and shadow patches
+    # anywhere, motion blur, and Gaussian blur up to sigma 2 (defocus)
+    "joint-light": ("joint", TOL, {**DEFAULT, "second_shot_opts": {**DEFAULT["second_shot_opts"], **LIGHT}}),
     # warm starts and progressive resizing (warm_start.py, TrainConfig.size_stages): the default's recipe (DEFAULT)
     # with a start or a size schedule; "@NAME" in init_from is candidate NAME's run of the same seed (trained first)
     "mask-tol-depth2": ("mask", TOL, DEFAULT),  # the demo's mask run with today's defaults

@@ -10,7 +10,9 @@ resampled):
 - optics, sensor and compression, on bg, fg_bg or both: Gaussian blur, Gaussian noise, JPEG at a random quality,
   simulated with tensor ops (YCbCr, 4:2:0 or 4:4:4, 8x8 DCT, the standard tables scaled by quality, rounding) so it
   runs on the GPU with the rest; the evaluation uses real JPEG (`perturb.py`), never this simulation;
-- shadows, on fg_bg outside the object: soft dark ellipses near its base, and a light change anywhere.
+- shadows, on fg_bg outside the object: soft dark ellipses near its base, and a light change anywhere;
+- with p_cast / p_blobs / p_motion (shot_light.py): the object's silhouette cast on the ground, patches of light and
+  shadow anywhere, motion blur.
 
 Every draw comes from one `torch.Generator` the caller seeds (run seed, step, rank): a resumed run draws the same.
 Images are float (B, 3, H, W) on 0..255 throughout; the result is rounded and clipped like a real 8-bit photo.
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from eva_helpers.data.compression import dct_matrix, quant_tables
 from eva_helpers.errors import EvaError
+from eva_helpers.training.shot_light import apply_light
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class SecondShot:
     scale: float = 0.0  # scale 1 + U(-scale, scale)
     p_shadow: float = 0.0  # share of pairs with a cast shadow (and a light change) on fg_bg outside the object
     shadow: tuple = (0.15, 0.5)  # darkening at the shadow's core
+    # shot_light.py: drawn from their own generator, only when one of these is on (older runs keep their stream)
+    p_cast: float = 0.0  # the object's silhouette cast on the ground, on fg_bg outside the object
+    cast: tuple = (0.2, 0.6)  # its darkening
+    p_blobs: float = 0.0  # two soft patches of light or shadow anywhere, on fg_bg outside the object
+    blobs: float = 0.4  # each brightens or darkens by up to this share
+    blob_size: tuple = (0.05, 0.3)  # diameter, as a share of the frame's longer side
+    p_motion: float = 0.0  # motion blur on bg or fg_bg
+    motion: float = 0.06  # up to this share of the frame long
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -272,6 +283,8 @@ def apply_second_shot(bg: torch.Tensor, fg_bg: torch.Tensor, mask: torch.Tensor,
     shadow_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=dev))
     if opts.p_jpeg_same > 0:  # an option, not a draw, decides: runs without it keep their stream
         quality2 = torch.where(torch.rand(b, generator=gen, device=dev) < opts.p_jpeg_same, quality, quality2)
+    light = opts.p_cast > 0 or opts.p_blobs > 0 or opts.p_motion > 0  # the same: an option decides
+    light_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=dev)) if light else 0
 
     idx = on.nonzero()[:, 0]
     if not len(idx):
@@ -301,6 +314,10 @@ def apply_second_shot(bg: torch.Tensor, fg_bg: torch.Tensor, mask: torch.Tensor,
         g2 = torch.Generator(device=dev)
         g2.manual_seed(shadow_seed)
         y[i] = cast_shadows(y[i], mask[idx[i]], g2, strength[idx[i]])
+    if light:
+        g3 = torch.Generator(device=dev)
+        g3.manual_seed(light_seed)
+        x, y = apply_light(x, y, mask[idx], g3, opts)
     for img, sel, q in ((x, jpeg_on & jpeg_bg, quality), (y, jpeg_on & jpeg_fg, quality2)):
         i = sub(sel)
         if len(i):
