@@ -33,6 +33,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "papermill>=2.6",
             "nbclient>=0.10",
             "nbformat>=5.10",

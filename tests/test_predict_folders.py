@@ -229,3 +229,22 @@ def test_notebook_own_photos_says_what_alignment_did(sample_dataset, trained_run
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("aligned: shift (-3.0, -2.0) px") and "confidence" in line, line
     assert fig is not None
+
+
+def test_a_copy_of_bg_at_another_size_is_brought_to_fg_bgs_size(tmp_path, run):
+    """A chat app's smaller copy of one photo (same aspect) is one frame: bg is resized to fg_bg's size (the masks
+    belong to fg_bg) and the CSV says so; another aspect stays a one-line refusal."""
+    bg, fg = _shaken_pair()  # 160 x 120
+    bg_dir, fg_dir = tmp_path / "bg", tmp_path / "fg"
+    bg_dir.mkdir()
+    fg_dir.mkdir()
+    Image.fromarray(bg).resize((80, 60), Image.LANCZOS).save(bg_dir / "copy.png")
+    Image.fromarray(fg).save(fg_dir / "copy.png")
+    Image.fromarray(bg).resize((80, 70)).save(bg_dir / "other.png")
+    Image.fromarray(fg).save(fg_dir / "other.png")
+    out = tmp_path / "out"
+    assert _predict("--run-dir", run, "--bg", bg_dir, "--fg-bg", fg_dir, "--out", out) == 2  # "other" failed
+    rows = _csv(out / "alignment.csv")
+    assert rows["copy"]["status"] == "ok" and rows["copy"]["bg_resized"] == "bg 80x60 resized to fg_bg's 160x120"
+    assert Image.open(out / "copy_mask.png").size == (160, 120)
+    assert "other aspect ratios" in rows["other"]["status"] and "\n" not in rows["other"]["status"]

@@ -89,7 +89,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
             raise BadInputError(f"{path[d]}: {d} is a folder but {f} {path[f]} is not: give two folders (a shoot, "
                                 "pairs matched by file name) or two photos (one pair)")
         report = predict_folders(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, batch_size=a.batch_size,
-                                 align=not a.no_align)
+                                 align=not a.no_align, refine=not a.no_refine)
         ok = report.pairs - len(report.failed)
         print(f"predicted {ok} of {report.pairs} pairs -> {a.out} (<name>_mask.png, <name>_depth.png, "
               f"{report.csv.name})")

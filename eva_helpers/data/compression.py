@@ -28,6 +28,8 @@ MIN_STEP = 4           # only steps >= 4 tell a quantised coefficient from round
 TOLERANCE = 1.0        # a coefficient within this of a multiple of the step is on the grid
 MIN_ON_GRID = 0.85     # share of the tested coefficients that must be on the grid
 MIN_TESTED = 32        # coefficients needed to judge a quality at all
+MIN_BLOCK_STD = 2.0    # levels: a block whose luma varies less (its AC energy / 8) is flat and is not tested ...
+MIN_BLOCKS = 8         # ... and fewer textured blocks than this say nothing (flat grey once read as quality 1)
 NEIGHBOURS = 3         # finer qualities after the coarsest fit that may be the one (they share most steps)
 
 # ITU T.81 Annex K base tables, row-major (libjpeg scales them by quality)
@@ -77,16 +79,19 @@ def _window(rgb: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
 
 
 def _luma_qualities(win: np.ndarray) -> list[tuple[int, float]]:
-    """[(quality, share on grid)] for the coarsest quality whose luma steps the blocks' coefficients sit on and the
-    next NEIGHBOURS finer ones that fit too; [] when none does."""
+    """[(quality, share on grid)] for the coarsest quality whose luma steps the textured blocks' coefficients sit on
+    and the next NEIGHBOURS finer ones that fit too; [] when none does or too few blocks have texture."""
     rgb = win.astype(np.float64)
     y = rgb @ np.array([0.299, 0.587, 0.114]) - 128.0
     h, w = y.shape
     blocks = y.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64)
     clipped = ((win == 0) | (win == 255)).any(2).reshape(h // 8, 8, w // 8, 8).any((1, 3)).ravel()
-    keep = np.flatnonzero(~clipped)  # a clipped block's luma no longer is JPEG's
-    keep = keep[np.linspace(0, len(keep) - 1, min(len(keep), MAX_BLOCKS)).round().astype(int)] if len(keep) else keep
-    coef = blocks[keep] @ dct_matrix().T  # (blocks, 64)
+    coef = blocks[~clipped] @ dct_matrix().T  # (blocks, 64); a clipped block's luma no longer is JPEG's
+    # a flat block's one coefficient (its mean) sits on some coarse grid by chance: only texture tells
+    coef = coef[np.sqrt((coef[:, 1:] ** 2).sum(1)) >= 8 * MIN_BLOCK_STD]
+    if len(coef) < MIN_BLOCKS:
+        return []
+    coef = coef[np.linspace(0, len(coef) - 1, min(len(coef), MAX_BLOCKS)).round().astype(int)]
     tables = quant_tables()[0].astype(np.float32)[:, None, :]  # (100, 1, 64) luma, coarsest first
     c = coef.astype(np.float32)[None]  # (1, blocks, 64)
     # per quality: coefficients that survived quantisation (zeros fit every grid) at steps that tell (>= MIN_STEP)
@@ -108,7 +113,8 @@ def encode_decode(rgb: np.ndarray, quality: int, subsampled: bool) -> np.ndarray
 
 def estimate_jpeg(rgb: np.ndarray) -> JpegGuess | None:
     """(H, W, 3) uint8 RGB -> the JPEG settings it was last saved with, or None when its pixels show no compression
-    coarse enough to read (lossless, resized since, or finer than about quality 90 on smooth content)."""
+    coarse enough to read (lossless, resized since, finer than about quality 90 on smooth content, or too flat to
+    tell: fewer than MIN_BLOCKS textured 8x8 blocks)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 16:
         return None
     win = _window(rgb)

@@ -5,26 +5,32 @@ balance; left alone, each difference reads as "object" in |fg_bg - bg|. A wrong 
 shift search once "found" shifts on clean smooth pairs and dropped clean mask IoU from 0.95 to 0.62), so:
 
 - Geometry (registration.py): a similarity estimated on grey analysis copies, applied only when it has support and
-  clearly lowers the robust residual.
+  clearly lowers the robust residual; then a homography (a hand-held tilt's keystone) only if it clearly lowers it
+  further.
 - Tone: per RGB channel fg_bg ~ gain * bg + offset by trimmed least squares started from identity (the object never
   gets a say), on the registered bg; applied only if not near identity and it clearly lowers the robust residual.
 - Compression: when fg_bg's pixels show a JPEG at least `JPEG_GAP` qualities coarser than bg's (a lossless bg counts
   as 100), the registered bg is saved again with fg_bg's quality and chroma layout (`compression.py`), so the
   blocky ringing that JPEG adds around every edge is alike in both photos instead of reading as "object".
+- Guards (align_guard.py), whatever the estimates say: nothing outside bounds (scale, rotation, shift, gain); an exact
+  pair is returned untouched; a pair that still disagrees almost everywhere is "different scenes" and left alone; a
+  failed estimate is "not aligned", never an exception. `to_common_size` brings two sizes of one frame to one.
 
 Convention: bg is warped by M (2x3, bg -> fg_bg pixel coordinates) = `cv2.getRotationMatrix2D(c, angle, scale)` with
 (dx, dy) added to its last column, c = ((W - 1) / 2, (H - 1) / 2): angle in degrees, counter-clockwise on screen;
-(dx, dy) is where the image centre moves, in input px. `Alignment.matrix(W, H)` rebuilds M.
+(dx, dy) is where the image centre moves, in input px. `Alignment.matrix(W, H)` rebuilds M, or returns the (3, 3)
+homography applied instead (dx, dy, angle and scale then stay the similarity found before it).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from eva_helpers.data.compression import encode_decode, estimate_jpeg
 from eva_helpers.errors import BadInputError
+from eva_helpers.evaluation.align_guard import exact_pair, scenes_differ, tone_problem
 from eva_helpers.evaluation.registration import (
     MAX_SAMPLES,
     MIN_DROP,
@@ -32,6 +38,8 @@ from eva_helpers.evaluation.registration import (
     analysis_copy,
     cv2_module,
     estimate_geometry,
+    estimate_keystone,
+    feature_matches,
     fit_linear,
     sample_pixels,
     similarity,
@@ -44,6 +52,8 @@ from eva_helpers.evaluation.registration import (
 
 TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identity in every channel is not applied
 JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPEG quality is this much lower
+MIN_SIDE = 16             # px; a smaller pair has too little to estimate anything from and is left as it is
+SAME_ASPECT = 0.01        # two sizes whose aspect ratios differ by less than this (relative) show the same frame
 
 
 @dataclass(frozen=True)
@@ -67,19 +77,26 @@ class Alignment:
     jpeg_reason: str = "identity"
     residual_before: float = 0.0  # robust RGB residual (levels, textured pixels) of the pair as given
     residual_after: float = 0.0   # ... after what was applied
+    different_scenes: bool = False  # registered and tone-matched, the pair still disagrees almost everywhere
+    homography: tuple[float, ...] = ()  # 9 values, row-major (3, 3) bg -> fg_bg in input px, when a keystone was fixed
 
     def as_row(self) -> dict:
         """Flat dict of plain values for a CSV row or JSON, keys "align_<field>" (gain/offset as _r, _g, _b)."""
         row = {}
         for k, v in asdict(self).items():
-            if isinstance(v, tuple):
+            if k == "homography":  # one column: 9 numbers, or empty
+                row["align_homography"] = " ".join(f"{x:.9g}" for x in v)
+            elif isinstance(v, tuple):
                 row.update({f"align_{k}_{c}": float(x) for c, x in zip("rgb", v)})
             else:
                 row[f"align_{k}"] = v if isinstance(v, (bool, str, int)) else float(v)
         return row
 
     def matrix(self, width: int, height: int) -> np.ndarray:
-        """(2, 3) float64 bg -> fg_bg map in input px (identity when no geometry was applied)."""
+        """(2, 3) float64 bg -> fg_bg map in input px (identity when no geometry was applied); with a keystone fixed,
+        the (3, 3) homography that was applied instead."""
+        if self.homography:
+            return np.array(self.homography, np.float64).reshape(3, 3)
         return similarity(self.dx, self.dy, self.angle, self.scale, width, height) if self.applied else np.eye(2, 3)
 
 
@@ -104,6 +121,9 @@ def _tone(bg: np.ndarray, fg_bg: np.ndarray, valid: np.ndarray) -> dict:
         return dict(tone_reason="near identity")
     if not (after <= MIN_RATIO * before and before - after >= MIN_DROP):
         return dict(tone_reason=f"fit does not lower residual ({before:.1f} -> {after:.1f})")
+    problem = tone_problem(a, b)
+    if problem:
+        return dict(tone_reason=f"fit outside bounds: {problem}")
     return dict(tone_applied=True, gain=tuple(round(float(v), 4) for v in a),
                 offset=tuple(round(float(v), 3) for v in b), tone_reason=f"residual {before:.1f} -> {after:.1f}")
 
@@ -123,8 +143,11 @@ def _check(bg: np.ndarray, fg_bg: np.ndarray) -> None:
     if bg.shape != fg_bg.shape:
         raise BadInputError(f"align_pair: bg is {bg.shape[1]}x{bg.shape[0]} px but fg_bg is {fg_bg.shape[1]}x"
                             f"{fg_bg.shape[0]}: both photos must have the same size")
-    if min(bg.shape[:2]) < 16:
-        raise BadInputError(f"align_pair: {bg.shape[1]}x{bg.shape[0]} px is too small to align (need >= 16 px)")
+
+
+def _left_alone(reason: str, **fields) -> Alignment:
+    """Nothing applied, for one reason that every part (geometry, tone, compression) shares."""
+    return replace(IDENTITY, reason=reason, tone_reason=reason, jpeg_reason=reason, **fields)
 
 
 def _compression(bg: np.ndarray, fg_bg: np.ndarray) -> dict:
@@ -146,8 +169,27 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
                compression: bool = True) -> tuple[np.ndarray, Alignment]:
     """(H, W, 3) uint8 RGB bg and fg_bg (same shape) -> (bg registered, tone-matched and compressed like fg_bg,
     (H, W, 3) uint8; the Alignment). Pixels the warp leaves without a source take fg_bg's values (no false difference
-    at borders). When nothing is confident nothing is applied, and the result is a copy of bg, byte for byte."""
+    at borders). When nothing is confident nothing is applied, and the result is a copy of bg, byte for byte; so it is
+    for an exact pair, for photos of different scenes (align_guard.py), and when an estimate fails: no photo pair of
+    one size makes it raise."""
     _check(bg, fg_bg)
+    if min(bg.shape[:2]) < MIN_SIDE:
+        return bg.copy(), _left_alone(f"too small to align ({bg.shape[1]}x{bg.shape[0]} px, need >= {MIN_SIDE})")
+    exact = exact_pair(bg, fg_bg)
+    if exact:
+        return bg.copy(), _left_alone(exact)
+    try:
+        return _align(bg, fg_bg, geometry, tone, compression)
+    except MemoryError:
+        raise
+    except Exception as e:  # a failed estimate means "not aligned", never a failed prediction (test_align_fuzz.py)
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        return bg.copy(), _left_alone(f"estimate failed ({type(e).__name__}: {first})")
+
+
+def _align(bg: np.ndarray, fg_bg: np.ndarray, geometry: bool, tone: bool,
+           compression: bool) -> tuple[np.ndarray, Alignment]:
+    """align_pair's estimates and their application, on a pair that passed its checks."""
     cv2 = cv2_module()
     H, W = bg.shape[:2]
     s_bg0, s_fg = analysis_copy(bg), analysis_copy(fg_bg)  # (h, w, 3) uint8 analysis copies
@@ -155,24 +197,35 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
     g_bg, g_fg = (cv2.cvtColor(s, cv2.COLOR_RGB2GRAY).astype(np.float32) for s in (s_bg0, s_fg))  # (h, w)
     texture = textured(g_fg)
     fields: dict = dict(reason="geometry off")
-    m = None
+    m = matches = None
     if geometry:
-        m, geo = estimate_geometry(g_bg, g_fg, texture)
+        matches = feature_matches(g_bg, g_fg)
+        m, geo = estimate_geometry(g_bg, g_fg, texture, matches)
         fields.update(geo)
     valid = np.ones((h, w), bool)
     if m is not None:
         sx, sy = w / W, h / H  # analysis -> input px, pixel centres aligned
         s = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
         fields.update(similarity_params((np.linalg.inv(s) @ np.vstack([m, [0, 0, 1]]) @ s)[:2], W, H), applied=True)
+        # a homography needs many matches: tried only where features, not phase or search, placed bg
+        hom, why = estimate_keystone(g_bg, g_fg, m, matches, texture) if fields["inliers"] else (None, "")
+        if hom is not None:
+            full = np.linalg.inv(s) @ hom @ s  # (3, 3) in input px
+            fields.update(homography=tuple(float(v) for v in (full / full[2, 2]).ravel()),
+                          reason=f"{fields['reason']}; {why}")
+            m = hom
         s_bg, valid = warp(s_bg, m)
     fields.update(_tone(s_bg, s_fg, valid) if tone else dict(tone_reason="tone off"))
     if fields.get("tone_applied"):
         s_bg = _lut(s_bg, fields["gain"], fields["offset"])
-    fields.update(_compression(bg, fg_bg) if compression else dict(jpeg_reason="compression off"))
     sel = sample_pixels(valid & texture)  # residuals reported on the textured pixels every version shares
-    res = [trimmed_mean(worst_channel(s_fg.reshape(-1, 3)[sel].astype(np.float32) - b.reshape(-1, 3)[sel]))
+    res = [round(trimmed_mean(worst_channel(s_fg.reshape(-1, 3)[sel].astype(np.float32) - b.reshape(-1, 3)[sel])), 3)
            for b in (s_bg0, s_bg)]
-    alignment = Alignment(**fields, residual_before=round(res[0], 3), residual_after=round(res[1], 3))
+    differ = scenes_differ(s_bg, s_fg, valid)  # judged on what would be applied: the pair at its best
+    if differ:
+        return bg.copy(), _left_alone(differ, different_scenes=True, residual_before=res[0], residual_after=res[0])
+    fields.update(_compression(bg, fg_bg) if compression else dict(jpeg_reason="compression off"))
+    alignment = Alignment(**fields, residual_before=res[0], residual_after=res[1])
     if not (alignment.applied or alignment.tone_applied or alignment.jpeg_applied):
         return bg.copy(), alignment
     out = bg
@@ -183,16 +236,31 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
     if alignment.applied:
         out = np.where(inside[..., None], out, fg_bg)  # no source -> fg_bg's pixel: no false difference
     if alignment.jpeg_applied:  # last, as a camera saves: on fg_bg's block grid, since bg now sits in its frame
-
         out = encode_decode(out, alignment.jpeg_quality, alignment.jpeg_subsampled)
     return out, alignment
+
+
+def to_common_size(bg: np.ndarray, fg_bg: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Two photos of one scene at two sizes with one aspect (a chat app's 1600 px copy of a 12 MP photo) -> bg at
+    fg_bg's size (the outputs belong to fg_bg: area-averaged when shrunk, cubic when enlarged), and a note saying so
+    (None when the sizes agree). Different aspects are not one frame: a one-line BadInputError naming both sizes."""
+    (hb, wb), (hf, wf) = bg.shape[:2], fg_bg.shape[:2]
+    if (hb, wb) == (hf, wf):
+        return bg, fg_bg, None
+    if min(hb, wb, hf, wf) < 1 or abs((wb / hb) / (wf / hf) - 1.0) > SAME_ASPECT:
+        raise BadInputError(f"bg is {wb}x{hb} but fg_bg is {wf}x{hf}: different aspect ratios, so not two shots of "
+                            "one frame; crop one like the other or take both photos again")
+    cv2 = cv2_module()
+    interp = cv2.INTER_AREA if hb * wb > hf * wf else cv2.INTER_CUBIC
+    return cv2.resize(bg, (wf, hf), interpolation=interp), fg_bg, f"bg {wb}x{hb} resized to fg_bg's {wf}x{hf}"
 
 
 def describe_alignment(al: "Alignment") -> str:
     """One line saying what the alignment applied to bg (or why nothing), for the user."""
     parts = []
     if al.applied:
-        parts.append(f"shift ({al.dx:+.1f}, {al.dy:+.1f}) px, rotation {al.angle:.1f}°, scale {al.scale:.3f}")
+        parts.append(f"shift ({al.dx:+.1f}, {al.dy:+.1f}) px, rotation {al.angle:.1f}°, scale {al.scale:.3f}"
+                     + (", keystone" if al.homography else ""))
     if al.tone_applied:
         parts.append("tone gain (" + ", ".join(f"{g:.2f}" for g in al.gain) + ")")
     if al.jpeg_applied:

@@ -31,7 +31,7 @@ from eva_helpers.compositing.images import check_same_kind, read_image
 from eva_helpers.data.formats import DEPTH_MAX, encode_depth16, encode_mask
 from eva_helpers.data.loaders import prepare_batch
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record
+from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record, to_common_size
 from eva_helpers.evaluation.calibrate import load_calibration, postprocess
 from eva_helpers.evaluation.heldout import load_run_stats
 from eva_helpers.evaluation.refine import REFINE_MIN_SCALE, refine_mask
@@ -68,12 +68,19 @@ class Prepared:
     alignment: "Alignment"
     shape: tuple[int, int]  # (H, W) of the photos: the outputs' size
     full: tuple[np.ndarray, np.ndarray] | None = None  # (bg aligned, fg_bg) at the photo's size, for refine.py
+    resized: str | None = None  # what one_frame did to bg, if anything
 
 
-def check_same_size(bg: np.ndarray, fg_bg: np.ndarray, bg_name: object = "bg", fg_name: object = "fg_bg") -> None:
-    if bg.shape != fg_bg.shape:
+def one_frame(bg: np.ndarray, fg_bg: np.ndarray, bg_name: object = "bg",
+              fg_name: object = "fg_bg") -> tuple[np.ndarray, np.ndarray, str | None]:
+    """bg brought to fg_bg's size when the two are one frame at two sizes (a chat app's copy of a phone photo: same
+    aspect), with a note saying so; other aspects are a one-line error naming both files."""
+    try:
+        return to_common_size(bg, fg_bg)
+    except BadInputError:
         raise BadInputError(f"{bg_name} is {bg.shape[1]}x{bg.shape[0]} but {fg_name} is {fg_bg.shape[1]}x"
-                            f"{fg_bg.shape[0]}: they must be the same photo, same size")
+                            f"{fg_bg.shape[0]}: other aspect ratios, so not one frame; give the same photo, same size "
+                            "(or a resized copy of it)") from None
 
 
 def not_aligned(reason: str = NO_ALIGN_REASON) -> "Alignment":
@@ -85,7 +92,7 @@ def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = Tru
     """Align bg to fg_bg at full resolution (registration + tone, each only when confident), then resize both to the
     model's size. Alignment first: a shift of a few px at full size is a fraction of a pixel at the model's. With
     `refine`, the full-size pair is kept for the mask's outline (refine.py) when the photo is larger than the model."""
-    check_same_size(bg, fg_bg)
+    bg, fg_bg, resized = one_frame(bg, fg_bg)
     if align:
         bg, alignment = align_pair(bg, fg_bg)
     else:
@@ -93,7 +100,7 @@ def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = Tru
     small = [np.array(_resize(a, (size, size))) for a in (bg, fg_bg)]  # copies: inputs may be read-only
     shape = (fg_bg.shape[0], fg_bg.shape[1])
     full = (bg, fg_bg) if refine and min(shape) >= REFINE_MIN_SCALE * size else None
-    return Prepared(bg=small[0], fg_bg=small[1], alignment=alignment, shape=shape, full=full)
+    return Prepared(bg=small[0], fg_bg=small[1], alignment=alignment, shape=shape, full=full, resized=resized)
 
 
 @torch.no_grad()
@@ -178,6 +185,8 @@ def single_threaded() -> Iterator[None]:
 
 def predict_prepared(model, prep: Prepared, stats: dict | None, device, calib: dict | None) -> dict[str, Any]:
     result: dict[str, Any] = finish(run_model(model, prep, stats, device), prep.shape, calib, prep.full)
+    if prep.resized:
+        result["resized"] = prep.resized
     result["alignment"] = prep.alignment
     return result
 
@@ -207,7 +216,7 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
     into out_dir; returns the files written and the alignment applied. `refine`: see predict_pair."""
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
-    check_same_size(bg, fg_bg, bg_path, fg_bg_path)
+    bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_bg_path)
     check_same_kind(bg_path, fg_bg_path)
     model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
     thumbs = thumbnail(bg), thumbnail(fg_bg)  # the figure's copies: the full-size photos go as soon as they are used
@@ -225,7 +234,7 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     if "depth" in pred:
         atomic_write_bytes(out / "depth.png", encode_depth_png(pred["depth"]))
         written.append(out / "depth.png")
-    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), **alignment_record(pred["alignment"]),
+    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "bg_resized": resized, **alignment_record(pred["alignment"]),
               "mask_refine": pred.get("refine", {"refined": False, "threshold": None, "band_fraction": 0.0})}
     atomic_write_json(out / "alignment.json", record)
     written.append(out / "alignment.json")

@@ -21,11 +21,11 @@ from eva_helpers.compositing.images import check_same_kind, list_images
 from eva_helpers.data.formats import encode_mask
 from eva_helpers.errors import BadInputError, EvaError, user_message
 from eva_helpers.evaluation.predict import (
-    check_same_size,
     encode_depth_png,
     load_for_prediction,
     load_photo,
     not_aligned,
+    one_frame,
     predict_prepared,
     prepare_pair,
     single_threaded,
@@ -99,24 +99,27 @@ def _check_out(out: Path, *inputs: Path) -> None:
             raise BadInputError(f"{out}: is inside the input folder {d}; choose an output folder outside the photos")
 
 
-def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool,
+def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool, refine: bool,
                   pair: tuple[str, Path, Path]) -> tuple[dict[str, Any], "Alignment | None"]:
     """One pair of files, whole: read, align, model, write `<name>_mask.png` / `<name>_depth.png`. Returns its CSV
     row and alignment; a user-fixable problem with the photos becomes the row's status (a write error still raises)."""
     name, bg_path, fg_path = pair
     row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "width": "",
-                           "height": ""}
+                           "height": "", "bg_resized": ""}
     try:
         bg, fg_bg = load_photo(bg_path), load_photo(fg_path)
-        check_same_size(bg, fg_bg, bg_path, fg_path)
+        bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_path)
         check_same_kind(bg_path, fg_path)
-        row.update(width=fg_bg.shape[1], height=fg_bg.shape[0])
-        prep = prepare_pair(bg, fg_bg, cfg.size, align)
+        row.update(width=fg_bg.shape[1], height=fg_bg.shape[0], bg_resized=resized or "")
+        prep = prepare_pair(bg, fg_bg, cfg.size, align, refine)
     except EvaError as e:
         return {**row, "status": user_message(e) or str(e)}, None
     del bg, fg_bg  # full-resolution photos: only `workers` pairs of them in memory at once
-    _write_outputs(out, name, predict_prepared(model, prep, stats, device, calib))
-    return {**row, **prep.alignment.as_row(), "status": "ok"}, prep.alignment
+    pred = predict_prepared(model, prep, stats, device, calib)
+    _write_outputs(out, name, pred)
+    how = pred.get("refine") or {"refined": False, "threshold": None}
+    return {**row, **prep.alignment.as_row(), "mask_refined": how["refined"],
+            "refine_threshold": "" if how["threshold"] is None else how["threshold"], "status": "ok"}, prep.alignment
 
 
 def _write_outputs(out: Path, name: str, pred: dict[str, Any]) -> None:
@@ -152,6 +155,8 @@ def summarize_alignments(rows: list[tuple[str, "Alignment"]]) -> str:
     tone = sum(a.tone_applied for _, a in rows)
     jpeg = sum(a.jpeg_applied for _, a in rows)
     line = f"alignment: {len(geo)} of {n} pairs registered, {tone} tone-matched, {jpeg} compressed like fg_bg"
+    scenes = sum(a.different_scenes for _, a in rows)
+    line += f", {scenes} look like different scenes" if scenes else ""
     if geo:
         shifts = sorted(math.hypot(a.dx, a.dy) for a in geo)
         line += f" (shift median {shifts[len(shifts) // 2]:.1f} px, max {shifts[-1]:.1f} px)"
@@ -167,7 +172,7 @@ def summarize_alignments(rows: list[tuple[str, "Alignment"]]) -> str:
 
 def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path,
                     which: str = "best", device: str | None = None, batch_size: int = 16, align: bool = True,
-                    workers: int = 2, progress: bool = True,
+                    workers: int = 2, progress: bool = True, refine: bool = True,
                     say: Callable[[str], None] | None = None) -> FolderReport:
     """Every pair of two folders (matched by file name) -> OUT/<name>_mask.png (8-bit, the photo's size),
     OUT/<name>_depth.png (16-bit, as depth.png) and OUT/alignment.csv (one row per pair, status "ok" or the one-line
@@ -195,11 +200,11 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
     if line:
         say(line)
     out.mkdir(parents=True, exist_ok=True)
-    blank = {k: "" for k in not_aligned().as_row()}
+    blank = {**{k: "" for k in not_aligned().as_row()}, "mask_refined": "", "refine_threshold": ""}
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     aligned: list[tuple[str, Alignment]] = []
-    task = partial(_predict_file, model, cfg, stats, calib, dev, out, align)
+    task = partial(_predict_file, model, cfg, stats, calib, dev, out, align, refine)
     pool = ThreadPoolExecutor(max_workers=workers)
     bar = tqdm(total=len(matching.pairs), desc="predict", unit="pair", disable=not progress)
     try:
@@ -208,7 +213,8 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
                 if alignment is None:
                     failed.append((name, row["status"]))
                     say(f"skipped {name}: {row['status']}")
-                    row = {**{k: row[k] for k in ("name", "bg_file", "fg_bg_file", "width", "height")}, **blank,
+                    row = {**{k: row[k] for k in ("name", "bg_file", "fg_bg_file", "width", "height", "bg_resized")},
+                           **blank,
                            "status": row["status"]}
                 else:
                     aligned.append((name, alignment))

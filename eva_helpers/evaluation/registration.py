@@ -6,14 +6,18 @@ or smooth pairs, e.g. at the model's 64 px). The candidate is polished to sub-pi
 weights drop the object) and kept only when (1) it has support (>= `MIN_INLIERS` inliers or a phase peak >=
 `MIN_RESPONSE`), (2) some image corner moves >= `NEAR_IDENTITY_PX` analysis px, and (3) it clearly lowers the robust
 residual against no warp on the same pixels (textured ones; all of them for the search, since a smooth scene's shake
-shows in its flat parts too). Everything runs on analysis copies at most `ANALYSIS_SIDE` px long; the robust
-statistics here (trimmed residuals, a trimmed linear fit) serve the tone match in align.py too.
+shows in its flat parts too). After an applied similarity, a homography from the same matches may replace it, under
+the same kind of gate against the similarity (`estimate_keystone`). Every candidate must lie within align_guard.py's
+bounds. Everything runs on analysis copies at most `ANALYSIS_SIDE` px long; the robust statistics here (trimmed
+residuals, a trimmed linear fit) serve the tone match in align.py too.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from eva_helpers.evaluation.align_guard import geometry_problem, keystone_problem
 
 ANALYSIS_SIDE = 768       # longest side (px) of the analysis images
 MIN_INLIERS = 12          # RANSAC inliers needed to trust a feature-based similarity
@@ -55,12 +59,14 @@ def analysis_copy(rgb: np.ndarray) -> np.ndarray:
 
 
 def warp(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Warp img by m (bilinear, edges replicated) -> (warped, (h, w) bool: the whole source footprint is inside)."""
+    """Warp img by m ((2, 3) affine or (3, 3) homography; bilinear, edges replicated) -> (warped, (h, w) bool: the
+    whole source footprint is inside)."""
     cv2 = cv2_module()
     h, w = img.shape[:2]
-    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    inside = cv2.warpAffine(np.full((h, w), 255, np.uint8), m, (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    fn = cv2.warpPerspective if m.shape == (3, 3) else cv2.warpAffine
+    out = fn(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = fn(np.full((h, w), 255, np.uint8), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0)
     return out, inside == 255
 
 
@@ -88,6 +94,9 @@ def fit_linear(x: np.ndarray, y: np.ndarray, iters: int = 5) -> tuple[np.ndarray
     """Trimmed per-channel least squares y ~ a * x + b from identity; x, y (n, c) float32.
     -> (a (c,), b (c,), robust residual at identity, after)."""
     a, b = np.ones(x.shape[1], np.float32), np.zeros(x.shape[1], np.float32)
+    if x.shape[0] < 2:  # nothing to fit (a warp that keeps no pixel of the frame): identity, residual as it is
+        before = trimmed_mean(worst_channel(y - x))
+        return a, b, before, before
     k = int(x.shape[0] * FIT_KEEP)
     for _ in range(iters):
         r = worst_channel(y - (x * a + b))  # (n,) worst channel: the object is the same pixels in every channel
@@ -122,8 +131,9 @@ def _corner_move(m: np.ndarray, w: int, h: int) -> float:
     return float(np.abs(c @ m.T - c[:, :2]).max())
 
 
-def _features(g_bg: np.ndarray, g_fg: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """ORB matches -> RANSAC similarity (2, 3, bg -> fg_bg) and its inlier count; None if unsupported."""
+def feature_matches(g_bg: np.ndarray, g_fg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """ORB matches that pass the ratio test -> (src (n, 2) in bg, dst (n, 2) in fg_bg), None if too few; computed once
+    for the similarity and the homography."""
     cv2 = cv2_module()
     # one pyramid level: shake barely scales, and level-0 corners are the most precise
     orb = cv2.ORB_create(nfeatures=int(np.clip(g_bg.size / 75, 650, 2000)), nlevels=1, edgeThreshold=15,
@@ -135,12 +145,42 @@ def _features(g_bg: np.ndarray, g_fg: np.ndarray) -> tuple[np.ndarray, int] | No
             if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
     if len(good) < MIN_INLIERS:
         return None
-    src = np.float32([kb[g.queryIdx].pt for g in good])  # (n, 2) in bg
-    dst = np.float32([kf[g.trainIdx].pt for g in good])  # (n, 2) in fg_bg
-    m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.5, maxIters=2000,
+    return np.float32([kb[g.queryIdx].pt for g in good]), np.float32([kf[g.trainIdx].pt for g in good])
+
+
+def _features(matches: tuple | None) -> tuple[np.ndarray, int] | None:
+    """ORB matches (`feature_matches`) -> RANSAC similarity (2, 3, bg -> fg_bg) and its inlier count; None if
+    unsupported."""
+    if matches is None:
+        return None
+    cv2 = cv2_module()
+    m, inl = cv2.estimateAffinePartial2D(*matches, method=cv2.RANSAC, ransacReprojThreshold=1.5, maxIters=2000,
                                          confidence=0.999, refineIters=20)
     n = 0 if inl is None else int(inl.sum())
     return (m.astype(np.float64), n) if m is not None and n >= MIN_INLIERS else None
+
+
+def estimate_keystone(g_bg: np.ndarray, g_fg: np.ndarray, m: np.ndarray, matches: tuple | None,
+                      texture: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """A homography tried after the similarity m (2, 3) was applied: hand-held shots tilt a little, which a similarity
+    leaves as a keystone. Kept only within bounds and when it clearly lowers the residual further, on the textured
+    pixels both warps cover. -> ((3, 3) bg -> fg_bg in analysis px, or None; why, in a few words)."""
+    if matches is None:
+        return None, "too few matches"
+    cv2, (h, w) = cv2_module(), g_bg.shape
+    hom, inl = cv2.findHomography(*matches, cv2.RANSAC, 1.5, maxIters=2000, confidence=0.999)
+    if hom is None or int(inl.sum()) < 2 * MIN_INLIERS:
+        return None, "no homography"
+    problem = keystone_problem(hom, w, h)
+    if problem:
+        return None, f"outside bounds ({problem})"
+    (by_m, in_m), (by_h, in_h) = warp(g_bg, m), warp(g_bg, hom)
+    judged = in_m & in_h & texture
+    before, after = _residual(g_fg, by_m, judged), _residual(g_fg, by_h, judged)
+    words = f"residual {before:.1f} -> {after:.1f}"
+    if after <= MIN_RATIO * before and before - after >= MIN_DROP:
+        return hom / hom[2, 2], f"keystone {words}"
+    return None, f"does not lower residual ({words})"
 
 
 def _refine(g_bg: np.ndarray, g_fg: np.ndarray, m: np.ndarray, sel: np.ndarray, iters: int = 10) -> np.ndarray:
@@ -215,9 +255,11 @@ def _search(g_bg: np.ndarray, g_fg: np.ndarray) -> tuple[np.ndarray, float] | No
     return np.array([[1.0, 0.0, dx / f], [0.0, 1.0, dy / f]]), float(np.clip(gain, 0.0, 1.0))
 
 
-def estimate_geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray) -> tuple[np.ndarray | None, dict]:
-    """Features, then phase correlation, then a whole-pixel search: the first candidate that is not identity, refines
-    and clearly lowers the residual is applied. -> (M (2, 3) in analysis px, or None; the Alignment's geometry fields)."""
+def estimate_geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray,
+                      matches: tuple | None) -> tuple[np.ndarray | None, dict]:
+    """Features (`matches`: feature_matches'), then phase correlation, then a whole-pixel search: the first candidate
+    within bounds that is not identity, refines and clearly lowers the residual is applied. -> (M (2, 3) in analysis
+    px, or None; the Alignment's geometry fields)."""
     cv2 = cv2_module()
     h, w = g_bg.shape
     geo = dict(reason="too few features (smooth background)", confidence=0.0, inliers=0)
@@ -230,7 +272,7 @@ def estimate_geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray) -
             m, n, support = got[0], 0, got[1]
             how = f"shift search {m[0, 2]:+.0f}, {m[1, 2]:+.0f} px"
         elif kind == "features":
-            got = _features(g_bg, g_fg)
+            got = _features(matches)
             if got is None:
                 continue
             (m, n), support = got, min(1.0, got[1] / (4 * MIN_INLIERS))
@@ -242,11 +284,17 @@ def estimate_geometry(g_bg: np.ndarray, g_fg: np.ndarray, texture: np.ndarray) -
                 continue
             m, n, support = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy]]), 0, min(1.0, resp / (3 * MIN_RESPONSE))
             how = f"phase correlation {resp:.2f}"
+        problem = geometry_problem(**similarity_params(m, w, h), w=w, h=h)
+        if problem:  # e.g. RANSAC on a blurred or repetitive pair: all matches on one point, scale 0
+            geo = dict(reason=f"outside bounds ({how}: {problem})", confidence=0.0, inliers=n)
+            continue
         if _corner_move(m, w, h) >= NEAR_IDENTITY_PX:
             # textured in both shots: where the object lies on a smooth background it is the only texture there
             both = texture & (warp(bg_texture, m)[0] > 0)
             sel = both if both.sum() >= 500 else texture
             polished = _refine(g_bg, g_fg, m, sel)
+            if geometry_problem(**similarity_params(polished, w, h), w=w, h=h):
+                polished = m
             inside = warp(g_bg, m)[1] & warp(g_bg, polished)[1]  # the polish must earn its place
             inside &= True if kind == "search" else sel
             if _residual(g_fg, warp(g_bg, polished)[0], inside) <= _residual(g_fg, warp(g_bg, m)[0], inside):
