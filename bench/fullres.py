@@ -8,7 +8,7 @@ Users meet the model on photos larger than it (a 64 px demo model, a 224 px Cola
 embedded sample is built again at `--scale` x the demo's size (256 px for the 64 px model: the same composites, as
 every choice of sample i comes from (seed, i), checked on each scored pair's provenance). Each quality-bench run
 (`bench/quality.py`'s candidate, trained there or here, reused) scores its own held-out test backgrounds at that size,
-as `eva predict` does: `predict.prepare_pair` (alignment with --align) -> the model at its size -> the mask
+as `eva predict` does: `photo_size.score_at_photo_size`: `predict.prepare_pair` (alignment with --align) -> the model at its size -> the mask
   - "upsampled": the run's calibrated decision resized to the photo (the answer before refine.py),
   - "refined": the outline decided by the photo's pixels (`refine.refine_mask`, the default of `eva predict`),
 beside the free baseline at the photo's size (max_c |fg_bg - bg| > t, 3x3 open/close, t chosen on the run's
@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (bench/quality.py: candidates, run folders; puts the repo on sys.path)
@@ -37,85 +36,19 @@ HEADING = "## Masks at the photo's resolution (`bench/fullres.py`)"
 WHO = ("upsampled", "refined", "baseline")
 
 
-def build_large(demo, scale: int) -> Path:
-    """The demo's sample built at scale x its size (same seed and positions: the same composites)."""
-    from eva_helpers.compositing.build import build_dataset
-    from eva_helpers.paths import sample_assets
+def score_run(cfg, large: Path, perturbs: list[str], align: bool, limit: int | None) -> dict:
+    """{change: {who: (IoU, BIoU)}, "_ms_refine": ...}: `photo_size.score_at_photo_size` per change."""
+    from eva_helpers.evaluation.photo_size import score_at_photo_size
 
-    data = Path(demo.out) / "data" / f"sample-{demo.size * scale}px"
-    assets = sample_assets()
-    build_dataset(assets / "bg", assets / "fg", data, size=demo.size * scale, positions=demo.positions,
-                  seed=demo.seed, teacher="geometric", mode="layered", shard_size=500, progress=False)
-    return data
-
-
-def same_composite(a: dict, b: dict) -> bool:
-    keys = ("bg_id", "fg_id", "flip", "index")
-    return all(a["meta"].get(k) == b["meta"].get(k) for k in keys)
-
-
-def masks_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """(IoU, Boundary IoU at 3 px) of one binary prediction against its label, both (H, W)."""
-    import torch
-
-    from eva_helpers.training.metrics import binary_mask_metrics, boundary_iou
-
-    p = torch.from_numpy(np.ascontiguousarray(pred > 0))[None, None]
-    t = torch.from_numpy(np.ascontiguousarray(target > 0)).float()[None, None]
-    return float(binary_mask_metrics(p, t)["mask_iou"][0]), float(boundary_iou(p, t, 3)[0])
-
-
-def baseline_threshold(large, positions: list[int], limit: int | None) -> float:
-    """The baseline's threshold chosen on validation pairs at the photo's size: the best mean IoU over the grid."""
-    import torch
-
-    from eva_helpers.evaluation.baseline import THRESHOLDS, bg_difference, open_close
-    from eva_helpers.training.metrics import binary_mask_metrics
-
-    scores = np.zeros(len(THRESHOLDS))
-    for pos in positions[:limit]:
-        s = large.load(pos)
-        d = bg_difference(s["bg"], s["fg_bg"])  # (1, 1, H, W)
-        t = torch.from_numpy(s["mask"]).float()[None, None]
-        for j, th in enumerate(THRESHOLDS):
-            scores[j] += float(binary_mask_metrics(open_close((d > th).float()) > 0.5, t)["mask_iou"][0])
-    return float(THRESHOLDS[int(np.argmax(scores))])
-
-
-def score_run(cfg, small, large, perturbs: list[str], align: bool, limit: int | None) -> dict:
-    """{change: {who: (IoU, BIoU)}, "_ms_refine": ...} means over the run's test pairs at the large size."""
-    from eva_helpers.evaluation.baseline import bg_difference_mask
-    from eva_helpers.evaluation.heldout import split_positions
-    from eva_helpers.evaluation.perturb import perturb_sample
-    from eva_helpers.evaluation.predict import finish, load_for_prediction, prepare_pair, run_model, single_threaded
-
-    model, cfg, stats, calib, dev = load_for_prediction(cfg.run_dir, "best", "cpu")
-    model.eval()
-    splits = split_positions(cfg, small.data_dir)
-    test = [int(p) for p in splits["test"]][:limit]
-    threshold = baseline_threshold(large, [int(p) for p in splits["val"]], limit)
-    out: dict = {"_baseline_threshold": threshold}
-    refine_s, n_refine = 0.0, 0
-    with single_threaded():
-        for name in perturbs:
-            rows = {w: [] for w in WHO}
-            for pos in test:
-                raw = large.load(pos)
-                assert same_composite(raw, small.load(pos)), f"sample {pos} differs between the two builds"
-                s = perturb_sample(raw, name, pos)
-                prep = prepare_pair(s["bg"], s["fg_bg"], cfg.size, align)
-                y = run_model(model, prep, stats, dev)
-                rows["upsampled"].append(masks_iou(finish(y, prep.shape, calib)["mask"], s["mask"]))
-                t0 = time.perf_counter()
-                refined = finish({"mask": y["mask"]}, prep.shape, calib, prep.full)["mask"]
-                refine_s, n_refine = refine_s + time.perf_counter() - t0, n_refine + 1
-                rows["refined"].append(masks_iou(refined, s["mask"]))
-                base = bg_difference_mask(prep.full[0], prep.full[1], threshold)[0, 0].numpy()
-                rows["baseline"].append(masks_iou(base, s["mask"]))
-            out[name] = {w: tuple(float(np.mean(c)) for c in zip(*v)) for w, v in rows.items()}
-            print(f"  {Path(cfg.run_dir).name} {name}{' aligned' if align else ''}: " + ", ".join(
-                f"{w} {v[0]:.4f}/{v[1]:.4f}" for w, v in out[name].items()), flush=True)
-    out["_ms_refine"] = 1000 * refine_s / max(n_refine, 1)
+    out: dict = {}
+    for name in perturbs:
+        m = score_at_photo_size(cfg.run_dir, large, perturb=name, align=align, limit=limit, progress=False)
+        out[name] = {w: (m[f"{w}_mask_iou"], m[f"{w}_boundary_iou"]) for w in WHO}
+        out["_baseline_threshold"] = m["baseline_threshold"]
+        out.setdefault("_s_per_mp", []).append(m["refine_s_per_megapixel"])
+        print(f"  {Path(cfg.run_dir).name} {name}{' aligned' if align else ''}: " + ", ".join(
+            f"{w} {v[0]:.4f}/{v[1]:.4f}" for w, v in out[name].items()), flush=True)
+    out["_ms_refine"] = 1000 * statistics.mean(out.pop("_s_per_mp"))
     return out
 
 
@@ -171,9 +104,10 @@ def main() -> None:
 
     import torch
 
-    from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.demo import DemoConfig, build_sample, ensure_stats
     from eva_helpers.evaluation.perturb import check_name
+    from eva_helpers.evaluation.photo_size import build_larger
+    from eva_helpers.paths import sample_assets
 
     for name in args.perturb:
         check_name(name)
@@ -182,20 +116,20 @@ def main() -> None:
     demo = DemoConfig(out=args.out)
     data = build_sample(demo)
     ensure_stats(data)
-    small, large = ShardDataset(str(data)), ShardDataset(str(build_large(demo, args.scale)))
+    large = build_larger(data, args.scale, sample_assets())
     sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     per_seed = []
     for seed in args.seeds:
         cfg = quality.train_config(args.only, seed, data, Path(args.out), demo, None, args.epochs, sets)
         quality.run_one(cfg)
-        per_seed.append(score_run(cfg, small, large, args.perturb, args.align, args.limit))
+        per_seed.append(score_run(cfg, large, args.perturb, args.align, args.limit))
     ms = statistics.mean(r["_ms_refine"] for r in per_seed)
     px = demo.size * args.scale
     text = (f"`python bench/fullres.py {' '.join(sys.argv[1:])}`: {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{time.strftime('%Y-%m-%d')}; candidate {args.only} ({demo.size} px model), its 2 held-out test "
             f"backgrounds built at {px} px ({args.scale}x), scored at {px} px{' with alignment' if args.align else ''}; "
-            f"mean ± sample std over seeds {args.seeds}; BIoU = Boundary IoU, 3 px. refine.py: {ms:.1f} ms per "
-            f"{px} px pair (one thread); baseline thresholds chosen on validation at {px} px: "
+            f"mean ± sample std over seeds {args.seeds}; BIoU = Boundary IoU, 3 px. refine.py: {ms:.0f} ms per "
+            f"megapixel (one thread); baseline thresholds chosen on validation at {px} px: "
             f"{sorted({r['_baseline_threshold'] for r in per_seed})}.\n\n" + table(args.perturb, per_seed))
     print(text)
     if args.write:

@@ -68,6 +68,13 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     from eva_helpers.evaluation.heldout import evaluate_run
 
+    if a.photo_size:
+        from eva_helpers.evaluation.photo_size import score_at_photo_size
+
+        metrics = score_at_photo_size(a.run_dir, a.photo_size, split=a.split, perturb=a.perturb or "clean",
+                                      align=a.align, which=a.which)
+        print(json.dumps(metrics, indent=1))
+        return
     metrics = evaluate_run(a.run_dir, a.data, split=a.split, which=a.which, perturb=a.perturb, align=a.align)
     print(json.dumps(metrics, indent=1))
 

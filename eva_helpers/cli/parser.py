@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--align", action="store_true",
                    help="register bg to fg_bg (and match its tone and JPEG compression) before the model and the "
                         "baseline see each pair, as predict does -> metrics-<NAME or clean>-aligned.json")
+    e.add_argument("--photo-size", default=None, metavar="LARGER_DATASET",
+                   help="score the split where users meet the model: the run's dataset built larger (the same "
+                        "sources and settings, only --size changed), predicted as eva predict does (mask outline "
+                        "from the photo), beside the baseline at that size -> metrics-photo-<SIZE>px.json")
     e.set_defaults(func=commands.cmd_eval)
 
     pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, or "

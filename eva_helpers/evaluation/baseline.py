@@ -28,6 +28,8 @@ THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 51))  # 0.01 .. 0.50 in 
 
 def _to_float01(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] from uint8 or float tensors/arrays; (H, W, 3) / (3, H, W) get a batch axis."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # a dataset's shared arrays: torch wants its own
+        x = x.copy()
     x = torch.as_tensor(x)
     if x.dim() == 3:
         x = x.permute(2, 0, 1) if x.shape[-1] == 3 and x.shape[0] != 3 else x
