@@ -41,8 +41,10 @@ def score_run(cfg, large: Path, perturbs: list[str], align: bool, limit: int | N
     from eva_helpers.evaluation.photo_size import score_at_photo_size
 
     out: dict = {}
+    reuse: dict = {}
     for name in perturbs:
-        m = score_at_photo_size(cfg.run_dir, large, perturb=name, align=align, limit=limit, progress=False)
+        m = score_at_photo_size(cfg.run_dir, large, perturb=name, align=align, limit=limit, progress=False,
+                                reuse=reuse)
         out[name] = {w: (m[f"{w}_mask_iou"], m[f"{w}_boundary_iou"]) for w in WHO}
         out["_baseline_threshold"] = m["baseline_threshold"]
         out.setdefault("_s_per_mp", []).append(m["refine_s_per_megapixel"])

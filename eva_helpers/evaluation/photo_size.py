@@ -86,8 +86,9 @@ def fit_baseline(large: ShardDataset, positions: list[int]) -> float:
 
 def score_at_photo_size(run_dir: str | Path, large_dir: str | Path, *, split: str = "test", perturb: str = "clean",
                         align: bool = False, which: str = "best", limit: int | None = None, max_fit: int = 128,
-                        progress: bool = True) -> dict[str, Any]:
-    """Score the run's `split` at the size `large_dir` was built at (module docstring); write and return the metrics."""
+                        progress: bool = True, reuse: dict | None = None) -> dict[str, Any]:
+    """Score the run's `split` at the size `large_dir` was built at (module docstring); write and return the metrics.
+    `reuse`: a dict the caller keeps between calls on one run and dataset; the baseline's threshold is chosen once."""
     from tqdm.auto import tqdm
 
     from eva_helpers.evaluation.baseline import bg_difference_mask
@@ -104,7 +105,13 @@ def score_at_photo_size(run_dir: str | Path, large_dir: str | Path, *, split: st
     scored = [int(p) for p in splits[split]][:limit]
     rng = np.random.default_rng(cfg.seed)
     val = [int(p) for p in splits["val"]]
-    threshold = fit_baseline(large, sorted(rng.choice(val, size=min(max_fit, len(val)), replace=False).tolist()))
+    key = (str(run_dir), str(large_dir), max_fit)
+    if reuse is not None and reuse.get("key") == key:
+        threshold = reuse["threshold"]
+    else:
+        threshold = fit_baseline(large, sorted(rng.choice(val, size=min(max_fit, len(val)), replace=False).tolist()))
+        if reuse is not None:
+            reuse.update(key=key, threshold=threshold)
     rows: dict[str, list[tuple[float, float]]] = {"upsampled": [], "refined": [], "baseline": []}
     refine_s, pixels = 0.0, 0
     model.eval()
