@@ -70,6 +70,47 @@ def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> di
     return current_metrics(run_dir, data)  # fresh metrics.json reused, else evaluated (notebook 05 does the same)
 
 
+PHOTO_SCALE = 4  # the report's photos larger than the model: 4x (256 px for the 64 px models)
+
+
+def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -> dict | None:
+    """The last mask model's test split on photos PHOTO_SCALE x its size, as `eva predict` sees a photo
+    (photo_size.py); reused while newer than the run's best checkpoint."""
+    from eva_helpers.evaluation.photo_size import build_larger, load_photo_metrics, score_at_photo_size
+    from eva_helpers.training.run_folder import checkpoint_path
+
+    masks = [m for m in results.values() if m.get("mask_iou") is not None]
+    if not masks:
+        return None
+    run_dir = Path(masks[-1]["run_dir"])
+    size = cfg.size * PHOTO_SCALE
+    done = load_photo_metrics(run_dir, size)
+    best = checkpoint_path(run_dir, "best")
+    path = run_dir / f"metrics-photo-{size}px.json"
+    if done and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
+        return {**done, "run": run_dir.name}
+    large = build_larger(data, PHOTO_SCALE, sample_assets())
+    return {**score_at_photo_size(run_dir, large, progress=False), "run": run_dir.name}
+
+
+def photo_size_lines(photo: dict | None) -> list[str]:
+    """The report's section on photos larger than the model."""
+    if not photo:
+        return []
+    row = "| {} | {:.3f} | {:.3f} |"
+    return [f"## On photos {PHOTO_SCALE}x the model's size", "",
+            f"Users give `eva predict` photos larger than the model. The same test composites built at "
+            f"{photo['photo_size']} px, predicted as `eva predict` does ({photo['run']}, {photo['n_images']} pairs); "
+            "the baseline thresholds |fg_bg - bg| at that size. Boundary IoU scores the 3 px along each outline.", "",
+            "| mask | IoU | Boundary IoU |", "|---|---:|---:|",
+            row.format("**model, outline from the photo (what `eva predict` writes)**", photo["refined_mask_iou"],
+                       photo["refined_boundary_iou"]),
+            row.format("model, its answer resized (`--no-refine`)", photo["upsampled_mask_iou"],
+                       photo["upsampled_boundary_iou"]),
+            row.format(f"bg-difference baseline (threshold {photo['baseline_threshold']:.2f})",
+                       photo["baseline_mask_iou"], photo["baseline_boundary_iou"]), ""]
+
+
 def _fmt(v: Any, nd: int = 3) -> str:
     return "–" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
@@ -113,7 +154,8 @@ def margins(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, dict]) -> Path:
+def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, dict],
+                 photo: dict | None = None) -> Path:
     """report/README.md + PNG figures + metrics.json: what a person opens first."""
     from eva_helpers.training.run_folder import read_history
 
@@ -135,7 +177,8 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
         if (run_dir / "eval_best_worst.png").is_file():
             shutil.copyfile(run_dir / "eval_best_worst.png", report / f"best_worst_{name}.png")
         figures.append(name)
-    atomic_write_text(report / "metrics.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
+    record = {**results, **({"photo_size": photo} if photo else {})}
+    atomic_write_text(report / "metrics.json", json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
     params = manifest["params"]
     caveat = (" Depth scores here say how well a model reproduces that guess, not how well it measures real depth."
               if teacher.get("name") == SYNTHETIC else "")
@@ -156,6 +199,7 @@ def write_report(cfg: DemoConfig, data: Path, stats: dict, results: dict[str, di
     ]
     lines += ["**Against the free baselines** (same test images; one training seed here, `bench/quality.py` gives the "
               "mean and spread over seeds):", "", *margins(results), ""]
+    lines += photo_size_lines(photo)
     lines += ["## Figures", "", "![samples](samples.png)", "", "![stats](stats.png)", ""]
     for name in figures:
         for kind in ("history", "best_worst"):
@@ -179,4 +223,4 @@ def run_demo(out: str | Path = "demo_output", minutes: float = 10.0, seed: int =
     data = build_sample(cfg)
     stats = ensure_stats(data)
     results = {f"{task}-{model}": train_and_evaluate(cfg, data, task, model) for task, model in cfg.runs}
-    return write_report(cfg, data, stats, results)
+    return write_report(cfg, data, stats, results, score_larger_photos(cfg, data, results))

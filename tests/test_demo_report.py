@@ -22,3 +22,16 @@ def test_results_table_has_both_baseline_rows():
     table = results_table(RESULTS)
     assert "| bg-difference baseline (threshold 0.050, no learning) | 0 | 0.841 | 0.913 |" in table
     assert "mean-depth baseline" in table and "| 0.093 | 0.080 | 0.880 | 0.650 |" in table
+
+
+def test_the_report_shows_the_photo_size_rows_with_the_baseline():
+    from eva_helpers.demo import photo_size_lines
+
+    photo = {"photo_size": 256, "n_images": 256, "run": "joint-unet_small", "refined_mask_iou": 0.971,
+             "refined_boundary_iou": 0.83, "upsampled_mask_iou": 0.905, "upsampled_boundary_iou": 0.55,
+             "baseline_mask_iou": 0.94, "baseline_boundary_iou": 0.667, "baseline_threshold": 0.04}
+    text = "\n".join(photo_size_lines(photo))
+    assert "## On photos 4x the model's size" in text and "built at 256 px" in text
+    assert "| 0.971 | 0.830 |" in text and "| 0.905 | 0.550 |" in text
+    assert "bg-difference baseline (threshold 0.04) | 0.940 | 0.667 |" in text
+    assert photo_size_lines(None) == []
