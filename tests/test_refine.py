@@ -71,11 +71,43 @@ def test_rim_pixels_under_half_the_object_are_background():
     assert outside.sum() < ((without > 0) & (label == 0)).sum()
 
 
-def test_an_exact_pair_without_an_object_stays_empty():
+def test_an_exact_pair_without_an_object_keeps_the_models_empty_answer():
     bg, _, _ = _scene()
     prob = np.zeros((64, 64), np.float32)
     out, info = refine.refine_mask(prob, prob > 0.5, bg, bg.copy())
-    assert not out.any() and not info["refined"]
+    assert out is None and not info["refined"] and info["reason"] == "no outline"
+    mask = finish({"mask": torch.full((1, 1, 64, 64), -5.0)}, (256, 256), None, (bg, bg.copy()))["mask"]
+    assert mask.shape == (256, 256) and not mask.any()
+
+
+def test_a_pair_that_differs_beside_the_object_keeps_the_models_answer():
+    """A second shot left 2 px off (no alignment) with an object of modest contrast: the background beside the object
+    differs as much as the object's edge does, so the photo's pixels cannot place the outline; the model's answer,
+    resized, is what the user gets. Registered, the same pair is refined."""
+    import cv2
+
+    from eva_helpers.paths import sample_assets
+
+    im = cv2.cvtColor(cv2.imread(str(sample_assets() / "bg" / "coffee.jpg")), cv2.COLOR_BGR2RGB)
+    side = min(im.shape[:2])
+    scene = cv2.resize(im[:side, :side], (260, 260), interpolation=cv2.INTER_AREA)
+    alpha = np.zeros((256, 256), np.float32)
+    cv2.ellipse(alpha, (128, 128), (64, 42), 15, 0, 360, 1.0, -1)
+    label = (alpha >= 0.5).astype(np.uint8)
+    prob, coarse = _coarse(label, 64)
+    bg = scene[2:258, 2:258]
+
+    def shot(dy: int) -> np.ndarray:
+        moved = scene[2 + dy:258 + dy, 2:258]
+        return np.where(alpha[..., None] > 0, np.clip(moved.astype(int) + 40, 0, 255).astype(np.uint8), moved)
+
+    out, info = refine.refine_mask(prob, coarse, bg, shot(2))
+    assert out is None and info["outside_fraction"] > refine.MAX_OUTSIDE and "differs" in info["reason"]
+    logits = torch.logit(torch.from_numpy(prob).clamp(1e-4, 1 - 1e-4))[None, None]
+    kept = finish({"mask": logits}, label.shape, None, (bg, shot(2)))
+    assert np.array_equal(kept["mask"], finish({"mask": logits}, label.shape)["mask"]) and not kept["refine"]["refined"]
+    registered, info = refine.refine_mask(prob, coarse, bg, shot(0))
+    assert info["refined"] and info["outside_fraction"] == 0.0 and _iou(registered, label) > 0.97
 
 
 def test_no_evidence_keeps_the_models_answer():
@@ -84,6 +116,7 @@ def test_no_evidence_keeps_the_models_answer():
     bg, _, label = _scene()
     prob, coarse = _coarse(label, 64)
     out, info = refine.refine_mask(prob, coarse, bg, bg.copy(), floor=10)
+    assert info["refined"] and info["outside_fraction"] == 0.0
     up = np.repeat(np.repeat(coarse, 4, 0), 4, 1)
     # every band difference is 0 <= any threshold: all object mass is on the wrong side, so the cost picks the floor
     # and the band becomes background; what must hold is that nothing outside the band changed

@@ -127,10 +127,13 @@ def finish(out: dict[str, torch.Tensor], shape: tuple[int, int], calib: dict | N
     result: dict[str, Any] = {}
     if "mask" in out:
         calib = calib or {"threshold": 0.5, "morph": False}
+        refined = None
         if full is not None:
             coarse = postprocess(out["mask"], calib["threshold"], calib["morph"])[0, 0].numpy()  # (size, size) bool
             prob = out["mask"].sigmoid()[0, 0].numpy()
-            result["mask"], result["refine"] = refine_mask(prob, coarse, *full)
+            refined, result["refine"] = refine_mask(prob, coarse, *full)
+        if refined is not None:
+            result["mask"] = refined
         elif calib["morph"]:  # open/close at the model's size (as chosen), then nearest back to the photo's size
 
             m = postprocess(out["mask"], calib["threshold"], True)[0, 0].numpy().astype(np.uint8) * 255

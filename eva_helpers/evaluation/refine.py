@@ -16,6 +16,9 @@ a refiner that learns nothing (bench/RESULTS.md, "Masks at the photo's resolutio
      object and background (the label is alpha >= 0.5), so a pixel with under half its neighbour's contrast is mostly
      background, whatever the contrast.
 3. A 3x3 close then open over the band fills pinholes where the object has the background's colour.
+4. The pair must vouch for itself: when more than `MAX_OUTSIDE` of the background just outside the band also exceeds
+   the threshold (a blurred or moving shot, parallax the alignment could not remove), the photo's pixels cannot place
+   the outline and the model's answer, resized, is kept (None is returned, the record says why).
 
 Only the band's bounding box is read as differences at full resolution: a 12-megapixel pair costs a few uint8 maps of
 that box, never full-size float copies.
@@ -31,6 +34,8 @@ EDGE_RADIUS = 1         # px: the neighbourhood whose largest difference a rim p
 EDGE_FRACTION = 0.4     # a band pixel with less than this share of its neighbourhood's difference is background
 SMOOTH_PX = 3           # the close/open kernel over the band
 MIN_SIDE = 16           # band pixels the model must put on each side before the pair picks the threshold
+MAX_OUTSIDE = 0.05      # more of the background just outside the band above the threshold: the pair is not sharp
+                        # or not registered there (blur, parallax), so its pixels cannot place the outline
 
 
 def _grid(n_out: int, n_in: int) -> np.ndarray:
@@ -86,7 +91,8 @@ def refine_mask(prob: np.ndarray, coarse: np.ndarray, bg: np.ndarray, fg_bg: np.
         prob: (h, w) float32, the model's object probability at its size.
         coarse: (h, w) bool, the run's decision there (threshold and open/close as calibrated).
         bg, fg_bg: (H, W, 3) uint8 photos, bg already aligned to fg_bg; H >= h, W >= w.
-    Returns (H, W) uint8 0/255 and a record {"refined", "threshold", "band_fraction"}.
+    Returns (H, W) uint8 0/255, or None where the model's resized answer should stay (no band, no evidence, or a
+    pair that does not agree outside the band), and a record {"refined", "threshold", "band_fraction", "reason"}.
     """
     import cv2
 
@@ -94,24 +100,31 @@ def refine_mask(prob: np.ndarray, coarse: np.ndarray, bg: np.ndarray, fg_bg: np.
     gy, gx = _grid(H, h), _grid(W, w)
     out = coarse[gy[:, None], gx[None, :]].astype(np.uint8)  # (H, W) nearest upsample, 0/1
     band_small = outline_band(coarse, band)
-    info = {"refined": False, "threshold": None, "band_fraction": 0.0}
+    info = {"refined": False, "threshold": None, "band_fraction": 0.0, "reason": "no outline"}
     if not band_small.any():
-        return np.multiply(out, 255, out=out), info
+        return None, info
     ys, xs = np.nonzero(band_small[gy[:, None], gx[None, :]])
     info["band_fraction"] = len(ys) / float(H * W)
     r = EDGE_RADIUS
-    y0, y1 = max(int(ys.min()) - r, 0), min(int(ys.max()) + r + 1, H)
-    x0, x1 = max(int(xs.min()) - r, 0), min(int(xs.max()) + r + 1, W)
+    pad = r + 2 * -(-H // h)  # the box reaches 2 model pixels beyond the band: the background the pair must agree on
+    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, H)
+    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, W)
     d_box = cv2.absdiff(fg_bg[y0:y1, x0:x1], bg[y0:y1, x0:x1]).max(2)  # (h_box, w_box) uint8
     by, bx = ys - y0, xs - x0
     diff = d_box[by, bx]
     sy, sx = gy[ys], gx[xs]  # each band pixel's model pixel
     t = pick_threshold(diff, prob[sy, sx].astype(np.float64), coarse[sy, sx], floor)
     if t is None:
-        return np.multiply(out, 255, out=out), info
+        return None, {**info, "reason": "too few pixels on either side of the outline"}
+    ring_small = outline_band(coarse, band + 2) & ~band_small & ~coarse  # background just outside the band
+    ring = ring_small[gy[y0:y1, None], gx[None, x0:x1]]
+    outside = float((d_box[ring] > t).mean()) if ring.any() else 0.0
+    info.update(threshold=t, outside_fraction=outside)
+    if outside > MAX_OUTSIDE:
+        return None, {**info, "reason": f"{outside:.0%} of the background beside the object differs too"}
     nearby = cv2.dilate(d_box, np.ones((2 * r + 1, 2 * r + 1), np.uint8))[by, bx]  # largest D within r px
     out[ys, xs] = (diff > t) & (diff >= edge_fraction * nearby)
     if smooth:
         out = _smooth_band(out, ys, xs, smooth)
-    info.update(refined=True, threshold=t)
+    info.update(refined=True, reason="")
     return np.multiply(out, 255, out=out), info
