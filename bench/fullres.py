@@ -36,15 +36,15 @@ HEADING = "## Masks at the photo's resolution (`bench/fullres.py`)"
 WHO = ("upsampled", "refined", "baseline")
 
 
-def score_run(cfg, large: Path, perturbs: list[str], align: bool, limit: int | None) -> dict:
+def score_run(cfg, large: Path, perturbs: list[str], align: bool, limit: int | None, split: str = "test") -> dict:
     """{change: {who: (IoU, BIoU)}, "_ms_refine": ...}: `photo_size.score_at_photo_size` per change."""
     from eva_helpers.evaluation.photo_size import score_at_photo_size
 
     out: dict = {}
     reuse: dict = {}
     for name in perturbs:
-        m = score_at_photo_size(cfg.run_dir, large, perturb=name, align=align, limit=limit, progress=False,
-                                reuse=reuse)
+        m = score_at_photo_size(cfg.run_dir, large, split=split, perturb=name, align=align, limit=limit,
+                                progress=False, reuse=reuse)
         out[name] = {w: (m[f"{w}_mask_iou"], m[f"{w}_boundary_iou"]) for w in WHO}
         out["_baseline_threshold"] = m["baseline_threshold"]
         out.setdefault("_s_per_mp", []).append(m["refine_s_per_megapixel"])
@@ -85,6 +85,41 @@ def write_results(text: str) -> None:
     atomic_write_text(path, new)
 
 
+# refine.py's design, screened on the validation backgrounds (--screen): each row adds one step to the one above
+SCREEN = (
+    ("band 1 model px, plain threshold", {"band": 1, "edge_fraction": 0.0, "smooth": 0}, 1.0),
+    ("band 2", {"band": 2, "edge_fraction": 0.0, "smooth": 0}, 1.0),
+    ("+ 3x3 close/open", {"band": 2, "edge_fraction": 0.0, "smooth": 3}, 1.0),
+    ("+ rim rule (0.4 of the largest difference within 1 px)", {"band": 2, "edge_fraction": 0.4, "smooth": 3}, 1.0),
+    ("+ the pair vouches for itself (<= 5 % beside the band differs): the default", {}, 0.05),
+)
+
+
+def screen(cfgs: list, large: Path, perturbs: list[str], align: bool, limit: int | None) -> str:
+    """The rows of SCREEN on the runs' validation split: mean refined IoU per change (the upsampled answer first)."""
+    import functools
+
+    from eva_helpers.evaluation import predict, refine
+
+    plain, default_gate = refine.refine_mask, refine.MAX_OUTSIDE
+    rows: dict[str, dict[str, list[float]]] = {}
+    try:
+        for label, kwargs, gate in SCREEN:
+            predict.refine_mask, refine.MAX_OUTSIDE = functools.partial(plain, **kwargs), gate
+            for cfg in cfgs:
+                res = score_run(cfg, large, perturbs, align, limit, split="val")
+                for name in perturbs:
+                    rows.setdefault("model's answer resized", {}).setdefault(name, []).append(res[name]["upsampled"][0])
+                    rows.setdefault(label, {}).setdefault(name, []).append(res[name]["refined"][0])
+                    rows.setdefault("baseline", {}).setdefault(name, []).append(res[name]["baseline"][0])
+    finally:
+        predict.refine_mask, refine.MAX_OUTSIDE = plain, default_gate
+    order = ["model's answer resized"] + [r[0] for r in SCREEN] + ["baseline"]
+    head = "| refine (validation IoU) | " + " | ".join(perturbs) + " |\n|---|" + "---:|" * len(perturbs) + "\n"
+    return head + "\n".join(
+        f"| {r} | " + " | ".join(f"{statistics.mean(rows[r][p]):.3f}" for p in perturbs) + " |" for r in order) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="joint-tol-depth2", metavar="CANDIDATE",
@@ -100,6 +135,8 @@ def main() -> None:
                     help="bench folder (quality.py's default: its trained runs are reused)")
     ap.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    ap.add_argument("--screen", action="store_true",
+                    help="score refine.py's design steps (SCREEN) on the validation backgrounds instead")
     args = ap.parse_args()
 
     import json
@@ -120,11 +157,16 @@ def main() -> None:
     ensure_stats(data)
     large = build_larger(data, args.scale, sample_assets())
     sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    per_seed = []
-    for seed in args.seeds:
-        cfg = quality.train_config(args.only, seed, data, Path(args.out), demo, None, args.epochs, sets)
+    cfgs = [quality.train_config(args.only, seed, data, Path(args.out), demo, None, args.epochs, sets)
+            for seed in args.seeds]
+    for cfg in cfgs:
         quality.run_one(cfg)
-        per_seed.append(score_run(cfg, large, args.perturb, args.align, args.limit))
+    if args.screen:
+        print(f"`python bench/fullres.py {' '.join(sys.argv[1:])}`: {time.strftime('%Y-%m-%d')}, validation "
+              f"backgrounds at {demo.size * args.scale} px, mean over seeds {args.seeds}\n\n"
+              + screen(cfgs, large, args.perturb, args.align, args.limit))
+        return
+    per_seed = [score_run(cfg, large, args.perturb, args.align, args.limit) for cfg in cfgs]
     ms = statistics.mean(r["_ms_refine"] for r in per_seed)
     px = demo.size * args.scale
     text = (f"`python bench/fullres.py {' '.join(sys.argv[1:])}`: {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -8,7 +8,8 @@ composite, checked on its provenance), and each pair of the run's split goes thr
 the model at its size -> the mask at the photo's size, both as the model's answer resized ("upsampled") and with its
 outline decided by the photo's pixels (refine.py, "refined", what `eva predict` writes). The baseline (max_c
 |fg_bg - bg| > t, 3x3 open/close) runs at the photo's size with t chosen on the run's validation backgrounds at that
-size. Per image: mask IoU and Boundary IoU (3 px); the file: `metrics-photo-<size>px[-<change>][-aligned].json`.
+size. Per image: mask IoU and Boundary IoU (3 px); the file: `metrics-photo-<size>px[-<split other than test>]
+[-<change>][-aligned].json`.
 """
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def score_at_photo_size(run_dir: str | Path, large_dir: str | Path, *, split: st
     for who, vals in rows.items():
         metrics[f"{who}_mask_iou"] = float(np.mean([v[0] for v in vals])) if vals else None
         metrics[f"{who}_boundary_iou"] = float(np.mean([v[1] for v in vals])) if vals else None
-    tag = ("" if perturb == "clean" else f"-{perturb}") + ("-aligned" if align else "")
+    tag = ("" if split == "test" else f"-{split}") + ("" if perturb == "clean" else f"-{perturb}") + (
+        "-aligned" if align else "")
     atomic_write_json(run_dir / f"metrics-photo-{size}px{tag}.json", metrics, sort_keys=True)
     return metrics
 
