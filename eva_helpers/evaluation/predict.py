@@ -3,7 +3,9 @@
 One code path for one pair and for many, so a folder's masks are byte-identical to the single-pair command's:
 read (`images.read_image`, the build's decoder) -> register, tone-match and (after a much coarser fg_bg JPEG)
 re-compress bg like fg_bg at full resolution (`align.align_pair`, only when confident; it says what it did) -> resize
-both to the model's size -> the model on that pair alone -> the run's calibrated threshold -> back to the photo's size.
+both to the model's size -> the model on that pair alone -> the run's calibrated threshold -> back to the photo's size,
+where a photo at least 1.5x the model gets its mask's outline from its own pixels (refine.py; `refine=False` or
+`--no-refine` for the model's answer resized). A bg of another size but the same aspect is first resized to fg_bg's.
 
 The model sees one pair at a time even in folder mode. Batched convolutions choose their kernels and reduction order
 by shape: on CPU (oneDNN and the native path alike) unet_small's outputs for a pair moved by up to 2.4e-7 between a
