@@ -54,7 +54,7 @@ def test_eva_eval_photo_size(tmp_path, trained_run, sample_dataset, larger, caps
     assert main(["eval", "--run-dir", str(run), "--data", str(sample_dataset), "--photo-size", str(larger),
                  "--split", "val"]) in (0, None)
     m = json.loads(capsys.readouterr().out)
-    assert m["split"] == "val" and m["photo_size"] == 64 and (run / "metrics-photo-64px.json").is_file()
+    assert m["split"] == "val" and m["photo_size"] == 64 and (run / "metrics-photo-64px-val.json").is_file()
     assert main(["eval", "--run-dir", str(run), "--data", str(sample_dataset), "--photo-size",
                  str(sample_dataset)]) == 2
     assert "not larger" in capsys.readouterr().err
