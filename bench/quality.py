@@ -229,13 +229,23 @@ def table(rows: dict[str, list[dict]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def write_results(text: str) -> None:
+def write_section(text: str, begin: str = BEGIN, end: str = END, heading: str | None = None) -> None:
+    """Replace the block between `begin` and `end` in bench/RESULTS.md with `text` (append it, under `heading`, when
+    missing); written atomically. Every bench that records a table uses this."""
+    from eva_helpers.atomic import atomic_write_text
+
     path = ROOT / "bench" / "RESULTS.md"
     old = path.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text}{END}"
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S) if BEGIN in old \
-        else old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new, encoding="utf-8")
+    block = f"{begin}\n{text}{end}"
+    if begin in old and end in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + (f"\n\n{heading}" if heading else "") + f"\n\n{block}\n"
+    atomic_write_text(path, new)
+
+
+def write_results(text: str) -> None:
+    write_section(text)
 
 
 def main() -> None:

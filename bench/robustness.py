@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -91,17 +90,8 @@ def table(rows: list[str], results: dict[str, dict[str, list[dict]]], clean: dic
 
 
 def write_results(text: str) -> None:
-    """Replace the robustness section of bench/RESULTS.md (append it, with a heading, when missing)."""
-    from eva_helpers.atomic import atomic_write_text
-
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    atomic_write_text(path, new)
+    """Replace this bench's section of bench/RESULTS.md (append it, with a heading, when missing)."""
+    quality.write_section(text, BEGIN, END, HEADING)
 
 
 def main() -> None:

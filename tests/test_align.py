@@ -1,8 +1,6 @@
 """align_pair: shifts, rotation and scale recovered on real texture; clean and smooth pairs left alone; tone matched."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 import cv2
 import numpy as np
 import pytest
@@ -10,18 +8,9 @@ import pytest
 from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair
 from eva_helpers.errors import BadInputError
 from eva_helpers.paths import sample_assets
+from _photos import sample_photo as _photo
 
 S, MARGIN = 160, 40  # pair size, and the extra border the shifted shot is cut from
-
-
-@lru_cache(maxsize=None)
-def _photo(name: str, side: int) -> np.ndarray:
-    """Centre square of a sample background, (side, side, 3) uint8 RGB."""
-    im = cv2.cvtColor(cv2.imread(str(sample_assets() / "bg" / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
-    h, w = im.shape[:2]
-    s = min(h, w)
-    im = im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    return cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def _paste(img: np.ndarray, fg: str = "dog", x: int = 30, y: int = 40, h: int = 70) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,6 @@
 and out-of-bounds fits are left alone, exact pairs come back bit for bit; two sizes of one frame become one."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 import cv2
 import numpy as np
 import pytest
@@ -13,16 +11,7 @@ from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation import align, registration
 from eva_helpers.evaluation.align import align_pair, alignment_record, describe_alignment
 from eva_helpers.paths import sample_assets
-
-
-@lru_cache(maxsize=None)
-def _photo(name: str, side: int) -> np.ndarray:
-    """Centre square of a sample background, (side, side, 3) uint8 RGB, never saved as a JPEG at this size."""
-    im = cv2.cvtColor(cv2.imread(str(sample_assets() / "bg" / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
-    h, w = im.shape[:2]
-    s = min(h, w)
-    im = im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    return cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
+from _photos import sample_photo as _photo
 
 
 def _with_dog(img: np.ndarray) -> np.ndarray:
