@@ -76,7 +76,12 @@ PHOTO_SCALE = 4  # the report's photos larger than the model: 4x (256 px for the
 def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -> dict | None:
     """The last mask model's test split on photos PHOTO_SCALE x its size, as `eva predict` sees a photo
     (photo_size.py); reused while newer than the run's best checkpoint."""
-    from eva_helpers.evaluation.photo_size import build_larger, load_photo_metrics, score_at_photo_size
+    from eva_helpers.evaluation.photo_size import (
+        build_larger,
+        load_photo_metrics,
+        photo_metrics_path,
+        score_at_photo_size,
+    )
     from eva_helpers.training.run_folder import checkpoint_path
 
     masks = [m for m in results.values() if m.get("mask_iou") is not None]
@@ -86,7 +91,7 @@ def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -
     size = cfg.size * PHOTO_SCALE
     done = load_photo_metrics(run_dir, size)
     best = checkpoint_path(run_dir, "best")
-    path = run_dir / f"metrics-photo-{size}px.json"
+    path = photo_metrics_path(run_dir, size)
     if done and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
         return {**done, "run": run_dir.name}
     large = build_larger(data, PHOTO_SCALE, sample_assets())

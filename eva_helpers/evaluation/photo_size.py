@@ -146,8 +146,13 @@ def score_at_photo_size(run_dir: str | Path, large_dir: str | Path, *, split: st
     return metrics
 
 
+def photo_metrics_path(run_dir: str | Path, size: int) -> Path:
+    """Where the clean test split's score at `size` px is kept."""
+    return Path(run_dir) / f"metrics-photo-{size}px.json"
+
+
 def load_photo_metrics(run_dir: str | Path, size: int) -> dict | None:
-    p = Path(run_dir) / f"metrics-photo-{size}px.json"
+    p = photo_metrics_path(run_dir, size)
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
