@@ -5,7 +5,8 @@
 Without --run it trains a throw-away joint run on the embedded sample (64 px, 5 steps: the weights do not matter,
 the model runs at its own size whatever the photo's). The pair is a smooth synthetic scene as JPEG with a red block
 pasted in fg_bg (--shake: fg_bg also moved by 7 px and 5 % brighter, so registration and tone matching apply).
-`/usr/bin/time -v` reports the whole process's peak resident memory (imports, the model, the photos, the outputs).
+Both commands run from a temporary folder, so `PYTHONPATH=<another checkout>` times that checkout's code (`python -m`
+would otherwise import the package from the current folder). `/usr/bin/time -v` reports the whole process's peak resident memory (imports, the model, the photos, the outputs).
 """
 from __future__ import annotations
 
@@ -49,18 +50,18 @@ def main() -> None:
     eva = [sys.executable, "-m", "eva_helpers.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = Path(args.run) if args.run else tmp / "run"
+        run = Path(args.run).resolve() if args.run else tmp / "run"
         if not args.run:
             data = tmp / "data"  # a copy: training writes the dataset's stats.json beside it
             shutil.copytree(ROOT / "eva_helpers" / "sample_data" / "sample-64", data)
             subprocess.run(eva + ["train", "--task", "joint", "--data", str(data), "--run-dir", str(run), "--epochs",
                                   "1", "--size", "64", "--max-steps", "5", "--workers", "0"], check=True,
-                           capture_output=True)
+                           capture_output=True, cwd=tmp)
         bg, fg = make_pair(tmp / "pair", args.width, args.height, args.shake)
         res = subprocess.run(["/usr/bin/time", "-v"] + eva + ["predict", "--run-dir", str(run), "--bg", str(bg),
                                                               "--fg-bg", str(fg), "--out", str(tmp / "out")]
                              + (["--no-refine"] if args.no_refine else []),
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, cwd=tmp)
         if res.returncode:
             sys.exit(res.stderr[-2000:])
         peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
