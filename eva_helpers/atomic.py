@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from eva_helpers.errors import EvaError, WriteError, os_error_line
 
@@ -45,8 +45,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
+                before_replace: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
     """Open a temp file beside `path`; on clean exit fsync and rename it onto `path`, else delete it.
+
+    `before_replace` runs once the temp file is complete, just before the rename (a checkpoint rotates last.pt to
+    prev.pt there, so the new file is whole before the old one moves).
 
     An OSError while creating, writing or renaming (a full disk, a read-only folder) is an EvaError naming `path`
     (for a full disk also its folder and the space left there); the temp file is removed either way.
@@ -66,6 +70,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as e:

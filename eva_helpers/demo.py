@@ -20,10 +20,13 @@ from eva_helpers.data.stats import compute_stats
 from eva_helpers.errors import EvaError
 from eva_helpers.paths import sample_assets
 from eva_helpers.plots import plot_history, plot_stats, save_figure, show_samples, spread_indices
-from eva_helpers.training.config import TrainConfig
+from eva_helpers.training.config import TrainConfig, bound_problem
 
 # (task, model) trained by the demo; the joint model shares one encoder between a mask and a depth decoder.
 DEMO_RUNS = (("mask", "unet_small"), ("depth", "unet_small"), ("joint", "unet_small"))
+# `minutes` scales the trainings' epochs (15 per 10 minutes): a day of CPU, 2160 epochs, is far past what the sample's
+# few hundred composites can teach
+MAX_MINUTES = 24 * 60
 
 
 @dataclass
@@ -56,17 +59,20 @@ def ensure_stats(data: Path) -> dict:
     return load_stats(str(data)) or compute_stats(str(data))
 
 
+def train_config(cfg: DemoConfig, task: str, model: str, **where: str) -> TrainConfig:
+    """The TrainConfig of one of the demo's trainings (range-checked: run_demo builds them all before the build)."""
+    return TrainConfig(task=task, model=model, epochs=cfg.epochs, batch_size=cfg.batch_size, size=cfg.size,
+                       seed=cfg.seed, workers=cfg.workers, val_fraction=cfg.val_fraction,
+                       test_fraction=cfg.test_fraction, checkpoint_interval_s=60.0, **where, **cfg.train_overrides)
+
+
 def train_and_evaluate(cfg: DemoConfig, data: Path, task: str, model: str) -> dict[str, Any]:
     from eva_helpers.evaluation.heldout import current_metrics
     from eva_helpers.training.fit import fit
     from eva_helpers.training.run_folder import run_folder
 
     run_dir = run_folder(Path(cfg.out) / "runs", task, model, cfg.size, data, name=f"{task}-{model}")
-    tc = TrainConfig(task=task, data=str(data), run_dir=str(run_dir), model=model, epochs=cfg.epochs,
-                     batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
-                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, checkpoint_interval_s=60.0,
-                     **cfg.train_overrides)
-    fit(tc)
+    fit(train_config(cfg, task, model, data=str(data), run_dir=str(run_dir)))
     return current_metrics(run_dir, data)  # fresh metrics.json reused, else evaluated (notebook 05 does the same)
 
 
@@ -218,13 +224,17 @@ def run_demo(out: str | Path = "demo_output", minutes: float = 10.0, seed: int =
     """The README's main job. `minutes` scales the epochs of the three trainings (10 = the default sizes)."""
     import math
 
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
-        raise EvaError(f"minutes={minutes!r} is not valid: give a CPU time budget > 0, e.g. 10")
-    if not (isinstance(seed, int) and seed >= 0):
-        raise EvaError(f"seed={seed!r} is not valid: give a whole number >= 0")
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
+        raise EvaError(f"minutes={minutes!r} is not valid: give a CPU time budget > 0 and up to {MAX_MINUTES} (a day), "
+                       "e.g. 10")
+    problem = bound_problem("seed", seed)
+    if problem:
+        raise EvaError(problem)
     check_output_folder(out, "demo")
     cfg = DemoConfig(out=str(out), seed=seed, **overrides)
     cfg.epochs = max(1, round(cfg.epochs * minutes / 10.0))
+    for task, model in cfg.runs:  # every training's settings in range before the build writes anything
+        train_config(cfg, task, model)
     data = build_sample(cfg)
     stats = ensure_stats(data)
     results = {f"{task}-{model}": train_and_evaluate(cfg, data, task, model) for task, model in cfg.runs}

@@ -11,6 +11,7 @@ from PIL import Image
 from eva_helpers.compositing.compose import cutout_chain, place_cutout
 from eva_helpers.compositing.labels import ring_around, ring_px
 from eva_helpers.data import formats
+from eva_helpers.lease import FENCE_NAME
 from eva_helpers.paths import sample_assets
 
 BG = ["aitzgorri", "coffee", "wine_room"]  # a wide, a wide and a tall photo
@@ -55,8 +56,10 @@ def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def all_bytes(dataset: Path) -> dict[str, bytes]:
-    """Relative path -> bytes of every file of a dataset folder."""
-    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*")) if p.is_file()}
+    """Relative path -> bytes of every file of a dataset folder but the lease's fence file (its number counts the
+    builds that wrote the folder: a resumed build's is one higher)."""
+    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
+            if p.is_file() and p.name != FENCE_NAME}
 
 
 def read_shard(path: Path) -> tuple[list[dict], zipfile.ZipFile]:

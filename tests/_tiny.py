@@ -19,7 +19,7 @@ class TinyDataset(torch.utils.data.Dataset):
     (flip + noise) so that the per-sample seed visibly matters. `calls` counts decodes (in this process)."""
 
     def __init__(self, n: int = 24, size: int = 16, delay_s: float = 0.0, gate: str | None = None) -> None:
-        self.n, self.size, self.delay_s, self.gate = n, size, delay_s, gate
+        self.n, self.size, self.delay_s, self.gate = n, size, delay_s, gate  # `gate`.reached: the first wait began
         self.calls: list[int] = []
 
     def __len__(self) -> int:
@@ -30,8 +30,10 @@ class TinyDataset(torch.utils.data.Dataset):
         self.calls.append(i)
         if self.delay_s:
             time.sleep(self.delay_s)  # stands in for JPEG decoding, so a kill lands mid-epoch
-        while self.gate and os.path.exists(self.gate):  # held mid-run for as long as a test needs
-            time.sleep(0.02)
+        if self.gate and os.path.exists(self.gate):  # held mid-run for as long as a test needs
+            Path(self.gate + ".reached").touch()
+            while os.path.exists(self.gate):
+                time.sleep(0.02)
         g = torch.Generator().manual_seed(1000 + i)
         s = self.size
         bg = torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8)
@@ -96,15 +98,16 @@ def tiny_config(run_dir, **kw):
     return TrainConfig(**base)
 
 
-def run_tiny(run_dir, *, n: int = 24, val: int = 8, delay_s: float = 0.0, gate: str | None = None, **kw) -> dict:
+def run_tiny(run_dir, *, n: int = 24, val: int = 8, delay_s: float = 0.0, gate: str | None = None,
+             val_gate: str | None = None, **kw) -> dict:
     from eva_helpers.training.fit import fit
 
     torch.set_num_threads(1)
     cfg = tiny_config(run_dir, **kw)
     torch.manual_seed(cfg.seed)  # fit seeds too; injected objects are built here, so seed them the same way
     model, crit = TinyNet(tasks=cfg.tasks), TinyCriterion(cfg.tasks)
-    return fit(cfg, model=model, train_set=TinyDataset(n, cfg.size, delay_s, gate), val_set=TinyDataset(val, cfg.size),
-               criterion=crit)
+    return fit(cfg, model=model, train_set=TinyDataset(n, cfg.size, delay_s, gate),
+               val_set=TinyDataset(val, cfg.size, gate=val_gate), criterion=crit)
 
 
 def main(argv=None) -> None:
@@ -117,10 +120,22 @@ def main(argv=None) -> None:
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--gate", default=None, help="training samples wait while this file exists")
+    p.add_argument("--val-gate", default=None, help="validation samples wait while this file exists")
+    p.add_argument("--stale", type=float, default=None, help="lease.STALE_S for this process")
+    p.add_argument("--heartbeat", type=float, default=None, help="lease.HEARTBEAT_S for this process")
     a = p.parse_args(argv)
+    from eva_helpers import lease
+    from eva_helpers.errors import EvaError
+
+    lease.STALE_S = lease.STALE_S if a.stale is None else a.stale
+    lease.HEARTBEAT_S = lease.HEARTBEAT_S if a.heartbeat is None else a.heartbeat
     _say(f"START {os.getpid()}")
-    s = run_tiny(a.run_dir, n=a.samples, delay_s=a.delay, workers=a.workers, epochs=a.epochs,
-                 checkpoint_interval_s=a.interval, max_steps=a.max_steps, gate=a.gate)
+    try:
+        s = run_tiny(a.run_dir, n=a.samples, delay_s=a.delay, workers=a.workers, epochs=a.epochs,
+                     checkpoint_interval_s=a.interval, max_steps=a.max_steps, gate=a.gate, val_gate=a.val_gate)
+    except EvaError as e:  # as the eva command does: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     _say(f"DONE {s['global_step']} {s['finished']}")
     if os.environ.get("WORLD_SIZE"):  # under torchrun: everything is saved and the process group destroyed; skip the
         os._exit(0)  # interpreter teardown, where gloo's threads rarely abort ("terminate called", seen once in CI)

@@ -49,7 +49,8 @@ def test_layout_counts_and_manifest_checksums(reference):
     for e in m["shards"] + [m["backgrounds"]]:
         p = reference / e["file"]
         assert sha256_file(p) == e["sha256"] and p.stat().st_size == e["bytes"]
-    assert sorted(p.name for p in reference.iterdir()) == ["backgrounds.zip", "index.npz", "manifest.json", "shards"]
+    assert sorted(p.name for p in reference.iterdir()) == [  # the fence file: the number of the last build's lease
+        ".eva-lease-fence", "backgrounds.zip", "index.npz", "manifest.json", "shards"]
     rows, zf = read_shard(reference / m["shards"][3]["file"])
     assert [r["index"] for r in rows] == list(range(30, 36))
     sid = formats.sample_id(30)

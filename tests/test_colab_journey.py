@@ -155,7 +155,7 @@ def _record_config(run_dir: Path, cfg) -> None:
 def _fake_fit(monkeypatch):
     """fit's record of the run (config.json with the dataset identity), without the training."""
 
-    def fit(cfg, on_start=None):
+    def fit(cfg, on_start=None, force_takeover=False):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         if on_start is not None:
             on_start(Path(cfg.run_dir))

@@ -1,5 +1,5 @@
 """`eva eval` on another dataset than the run's: scored whole as unseen data, with the run's own thresholds, into
-metrics-<name>.json (calibration.json and metrics.json untouched); one sharing a training background is refused in one
+metrics-data-<name>-<identity>.json (calibration.json and metrics.json untouched); one sharing a training background is refused in one
 line; every metrics file names the dataset it scored."""
 from __future__ import annotations
 
@@ -65,12 +65,13 @@ def test_another_dataset_is_scored_whole_with_the_runs_own_thresholds(setup):
     before = _state(run)
     m = evaluate_run(run, other, figure=False, progress=False)
     after = _state(run)
-    assert set(after) - set(before) == {"metrics-unseen.json"}
+    name = f"metrics-data-unseen-{m['dataset']['identity'][:8]}.json"
+    assert set(after) - set(before) == {name}
     assert {k: v for k, v in after.items() if k in before} == before  # calibration.json, metrics.json untouched
     assert m["n_images"] == len(ShardDataset(other)) and m["split"] == "all (unseen dataset)"
     assert m["mask_threshold"] == own["mask_threshold"] and m["baseline_threshold"] == own["baseline_threshold"]
     assert m["dataset"]["path"] == str(other.resolve()) and m["dataset"]["identity"] != own["dataset"]["identity"]
-    assert json.loads(after["metrics-unseen.json"]) == json.loads(json.dumps(m))
+    assert json.loads(after[name]) == json.loads(json.dumps(m))
 
 
 def test_a_dataset_sharing_a_training_background_is_refused_and_nothing_written(setup):

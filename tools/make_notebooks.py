@@ -205,7 +205,10 @@ INIT_FROM = ""  #@param {{type:"string"}}
 SIZE_STAGES = ""  #@param {{type:"string"}}
 # SIZE_STAGES: smaller images first, e.g. "32:5" = 5 epochs at 32 px, then the rest at SIZE; empty = all at SIZE
 RUN_NAME = ""  #@param {{type:"string"}}
-# RUN_NAME: empty = <task>-<model>-<size>px-<DATASET> in MyDrive/eva-maskdepth/runs'''
+# RUN_NAME: empty = <task>-<model>-<size>px-<DATASET> in MyDrive/eva-maskdepth/runs
+FORCE_TAKEOVER = False  #@param {{type:"boolean"}}
+# FORCE_TAKEOVER: after a disconnect the train cell watches the old runtime's lease for 3 minutes before taking its
+# run over; True takes over at once (only when you know the old runtime is gone: two runtimes must not train one run)'''
 
 
 def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
@@ -231,7 +234,7 @@ nt.show_model(cfg)'''),
                "trained again (raise `EPOCHS` to extend it). If `DATASET` was rebuilt since this run started, the cell "
                "stops and says what changed: restore the dataset, or set `RUN_NAME` to start a new run on purpose. "
                "`code.json` in the run folder records the eva_helpers version and commit of each session that trained it."),
-        ("code", "summary = nt.train(cfg)"),
+        ("code", "summary = nt.train(cfg, force_takeover=FORCE_TAKEOVER)"),
         ("md", "## Evaluate on held-out backgrounds, beside the no-learning baseline\nWrites `metrics.json` and a "
                "best/worst figure into the run folder (an estimate of the time first, then a progress bar counts the "
                "test images)."),

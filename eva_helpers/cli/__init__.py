@@ -27,6 +27,18 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"eva: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
 
 
+# What running a stopped command again does: build, fetch, train and demo pick up what they kept; these start over.
+STARTS_OVER = {
+    "eval": "nothing resumes: the same command again scores every image from the start",
+    "predict": "nothing resumes: the same command again predicts every pair from the start",
+    "stats": "nothing resumes: the same command again reads the dataset from the start",
+}
+
+
+def _rerun(command: str) -> str:
+    return STARTS_OVER.get(command, "run the same command again to resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # a warning is one line too
     try:
@@ -72,8 +84,7 @@ def _run(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt as e:  # what was saved or verified stays; training says which checkpoint it saved
         _close_progress_bars()
-        line = str(e) or (f"stopped by {signal_name(getattr(e, 'signum', signal.SIGINT))} (run the same command "
-                          "again to resume)")
+        line = str(e) or f"stopped by {signal_name(getattr(e, 'signum', signal.SIGINT))} ({_rerun(args.command)})"
         print(f"eva {args.command}: {line}", file=sys.stderr)
         return exit_code(e)
     return 0

@@ -60,7 +60,7 @@ def train_config_from_args(a: argparse.Namespace):
 def cmd_train(a: argparse.Namespace) -> None:
     from eva_helpers.training.fit import fit
 
-    summary = fit(train_config_from_args(a))
+    summary = fit(train_config_from_args(a), force_takeover=a.force_takeover)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; one summary is enough
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1, default=str))
 
@@ -86,8 +86,6 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from eva_helpers.evaluation.predict import predict_one
     from eva_helpers.evaluation.predict_folders import predict_folders
 
-    if a.batch_size < 1:
-        raise EvaError(f"--batch-size {a.batch_size}: must be at least 1")
     folders = {flag: Path(p).is_dir() for flag, p in (("--bg", a.bg), ("--fg-bg", a.fg_bg))}
     if any(folders.values()):
         if not all(folders.values()):

@@ -10,17 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+from typing import Any, Callable
 
 from eva_helpers.cli import commands
+from eva_helpers.compositing import params
 from eva_helpers.compositing.build import BUILD_DEFAULTS, MODES
 from eva_helpers.compositing.teachers import TEACHERS
 from eva_helpers.demo import run_demo
 from eva_helpers.errors import UsageError
+from eva_helpers.training import config
 from eva_helpers.training.config import CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS, TrainConfig
 
 TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 DEMO = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()
         if p.default is not inspect.Parameter.empty}
+# `eva predict --batch-size`: pairs queued ahead of the 2 worker threads; past 1024 the queue only grows
+PREDICT_BATCH = (1, 1024)
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -38,11 +43,52 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
+def _bounded(problem: Callable[[str, Any], str | None], name: str) -> Callable[[str], int]:
+    """An int flag checked against its bounds table (training/config.py BOUNDS, compositing/params.py BUILD_BOUNDS):
+    out of range is one line naming the flag (argparse adds it), the value and the range, before anything runs."""
+
+    def parse(text: str) -> int:
+        value = _whole(text)
+        why = problem(name, value)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    return parse
+
+
+def _train(name: str) -> Callable[[str], int]:
+    return _bounded(config.bound_problem, name)
+
+
+def _build(name: str) -> Callable[[str], int]:
+    return _bounded(params.bound_problem, name)
+
+
+def _predict_batch(text: str) -> int:
+    value, (lo, hi) = _whole(text), PREDICT_BATCH
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value} is not valid: give {lo} to {hi} pairs queued ahead of the worker "
+                                         "threads")
+    return value
+
+
 def _stage(text: str) -> list[int]:
-    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages."""
+    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages, each within TrainConfig's bounds."""
     size, sep, epochs = text.partition(":")
     if not (sep and size.isdigit() and epochs.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
+    why = config.bound_problem("size", int(size), "stage size") or config.bound_problem("epochs", int(epochs),
+                                                                                         "stage epochs")
+    if why:
+        raise argparse.ArgumentTypeError(f"{text!r}: {why}")
     return [int(size), int(epochs)]
 
 
@@ -93,24 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bg", required=True, help="folder of background photos")
     b.add_argument("--fg", required=True, help="folder of cut-outs with an alpha channel")
     b.add_argument("--out", required=True, help="dataset folder to create (or resume)")
-    b.add_argument("--size", type=int, default=BUILD_DEFAULTS["size"], help="side of the square composites in pixels")
-    b.add_argument("--positions", type=int, default=BUILD_DEFAULTS["positions"], help="random placements per (bg, fg, flip)")
-    b.add_argument("--seed", type=int, default=BUILD_DEFAULTS["seed"], help="every random choice of sample i derives from (seed, i)")
+    b.add_argument("--size", type=_build("size"), default=BUILD_DEFAULTS["size"], help="side of the square composites in pixels")
+    b.add_argument("--positions", type=_build("positions"), default=BUILD_DEFAULTS["positions"], help="random placements per (bg, fg, flip)")
+    b.add_argument("--seed", type=_build("seed"), default=BUILD_DEFAULTS["seed"], help="every random choice of sample i derives from (seed, i)")
     b.add_argument("--teacher", default=BUILD_DEFAULTS["teacher"], help=" | ".join(TEACHERS))
     b.add_argument("--teacher-model-dir", default=None, help="load the Depth Anything teacher from a local folder")
     b.add_argument("--mode", default=BUILD_DEFAULTS["mode"], choices=MODES,
                    help="depth labels: teacher once per background with the object as a layer; hybrid (background "
                         "from the clean photo, object from the composite, aligned outside the mask); or every composite "
                         "(aligned to the background's map)")
-    b.add_argument("--teacher-input-size", type=int, default=None,
+    b.add_argument("--teacher-input-size", type=_build("teacher_input_size"), default=None,
                    help="side the deep teacher runs at (default: its own, 518 for Depth Anything V2, 256 for MiDaS)")
     b.add_argument("--scale-range", type=_pair, default=BUILD_DEFAULTS["scale_range"], help="object height as a fraction of the bg: LO,HI")
     b.add_argument("--no-flips", action="store_true", help="do not add mirrored cut-outs")
-    b.add_argument("--shard-size", type=int, default=BUILD_DEFAULTS["shard_size"], help="samples per zip shard")
-    b.add_argument("--jpeg-quality", type=int, default=BUILD_DEFAULTS["jpeg_quality"], help="JPEG quality of fg_bg (4:4:4 chroma)")
-    b.add_argument("--workers", type=int, default=None, help="build processes (None: one per CPU)")
+    b.add_argument("--shard-size", type=_build("shard_size"), default=BUILD_DEFAULTS["shard_size"], help="samples per zip shard")
+    b.add_argument("--jpeg-quality", type=_build("jpeg_quality"), default=BUILD_DEFAULTS["jpeg_quality"], help="JPEG quality of fg_bg (4:4:4 chroma)")
+    b.add_argument("--workers", type=_build("workers"), default=None, help="build processes (None: one per CPU)")
     b.add_argument("--on-bad", choices=["error", "skip"], default=BUILD_DEFAULTS["on_bad"], help="unreadable inputs: stop, or skip and report")
-    b.add_argument("--limit", type=int, default=None, help="build only the first N samples")
+    b.add_argument("--limit", type=_build("limit"), default=None, help="build only the first N samples")
     b.set_defaults(func=commands.cmd_build)
 
     f = sub.add_parser("fetch", help="download/copy a dataset listed in data_manifest.json into the local cache, verified",
@@ -146,24 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from another run's weights (not its optimizer or schedule): a run of the same model "
                         "and inputs, at any size or on any dataset; a joint run may start from a mask-only or "
                         "depth-only one (the other head starts fresh)")
+    t.add_argument("--force-takeover", action="store_true",
+                   help="take the run folder over from another machine's lease at once, instead of watching its "
+                        "heartbeat for 3 minutes (only when you know that machine is gone)")
     t.add_argument("--init-which", choices=CHECKPOINT_CHOICES, default=TRAIN["init_which"],
                    help="which checkpoint of --init-from to start from")
     t.add_argument("--size-stages", nargs="+", type=_stage, default=None, metavar="SIZE:EPOCHS",
                    help="progressive resizing: train these stages first, e.g. 32:5 (5 epochs at 32 px), then the "
                         "remaining epochs at --size (validation and evaluation are always at --size)")
-    t.add_argument("--epochs", type=int, default=TRAIN["epochs"],
+    t.add_argument("--epochs", type=_train("epochs"), default=TRAIN["epochs"],
                    help="epochs in all; more than a finished run had extends it (the schedule is re-timed)")
-    t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="samples per optimizer step (per process under torchrun)")
-    t.add_argument("--size", type=int, default=TRAIN["size"], help="training resolution in pixels")
-    t.add_argument("--seed", type=int, default=TRAIN["seed"], help="seed of the model init, sample order and augmentation")
+    t.add_argument("--batch-size", type=_train("batch_size"), default=TRAIN["batch_size"], help="samples per optimizer step (per process under torchrun)")
+    t.add_argument("--size", type=_train("size"), default=TRAIN["size"], help="training resolution in pixels")
+    t.add_argument("--seed", type=_train("seed"), default=TRAIN["seed"], help="seed of the model init, sample order and augmentation")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (None: the model family's recipe, 1e-2 for UNets, 1e-3 for ResNets)")
     t.add_argument("--schedule", choices=SCHEDULES, default=TRAIN["schedule"],
                    help="learning-rate schedule: OneCycle per batch, halve on a validation plateau, or constant")
     t.add_argument("--loss-weighting", choices=WEIGHTINGS, default=TRAIN["loss_weighting"],
                    help="joint task: fixed loss weights or learned uncertainty weighting")
     t.add_argument("--checkpoint-interval", type=float, default=TRAIN["checkpoint_interval_s"], help="seconds between mid-epoch checkpoints")
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
-    t.add_argument("--workers", type=int, default=None, help="DataLoader workers (None: the loader's default)")
+    t.add_argument("--max-steps", type=_train("max_steps"), default=None, help="stop after this many optimizer steps (smoke runs)")
+    t.add_argument("--workers", type=_train("workers"), default=None, help="DataLoader workers (None: the loader's default)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms: a resumed CPU run ends bit-identical to an uninterrupted one")
@@ -177,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", required=True, help="a trained run folder")
     e.add_argument("--data", required=True, help="dataset folder the run was trained on (its held-out split is "
                    "scored); another dataset is scored whole as unseen data, with the run's own thresholds, into "
-                   "metrics-<folder name>.json (refused if it shares a background with the run's training split)")
+                   "metrics-data-<folder name>-<identity>.json (refused if it shares a background with the run's "
+                   "training split)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="held-out split to score")
     e.add_argument("--which", default="best", choices=CHECKPOINT_CHOICES, help="checkpoint to score")
     e.add_argument("--perturb", default=None, metavar="NAME", action=_PerturbAction,
@@ -208,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-refine", action="store_true",
                     help="the model's mask resized to the photo; otherwise, on a photo larger than the model, the "
                          "mask's outline is decided by the photo's own pixels (sharp edges at full resolution)")
-    pr.add_argument("--batch-size", type=int, default=16,
+    pr.add_argument("--batch-size", type=_predict_batch, default=16,
                     help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
                          "time, so each result equals the single-pair command's)")
     pr.set_defaults(func=commands.cmd_predict)
@@ -216,6 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)
     d.add_argument("--out", default=DEMO["out"], help="folder for data, runs and the report")
     d.add_argument("--minutes", type=float, default=DEMO["minutes"], help="rough CPU time budget for the three trainings")
-    d.add_argument("--seed", type=int, default=DEMO["seed"], help="seed of the build and the trainings")
+    d.add_argument("--seed", type=_train("seed"), default=DEMO["seed"], help="seed of the build and the trainings")
     d.set_defaults(func=commands.cmd_demo)
     return p

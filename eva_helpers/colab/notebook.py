@@ -15,6 +15,7 @@ from typing import Any
 from eva_helpers.atomic import atomic_copy, atomic_write_text
 from eva_helpers.colab.widgets import sample_browser
 from eva_helpers.compositing.build import BUILD_DEFAULTS, build_dataset
+from eva_helpers.compositing.params import check_build_bounds
 from eva_helpers.compositing.teachers import dataset_labels
 from eva_helpers.compositing.teachers import resolve_teacher as resolve
 from eva_helpers.data.augment import build_transforms
@@ -27,7 +28,7 @@ from eva_helpers.estimate import BUILD_RATE, estimate_build
 from eva_helpers.fetching.locate import in_data, known_dataset, resolve_dataset
 from eva_helpers.paths import Paths, require_drive_mounted, safe_name, sample_assets
 from eva_helpers.plots import plot_stats, show_samples, spread_indices
-from eva_helpers.training.config import TrainConfig
+from eva_helpers.training.config import TrainConfig, bound_problem
 
 DEFAULT_DATASET = "my-dataset"  # the folder notebook 01 builds under <paths.data>
 SAMPLE = "sample"  # the shipped 64 px sample (data_manifest.json)
@@ -72,11 +73,13 @@ def build_plan(paths: Paths, smoke: bool = False, *, bg_dir: str = "", fg_dir: s
                mode: str = BUILD_DEFAULTS["mode"], scale_range: tuple[float, float] = BUILD_DEFAULTS["scale_range"],
                flips: bool = BUILD_DEFAULTS["flips"], shard_size: int = BUILD_DEFAULTS["shard_size"]) -> BuildPlan:
     """Notebook 01's parameters made concrete: SMOKE sizes, the sample assets for empty folders, the teacher; then
-    what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space."""
+    what the build will cost (composites, shards, bytes, time), refused in one line when the destination lacks space.
+    SIZE, POSITIONS, SEED and SHARD_SIZE are range-checked first: the cost estimate builds a few composites."""
     safe_name(dataset, what="DATASET", source="notebook 01")  # the build goes to <paths.data>/<dataset>, nowhere else
     if smoke:
         size, positions, teacher, shard_size = (SMOKE_BUILD[k] for k in ("size", "positions", "teacher", "shard_size"))
         dataset += "-smoke"
+    check_build_bounds(size=size, positions=positions, seed=seed, shard_size=shard_size)
     out = paths.data / dataset
     plan = BuildPlan(Path(bg_dir) if bg_dir else sample_assets() / "bg", Path(fg_dir) if fg_dir else sample_assets() / "fg",
                      out, size, positions, seed, resolve_teacher(teacher, out), mode, tuple(scale_range), flips,
@@ -197,9 +200,10 @@ def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4
 
     from eva_helpers.training.batch_augment import BatchAugment
 
+    cfg = TrainConfig(second_shot=second_shot, size=size, seed=seed)  # SIZE and SEED range-checked, in one line
     show_samples_of(data_dir, k, seed)
     batch = collate([ShardDataset(data_dir, transform=build_transforms("val", size))[0]] * k)
-    aug = BatchAugment.from_config(TrainConfig(second_shot=second_shot))
+    aug = BatchAugment.from_config(cfg)
     targets = {"mask": batch["mask"].float(), "depth": batch["depth"].float()}
     bg, fg_bg, t = aug(batch["bg"].float(), batch["fg_bg"].float(), targets,
                        aug.generator(seed, 0, 0, torch.device("cpu")))
@@ -208,6 +212,9 @@ def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4
 
 
 def show_splits(data_dir: str | Path, by: str = "bg", seed: int = 0) -> dict:
+    problem = bound_problem("seed", seed)
+    if problem:
+        raise EvaError(problem)
     splits = make_splits(data_dir, by=by, seed=seed)
     for k in ("train", "val", "test"):
         print(f"{k:5s} {len(splits[k]):6d} samples")

@@ -12,6 +12,7 @@ sample pair of the dataset is used and the notebook says so).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,15 @@ from eva_helpers.training.run_folder import (
 UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
 
 
+def checked(cfg: TrainConfig) -> TrainConfig:
+    """`cfg`, range-checked again (one line): a cell may have set a field (`cfg.size = ...`) after notebook_config
+    checked it, and the model summary and the time estimate allocate at its size and batch."""
+    replace(cfg)
+    return cfg
+
+
 def show_model(cfg: TrainConfig) -> None:
+    checked(cfg)
     summary(build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs), cfg.size)
 
 
@@ -122,13 +131,15 @@ def _epochs_done(run_dir: Path) -> int:
     return int((read_summary(run_dir) or {}).get("epochs_completed") or 0)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, force_takeover: bool = False) -> dict[str, Any]:
     """`fit(cfg)` (resumes, or extends to more epochs), then one plain sentence on where the run stands.
+    `force_takeover` (FORCE_TAKEOVER): take the run over from another runtime's lease at once, without watching it.
 
     First: Drive mounted, the run's dataset unchanged, the time estimated; the code and the dataset are recorded in the
     run folder once fit's own checks have passed."""
     import json
 
+    checked(cfg)
     run = require_drive_mounted(Path(cfg.run_dir), "training")
     check_run_dataset(cfg)
 
@@ -140,7 +151,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     left = cfg.epochs - _epochs_done(run)
     if left > 0:
         estimate_training(cfg, _split_sizes(cfg)["train"], left)
-    s = fit(cfg, on_start=records)
+    s = fit(cfg, on_start=records, force_takeover=force_takeover)
     best = s.get("best") or {}
     if s["finished"]:
         state = "finished"

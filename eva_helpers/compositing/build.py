@@ -23,12 +23,13 @@ from eva_helpers import __version__
 from eva_helpers.atomic import TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes
 from eva_helpers.compositing.compose import Compositor, prepare_background
 from eva_helpers.compositing.images import load_sources
+from eva_helpers.compositing.params import check_build_bounds
 from eva_helpers.compositing.shards import ShardJob, run_shards
 from eva_helpers.compositing.teachers import TEACHERS, describe_labels, get_teacher, normalise
 from eva_helpers.data import formats
 from eva_helpers.data.verify import VerifyRecord, is_verified, write_index
 from eva_helpers.errors import EvaError
-from eva_helpers.lease import LEASE_NAME, hold
+from eva_helpers.lease import LEASE_NAME, Lease, hold
 
 MODES = ("layered", "per-composite", "hybrid")
 _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change the labels
@@ -70,6 +71,8 @@ def check_build_options(*, size: int, positions: int, seed: int, mode: str, scal
     tis = (teacher_kwargs or {}).get("input_size")
     need(tis is None or (_is_int(tis) and 8 <= tis <= 4096),
          f"teacher input size={tis!r}: give a side in pixels from 8 to 4096 (or none: the teacher's own)")
+    check_build_bounds(size=size, positions=positions, seed=seed, shard_size=shard_size, jpeg_quality=jpeg_quality,
+                       workers=workers, limit=limit, teacher_input_size=tis)
 
 
 def _check_out_dir(out: Path, params: dict, sources_sha: str) -> dict | None:
@@ -129,8 +132,8 @@ def _one_build_per_folder(build):
         for src_dir in (Path(bg_dir), Path(fg_dir)):
             if out.resolve() == src_dir.resolve() or src_dir.resolve() in out.resolve().parents:
                 raise BuildConflictError(f"{out}: output folder must not be inside the input folder {src_dir}")
-        with hold(out, "dataset build"):
-            return build(bg_dir, fg_dir, out_dir, **kw)
+        with hold(out, "dataset build") as lease:
+            return build(bg_dir, fg_dir, out_dir, **{**kw, "lease": lease})
 
     return held
 
@@ -140,7 +143,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                   positions: int = 20, seed: int = 0, teacher: str = "geometric", mode: str = "layered",
                   scale_range: tuple[float, float] = (0.3, 0.7), flips: bool = True, shard_size: int = 1000,
                   jpeg_quality: int = 95, workers: int | None = None, on_bad: str = "error",
-                  teacher_kwargs: dict | None = None, limit: int | None = None, progress: bool = True) -> dict:
+                  teacher_kwargs: dict | None = None, limit: int | None = None, progress: bool = True,
+                  lease: Lease | None = None) -> dict:
     """Build (or resume) a dataset folder from a folder of backgrounds and a folder of RGBA cut-outs.
 
     Args:
@@ -153,6 +157,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         workers: processes building shards (default os.cpu_count()); output is identical for any value.
         on_bad: "error" (default) or "skip" unreadable inputs (skips are counted in the manifest).
         limit: build only the first `limit` samples (a prefix in sample order).
+        lease: the output folder's lease (set by the wrapper): confirmed before every write, so a build that lost the
+            folder (paused, and another build took over) stops before writing more.
     Returns the manifest dict (also written to out_dir/manifest.json).
     """
     from tqdm.auto import tqdm
@@ -182,6 +188,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     remove_stale_temps(out / formats.SHARD_DIR)
     head = {"schema": formats.SCHEMA, "generator": formats.GENERATOR, "eva_helpers": __version__, "params": params,
             "sources_sha256": sources_sha}
+    confirm = lease.confirm if lease is not None else (lambda: None)
+    confirm()
     if old is None:  # claim the folder first: from here on a killed build is recognised as ours and resumed
         formats.write_manifest(out, {**head, "complete": False, "shards": []})
 
@@ -227,6 +235,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                 f"the ones the {len(old['shards'])} shards built so far were labelled from; restore the file from a "
                 "copy, or build into a new folder")
         if not (old and old.get("backgrounds") == bgz_entry and is_verified(out, bgz_entry, record)):
+            confirm()
             atomic_write_bytes(out / formats.BACKGROUNDS, bgz)
             record.add(formats.BACKGROUNDS, (out / formats.BACKGROUNDS).stat(), bgz_entry["sha256"])
     manifest["backgrounds"] = bgz_entry
@@ -237,6 +246,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         k = e["first_index"] // shard_size  # resume: keep shards whose bytes match the manifest
         if k < n_shards and e.get("file") == formats.shard_name(k) and is_verified(out, e, record):
             done[k] = e
+    confirm()
     record.save()
     manifest["shards"] = [done[k] for k in sorted(done)]
     formats.write_manifest(out, manifest)
@@ -245,7 +255,8 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
     ctx = ShardJob(out_dir=out, comp=comp, bg_ids=[s.id for s in bg_srcs], fg_ids=[s.id for s in fg_srcs],
                bg_depth16=bg_depth16, bg_range=ranges, total=total, shard_size=shard_size, mode=mode,
                jpeg_quality=jpeg_quality, teacher=tm if mode != "layered" else None,
-               teacher_bgs=teacher_bgs if mode != "layered" else None)
+               teacher_bgs=teacher_bgs if mode != "layered" else None,
+               lease=(lease.token, lease.fence) if lease is not None else None)
     n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
     if mode != "layered" and teacher != "geometric":
         n_workers = 1  # the model lives in this process (GPU); batches within a shard use it
@@ -253,6 +264,7 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
                disable=not progress, smoothing=0.1)
 
     def finish(entry: dict) -> None:
+        confirm()
         record.add(entry["file"], (out / entry["file"]).stat(), entry["sha256"])  # hashed in memory as it was written
         record.save()
         done[entry["first_index"] // shard_size] = entry
@@ -264,15 +276,17 @@ def build_dataset(bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path, *
         run_shards(ctx, todo, n_workers, finish)
     finally:
         bar.close()
+    confirm()
     manifest["index"] = write_index(out, manifest)  # columnar index beside the manifest, covered by its sha256
     manifest["complete"] = True
+    confirm()
     formats.write_manifest(out, manifest)
     return manifest
 
 
 # build_dataset's defaults, for the CLI and notebook 01 (one source: the signature above)
 BUILD_DEFAULTS = {name: p.default for name, p in inspect.signature(build_dataset).parameters.items()
-                  if p.default is not inspect.Parameter.empty}
+                  if p.default is not inspect.Parameter.empty and name != "lease"}
 
 
 def _recorded_background_maps(out: Path, old: dict | None, record: VerifyRecord, bg_srcs,

@@ -21,6 +21,7 @@ from eva_helpers.compositing.compose import Compositor, place_cutout
 from eva_helpers.compositing.labels import composite_label, layer_object, ring_px
 from eva_helpers.data import formats
 from eva_helpers.data.loaders import _die_with_parent
+from eva_helpers.lease import check_standing
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ShardJob:
     jpeg_quality: int
     teacher: Any = None  # only for the modes that run the teacher on composites ("per-composite", "hybrid")
     teacher_bgs: list | None = None  # per bg (T, T, 3) uint8 at the teacher's input size, when it differs from S
+    lease: tuple[str, int] | None = None  # (token, fence) of the build's lease: confirmed before each shard is written
 
 
 _CTX: ShardJob | None = None
@@ -131,6 +133,8 @@ def build_shard(ctx: ShardJob, k: int) -> dict[str, Any]:
                              "depth_min": lo, "depth_max": hi})
         formats.zip_write(zf, formats.INDEX, formats.jsonl_bytes(rows))
     data = buf.getvalue()
+    if ctx.lease is not None:  # a build that lost its folder while this shard was made writes nothing more
+        check_standing(ctx.out_dir, *ctx.lease, what="dataset build")
     atomic_write_bytes(ctx.out_dir / formats.shard_name(k), data)
     return {"file": formats.shard_name(k), "sha256": sha256_bytes(data), "bytes": len(data),
             "samples": stop - start, "first_index": start}

@@ -19,6 +19,7 @@ from eva_helpers.errors import EvaError
 
 STATS = "stats.json"
 STATS_SCHEMA = "eva-stats/1"
+MAX_LIMIT = 10**9  # samples `eva stats --limit` takes: 2500x the 400k-sample target build (the build's limit too)
 
 
 class _Moments:
@@ -74,8 +75,9 @@ def compute_stats(data_dir: str | os.PathLike, *, limit: int | None = None, dept
     """Stream over the dataset (or `limit` evenly spaced samples) and write stats.json atomically."""
     from tqdm.auto import tqdm
 
-    if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
-        raise EvaError(f"stats limit={limit!r}: give 1 or more samples (or none: all of them)")
+    if limit is not None and not (isinstance(limit, (int, np.integer)) and 1 <= limit <= MAX_LIMIT):
+        raise EvaError(f"stats limit={limit!r}: give a whole number of samples from 1 to {MAX_LIMIT} (or none: all of "
+                       "them)")
     ds = ShardDataset(data_dir)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     # a limit takes evenly spaced samples: the sample order is background-major, so a prefix would see few backgrounds

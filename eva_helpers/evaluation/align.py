@@ -54,6 +54,7 @@ TONE_GAIN_TOL, TONE_OFFSET_TOL = 0.01, 1.0  # a tone fit within these of identit
 JPEG_GAP = 15             # bg is re-compressed like fg_bg only when fg_bg's JPEG quality is this much lower
 MIN_SIDE = 16             # px; a smaller pair has too little to estimate anything from and is left as it is
 SAME_ASPECT = 0.01        # two sizes whose aspect ratios differ by less than this (relative) show the same frame
+TOO_SMALL, FAILED = "too small to align", "estimate failed"  # the reasons alignment could not run at all
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
     one size makes it raise."""
     _check(bg, fg_bg)
     if min(bg.shape[:2]) < MIN_SIDE:
-        return bg.copy(), _left_alone(f"too small to align ({bg.shape[1]}x{bg.shape[0]} px, need >= {MIN_SIDE})")
+        return bg.copy(), _left_alone(f"{TOO_SMALL} ({bg.shape[1]}x{bg.shape[0]} px, need >= {MIN_SIDE})")
     exact = exact_pair(bg, fg_bg)
     if exact:
         return bg.copy(), _left_alone(exact)
@@ -184,7 +185,7 @@ def align_pair(bg: np.ndarray, fg_bg: np.ndarray, *, geometry: bool = True, tone
         raise
     except Exception as e:  # a failed estimate means "not aligned", never a failed prediction (test_align_fuzz.py)
         first = (str(e).strip().splitlines() or [""])[0][:120]
-        return bg.copy(), _left_alone(f"estimate failed ({type(e).__name__}: {first})")
+        return bg.copy(), _left_alone(f"{FAILED} ({type(e).__name__}: {first})")
 
 
 def _align(bg: np.ndarray, fg_bg: np.ndarray, geometry: bool, tone: bool,
@@ -253,6 +254,12 @@ def to_common_size(bg: np.ndarray, fg_bg: np.ndarray) -> tuple[np.ndarray, np.nd
     cv2 = cv2_module()
     interp = cv2.INTER_AREA if hb * wb > hf * wf else cv2.INTER_CUBIC
     return cv2.resize(bg, (wf, hf), interpolation=interp), fg_bg, f"bg {wb}x{hb} resized to fg_bg's {wf}x{hf}"
+
+
+def could_not_align(al: "Alignment") -> bool:
+    """True when alignment could not run on the pair (too small, or an estimate failed), as opposed to running and
+    finding nothing to correct: the user is told, with the files, and offered --no-align."""
+    return not al.applied and al.reason.startswith((TOO_SMALL, FAILED))
 
 
 def describe_alignment(al: "Alignment") -> str:

@@ -6,9 +6,10 @@ made on the clean validation split do not, and the results go to `metrics-<name>
 
 Another dataset than the run's (by content identity, as `eva train` checks it) is scored as unseen data: every sample
 of it, with the thresholds, calibration and baseline still chosen on the run's own dataset (its validation split; the
-depth baseline from its training labels), into `metrics-<dataset folder name>.json`; calibration.json is left alone.
-A dataset sharing backgrounds (by content) with the run's training split is refused: that is not unseen data. Every
-metrics file names the dataset it scored (path and identity).
+depth baseline from its training labels), into `metrics-data-<folder name>-<identity>.json` (`unseen_tag`: its own
+prefix, so no folder name, `jpeg40` or `.`, can take a perturbation's file); calibration.json is left alone. A dataset
+sharing backgrounds (by content) with the run's training split is refused: that is not unseen data. Every metrics file
+names the dataset it scored (path and identity).
 """
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def metrics_name(perturb: str | None, align: bool) -> str:
     """metrics.json for the split as it is; metrics-<tag>.json otherwise (never the clean file)."""
     tag = change_tag(perturb, align)
     return metrics_file(tag)
+
+
+UNSEEN_PREFIX = "data"  # no perturbation name starts so (tests/test_bad_inputs_small.py checks)
+
+
+def unseen_tag(data_dir: str | Path, identity: str, change: str | None = None) -> str:
+    """`data-<folder name>-<identity, 8 hex>[-<change>]`: the file-name tag of an unseen dataset's scores. The folder
+    is named as resolved (`--data .` names the folder) and the content identity tells apart two folders of one name."""
+    name = Path(data_dir).resolve().name or "root"
+    return f"{UNSEEN_PREFIX}-{name}-{identity[:8]}" + (f"-{change}" if change else "")
 
 
 @torch.no_grad()
@@ -144,7 +155,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     `metrics_name(perturb, align)` (calibration.json is left alone). `reuse`: a dict the caller keeps between calls on
     one run; what was chosen on validation is kept there and reused while the checkpoint and data are the same (a
     suite of changes fits once instead of once per change). `data_dir` holding another dataset than the run's is scored
-    whole as unseen data (module docstring; `split` does not apply), into `metrics-<its folder name>[-<tag>].json`.
+    whole as unseen data (module docstring; `split` does not apply), into `metrics-<unseen_tag>.json`.
     """
     from tqdm.auto import tqdm
 
@@ -187,7 +198,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     threshold, calib = fitted["threshold"], fitted["calib"]
     acc = MetricAccumulator(cfg.tasks, baseline=fitted["baseline"])
     n, aligned, toned, recompressed, t0 = 0, 0, 0, 0, time.perf_counter()
-    what = f"{data_dir.name} (unseen)" if unseen else split
+    what = f"{data_dir.resolve().name} (unseen)" if unseen else split
     bar = tqdm(total=len(ds), desc=f"eval {what}" + (f" ({tag})" if tag else ""), unit="img", disable=not progress)
     for batch, x, targets, outputs in predict_loader(model, loader, dev, stats):
         bar.update(x.shape[0])
@@ -227,12 +238,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     if align:
         metrics.update(align_applied_fraction=aligned / max(n, 1), align_tone_applied_fraction=toned / max(n, 1),
                        align_jpeg_applied_fraction=recompressed / max(n, 1))
-    out_name = metrics_name(perturb, align)
-    if unseen:
-        out_name = f"metrics-{data_dir.name}" + (f"-{tag}" if tag else "") + ".json"
+    out_name = metrics_file(unseen_tag(data_dir, ident, tag)) if unseen else metrics_name(perturb, align)
     atomic_write_json(run_dir / out_name, metrics, sort_keys=True)
     if figure and n:
-        fig_tag = "-".join(t for t in (data_dir.name if unseen else None, tag) if t)
+        fig_tag = unseen_tag(data_dir, ident, tag) if unseen else tag
         fig_name = f"eval_best_worst-{fig_tag}.png" if fig_tag else "eval_best_worst.png"
         best_worst_figure(model, ds, acc, cfg, dev, stats, run_dir / fig_name)
     return metrics

@@ -20,10 +20,12 @@ took 130-170 ms per 64 px forward instead of 15 ms).
 """
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +35,14 @@ from eva_helpers.compositing.images import check_same_kind, read_image
 from eva_helpers.data.formats import DEPTH_MAX, encode_depth16, encode_mask
 from eva_helpers.data.loaders import prepare_batch
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair, alignment_record, to_common_size
+from eva_helpers.evaluation.align import (
+    IDENTITY,
+    Alignment,
+    align_pair,
+    alignment_record,
+    could_not_align,
+    to_common_size,
+)
 from eva_helpers.evaluation.calibrate import load_calibration, postprocess
 from eva_helpers.evaluation.heldout import load_run_stats
 from eva_helpers.evaluation.refine import REFINE_MIN_SCALE, refine_mask
@@ -47,6 +56,21 @@ def load_photo(path: str | Path) -> np.ndarray:
     """Any photo (JPEG/PNG/WebP, any mode or bit depth) -> (H, W, 3) uint8 RGB, read exactly as `eva build` reads a
     background (`images.read_image`: one reader for both); a clear one-line error naming the file."""
     return read_image(path)
+
+
+def check_two_inputs(bg: str | Path, fg_bg: str | Path, what: str = "file") -> None:
+    """--bg and --fg-bg naming one file or folder (by any path: `./x`, a symlink, a hard link) would compare a photo
+    with itself and give empty masks: a one-line refusal naming both."""
+    a, b = Path(bg), Path(fg_bg)
+    same = a.resolve() == b.resolve()
+    if not same:
+        try:
+            same = os.path.samefile(a, b)
+        except OSError:
+            same = False
+    if same:
+        raise BadInputError(f"--bg {bg} and --fg-bg {fg_bg} are the same {what}: give the background without the "
+                            "object as --bg and the shot with the object as --fg-bg")
 
 
 def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -216,10 +240,12 @@ def load_for_prediction(run_dir: str | Path, which: str, device: str | None):
 
 
 def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path, out_dir: str | Path,
-                which: str = "best", device: str | None = None, align: bool = True,
-                refine: bool = True) -> tuple[list[Path], "Alignment"]:
+                which: str = "best", device: str | None = None, align: bool = True, refine: bool = True,
+                say: Callable[[str], None] | None = None) -> tuple[list[Path], "Alignment"]:
     """Write mask.png (8-bit), depth.png (16-bit, near = bright), alignment.json and prediction.png (side by side)
-    into out_dir; returns the files written and the alignment applied. `refine`: see predict_pair."""
+    into out_dir; returns the files written and the alignment applied. `refine`: see predict_pair. `say` (stderr by
+    default) gets one line naming both files when alignment could not run on them."""
+    check_two_inputs(bg_path, fg_bg_path)
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_bg_path)
     check_same_kind(bg_path, fg_bg_path)
@@ -230,6 +256,10 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
         prep = prepare_pair(bg, fg_bg, cfg.size, align, refine)
         del bg, fg_bg
         pred = predict_prepared(model, prep, stats, dev, calib)
+    if could_not_align(pred["alignment"]):
+        (say or (lambda line: print(line, file=sys.stderr)))(
+            f"{bg_path} and {fg_bg_path}: not aligned ({pred['alignment'].reason}), predicted as shot; pass --no-align "
+            "to skip alignment on purpose")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

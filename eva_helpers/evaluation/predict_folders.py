@@ -1,8 +1,10 @@
 """`eva predict BG_DIR FG_DIR OUT`: the photos of a whole shoot, paired by name, each predicted as `predict_pair` would.
 
 The model is loaded once and whole pairs (read, align, model, write) run side by side in a pool of threads, each pair
-on its own (predict.py says why a batch would change the masks). A pair that cannot be read is reported and skipped;
-`alignment.csv` says what alignment did to every pair, and the summary line counts it.
+on its own (predict.py says why a batch would change the masks). A pair that cannot be read is reported and skipped,
+and the outputs an earlier run left for it in OUT are removed, so no old mask sits beside a row saying it failed;
+`alignment.csv` says what alignment did to every pair, and the summary line counts it. Its text cells that a
+spreadsheet would run as a formula (a file named `=cmd.jpg`) are written with a leading `'` (OWASP's CSV advice).
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from eva_helpers.atomic import atomic_write_bytes, atomic_write_text, check_outp
 from eva_helpers.compositing.images import check_same_kind, list_images
 from eva_helpers.data.formats import encode_mask
 from eva_helpers.errors import BadInputError, EvaError, user_message
+from eva_helpers.evaluation.align import could_not_align
 from eva_helpers.evaluation.predict import (
+    check_two_inputs,
     encode_depth_png,
     load_for_prediction,
     load_photo,
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 
 
 CSV_NAME = "alignment.csv"
+OUTPUTS = ("mask", "depth")  # OUT/<name>_<output>.png: the only files written for a pair
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
 
 
 @dataclass
@@ -129,6 +135,13 @@ def _write_outputs(out: Path, name: str, pred: dict[str, Any]) -> None:
         atomic_write_bytes(out / f"{name}_depth.png", encode_depth_png(pred["depth"]))
 
 
+def _remove_outputs(out: Path, name: str) -> None:
+    """Delete OUT/<name>_mask.png and _depth.png an earlier run left for a pair that has no output this time: only
+    our own output names, never anything else."""
+    for kind in OUTPUTS:
+        (out / f"{name}_{kind}.png").unlink(missing_ok=True)
+
+
 def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: list, window: int) -> Iterator[tuple[Any, Any]]:
     """(item, fn(item)) in order, with up to `window` items submitted to the pool ahead of the one returned."""
     pending: list[tuple[Any, Future]] = []
@@ -192,6 +205,7 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
         raise EvaError(f"workers={workers}: must be at least 1")
     say = say or (lambda line: tqdm.write(line, file=sys.stderr))
     bg_dir, fg_dir, out = Path(bg_dir), Path(fg_dir), Path(out_dir)
+    check_two_inputs(bg_dir, fg_dir, "folder")
     matching = match_folders(bg_dir, fg_dir)
     _check_out(out, bg_dir, fg_dir)
     model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
@@ -212,6 +226,7 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
             for (name, _, _), (row, alignment) in _ahead(pool, task, matching.pairs, max(batch_size, workers)):
                 if alignment is None:
                     failed.append((name, row["status"]))
+                    _remove_outputs(out, name)
                     say(f"skipped {name}: {row['status']}")
                     row = {**{k: row[k] for k in ("name", "bg_file", "fg_bg_file", "width", "height", "bg_resized")},
                            **blank,
@@ -227,10 +242,39 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
         bar.close()
     pool.shutdown()
     csv_path = out / CSV_NAME
+    line = unaligned_line(rows, aligned)
+    if line:
+        say(line)
     lone = [{**dict.fromkeys(rows[0] if rows else ()), **r} for r in matching.unmatched_rows()]
+    for r in lone:  # a name without a partner now: no output of an earlier run beside its row
+        _remove_outputs(out, r["name"])
     atomic_write_text(csv_path, _csv_text(rows + sorted(lone, key=lambda r: r["name"])))
     return FolderReport(pairs=len(matching.pairs), failed=failed, csv=csv_path, matching=matching,
                         alignment_line=summarize_alignments(aligned))
+
+
+def unaligned_line(rows: list[dict[str, Any]], aligned: list[tuple[str, "Alignment"]], most: int = 20) -> str | None:
+    """One line naming the pairs alignment could not run on (too small, or its estimate failed), and what to do; None
+    when there are none."""
+    files = {r["name"]: f"{r['bg_file']} + {r['fg_bg_file']}" for r in rows}
+    bad = [files[n] for n, a in aligned if could_not_align(a)]
+    if not bad:
+        return None
+    more = f" and {len(bad) - most} more" if len(bad) > most else ""
+    return (f"not aligned: {len(bad)} pair(s) too small to align or whose alignment failed ({', '.join(bad[:most])}"
+            f"{more}; reasons in {CSV_NAME}): predicted as shot; pass --no-align to skip alignment on purpose")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) with a leading `'`; numbers (and
+    text that is one, e.g. -3.5) as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -238,5 +282,5 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0]) if rows else ["name", "bg_file", "fg_bg_file", "width", "height", "status"]
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
     return buf.getvalue()

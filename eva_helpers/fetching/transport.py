@@ -7,9 +7,12 @@ dataset's verification record (data/verify.py, size + mtime + ctime + inode + sh
 gigabytes, and the same record lets the first open of the fetched dataset skip hashing it again.
 
 A download cannot run away: it stops as soon as the bytes received exceed the size the entry lists (the `.part` never
-grows past it; a source that sends more is not the listed file, so that is an error, not a retry), a read that waits
-READ_TIMEOUT_S seconds for a byte fails the try, and so does a transfer slower than MIN_SPEED bytes/s averaged over
-SPEED_WINDOW_S seconds (a trickle that keeps every read alive). A failed try is retried and resumes from the `.part`.
+grows past it; a source that sends more is not the listed file, so that is an error, not a retry). A try fails (and
+is retried, resuming) when one wait (connect, a read) lasts READ_TIMEOUT_S, or when the status line and headers are
+not all in HEADERS_DEADLINE_S after it started (a server can keep every read alive by sending a header byte at a
+time). Over all tries of a file, a transfer slower than MIN_SPEED bytes/s averaged over SPEED_WINDOW_S seconds (waits
+for heads, failed tries and backoff included) ends the fetch: so a source that sends too little, whatever else it
+does, ends it within `worst_case_s()` seconds of the last window it kept up in (timed_http.py enforces every wait).
 """
 from __future__ import annotations
 
@@ -31,13 +34,26 @@ _CHUNK = 1 << 20  # one read buffer
 _SNIFF = 1 << 16
 
 
-MIN_SPEED = 20_000  # bytes/s, averaged over SPEED_WINDOW_S: below it a try fails (and is retried, resuming)
+MIN_SPEED = 20_000  # bytes/s, averaged over SPEED_WINDOW_S across all tries of a file: below it the fetch ends
 
 
 SPEED_WINDOW_S = 60.0
 
 
-READ_TIMEOUT_S = 60.0  # seconds one read may wait for its first byte
+READ_TIMEOUT_S = 30.0  # seconds one wait (connect, TLS handshake, a socket read) may last: longer fails the try
+
+
+HEADERS_DEADLINE_S = 30.0  # seconds from a try's start to its last header (redirects, error pages included)
+
+
+def worst_case_s(retries: int = 4, backoff: float = 1.0) -> float:
+    """Seconds within which a source sending less than MIN_SPEED bytes/s ends the fetch of a file with an error.
+
+    The speed floor is checked before every wait and on both sides of every backoff pause; its first window closes
+    SPEED_WINDOW_S after the first try starts, and the longest stretch between checks is one wait or one pause. DNS
+    lookups are the resolver's, outside this bound."""
+    longest_sleep = backoff * 2 ** (retries - 1) if retries > 0 else 0.0
+    return SPEED_WINDOW_S + max(READ_TIMEOUT_S, longest_sleep)
 
 
 class QuotaError(FetchError):
@@ -52,8 +68,15 @@ class HtmlInsteadOfFileError(FetchError):
     """An HTML page came back where a data file was expected."""
 
 
+_AGAIN = "run the fetch again later (it resumes from what it has), or download the file by hand to "
+
+
 class _Transient(Exception):
     """A failure worth retrying (dropped connection, 5xx, truncated transfer)."""
+
+
+class _TooSlow(Exception):
+    """The transfer fell below the speed floor: retrying at once would not help."""
 
 
 def _sniff(part: Path, file: str, source: str) -> None:
@@ -98,7 +121,7 @@ def _copy(src: Path, part: Path, expected: int) -> None:
 
 
 class _Pace:
-    """Fails a try whose average speed over the last SPEED_WINDOW_S seconds fell below MIN_SPEED bytes/s."""
+    """The speed floor of one file over all its tries: each SPEED_WINDOW_S window must bring MIN_SPEED bytes/s."""
 
     def __init__(self, have: int) -> None:
         self.total = have
@@ -106,20 +129,27 @@ class _Pace:
 
     def add(self, n: int) -> None:
         self.total += n
+        self.check()
+
+    def check(self) -> None:
         now = time.monotonic()
         if now - self.t0 < SPEED_WINDOW_S:
             return
-        speed = (self.total - self.at_t0) / (now - self.t0)
-        if speed < MIN_SPEED:
-            raise _Transient(f"{self.total} bytes so far, then {speed:.0f} bytes/s over the last "
-                             f"{now - self.t0:.0f} s, below the minimum of {MIN_SPEED} bytes/s")
+        got, took = self.total - self.at_t0, now - self.t0
+        if got == 0:
+            raise _TooSlow(f"no data for {took:.0f} s")
+        if got / took < MIN_SPEED:
+            raise _TooSlow(f"{self.total} bytes so far, then {got / took:.0f} bytes/s over the last {took:.0f} s, "
+                           f"below the minimum of {MIN_SPEED} bytes/s")
         self.t0, self.at_t0 = now, self.total
 
 
-def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> None:
+def _http(url: str, part: Path, expected: int, bar: Callable[[int], None], pace: _Pace) -> None:
     import http.client
     import urllib.error
     import urllib.request
+
+    from eva_helpers.fetching.timed_http import HeadTimeout, Limits, open_url
 
     have = part.stat().st_size if part.exists() else 0
     if have >= expected > 0:
@@ -132,16 +162,17 @@ def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> No
         headers["Range"] = f"bytes={have}-"
     name = part.name[:-5]
     got = 0
+    limits = Limits(READ_TIMEOUT_S, pace.check, head_by=time.monotonic() + HEADERS_DEADLINE_S)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=READ_TIMEOUT_S) as r:
+        with open_url(urllib.request.Request(url, headers=headers), limits) as r:
             if have and r.status != 206:  # server ignored the Range: start over
                 have = 0
             if "text/html" in r.headers.get("Content-Type", ""):
                 part.unlink(missing_ok=True)
                 _raise_for_page(r.read(_SNIFF).decode("utf-8", "replace").lower(), part.name[:-5], url)
             length = r.headers.get("Content-Length")
+            limits.head_by = None  # the body: each read's wait and the speed floor bound it from here
             bar(have)
-            pace = _Pace(have)
             with open(part, "ab" if have else "wb") as f:
                 while chunk := r.read1(_CHUNK):  # what has arrived: a trickle cannot hold one read open for long
                     if have + got + len(chunk) > expected:
@@ -169,11 +200,14 @@ def _http(url: str, part: Path, expected: int, bar: Callable[[int], None]) -> No
             raise FetchError(f"{part.name[:-5]}: HTTP 404 from {url}; the link is wrong or the file was "
                              "removed") from None
         raise _Transient(f"HTTP {e.code}") from None
-    except TimeoutError:
-        raise _Transient(f"no data for {READ_TIMEOUT_S:g} s after {have + got} bytes") from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
-        if isinstance(getattr(e, "reason", None), TimeoutError):
-            raise _Transient(f"no answer from {url} within {READ_TIMEOUT_S:g} s") from None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+        late = e if isinstance(e, TimeoutError) else getattr(e, "reason", None)
+        if isinstance(late, HeadTimeout):
+            raise _Transient(f"no status line and headers within {HEADERS_DEADLINE_S:g} s") from None
+        if isinstance(late, TimeoutError):
+            if limits.head_by is not None:
+                raise _Transient(f"no answer for {READ_TIMEOUT_S:g} s") from None
+            raise _Transient(f"no data for {READ_TIMEOUT_S:g} s after {have + got} bytes") from None
         raise _Transient(str(e) or type(e).__name__) from None
 
 
@@ -220,8 +254,15 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
         raise FetchError(f"{spec['file']}: source needs one of {SOURCE_KINDS}, got {sorted(src)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
+    pace = _Pace(part.stat().st_size if part.exists() else 0)  # one floor over all tries: a retry does not reset it
+    check = pace.check if kind == "url" else lambda: None  # gdown and copies count no bytes here
+    last = ""
     for attempt in range(retries + 1):
         try:
+            check()
+            if attempt:  # a retry, after a pause that doubles each time; the floor is checked on both sides of it
+                time.sleep(backoff * 2 ** (attempt - 1))
+                check()
             with tqdm(total=expected, unit="B", unit_scale=True, desc=target.name, disable=not progress,
                       leave=False) as bar:
                 if kind in ("repo_path", "drive_path"):
@@ -229,7 +270,7 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
                     p = Path(src[kind]).expanduser()
                     _copy(p if p.is_absolute() else root / p, part, expected)
                 elif kind == "url":
-                    _http(src["url"], part, expected, bar.update)
+                    _http(src["url"], part, expected, bar.update, pace)
                 else:
                     _gdown(src["gdown_id"], part, quiet=not progress)
             _sniff(part, spec["file"], str(src[kind]))
@@ -252,9 +293,11 @@ def fetch_file(spec: dict[str, Any], target: Path, *, base: str | None = None, r
             if own:
                 record.save()
             return target
+        except _TooSlow as e:
+            raise FetchError(f"{target.name}: {src[kind]} is too slow ({e}{last}); {_AGAIN}{target}") from None
         except _Transient as e:
             if attempt == retries:
-                raise FetchError(f"{target.name}: failed after {retries + 1} tries (last: {e}); run the fetch "
-                                 "again to resume") from None
-            time.sleep(backoff * 2**attempt)
+                raise FetchError(f"{target.name}: {src[kind]} failed after {retries + 1} tries (last: {e}); "
+                                 f"{_AGAIN}{target}") from None
+            last = f"; last error: {e}"
     raise AssertionError("unreachable")

@@ -14,11 +14,13 @@ pickled objects is refused.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -28,8 +30,16 @@ from typing import Any, Callable
 
 import torch
 
-from eva_helpers.atomic import TMP_PREFIX, atomic_copy, atomic_write_text, fsync_dir, remove_stale_temps, sha256_file
-from eva_helpers.errors import EvaError, IntegrityError
+from eva_helpers.atomic import (
+    atomic_copy,
+    atomic_open,
+    atomic_write_text,
+    fsync_dir,
+    remove_stale_temps,
+    sha256_file,
+    write_error_line,
+)
+from eva_helpers.errors import EvaError, IntegrityError, WriteError
 from eva_helpers.paths import DRIVE_MOUNT, default_cache
 
 CHECKPOINTS = "checkpoints"  # the folder inside a run folder
@@ -104,19 +114,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_temp(src: Path, folder: Path, name: str, stage: str) -> Path:
-    """Copy `src` to a temp name in `folder` (fsynced), with a fault point halfway through the bytes."""
-    tmp = folder / f"{TMP_PREFIX}{name}.new"
+def _copy_in(src: Path, dst: Path, stage: str, before_replace: Callable[[], None] | None = None) -> None:
+    """Copy `src` onto `dst` through the package's atomic writer (a full disk names the folder and leaves no temp
+    file), with a fault point halfway through the bytes; `before_replace` runs when the copy is whole."""
     size = src.stat().st_size
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with open(src, "rb") as fin, atomic_open(dst, "wb", before_replace=before_replace) as fout:
         fout.write(fin.read(size // 2))
         fout.flush()
         _fault(stage)
-        while chunk := fin.read(1 << 22):
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return tmp
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
+def _serialise(state: dict[str, Any], local: Path) -> None:
+    """torch.save on local disk; a full local disk is one line naming that folder (TMPDIR chooses another)."""
+    try:
+        torch.save(state, local)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        err = e if isinstance(e, OSError) else OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
+                                                       str(e).splitlines()[0])
+        raise WriteError(write_error_line(err, local) + " (this is the local temp folder: set TMPDIR to another)"
+                         ) from e
 
 
 def _size(path: Path) -> int:
@@ -156,6 +173,8 @@ class CheckpointManager:
         self.bytes_written = 0  # into the run folder (checkpoint files and sidecars)
         self.bytes_dropped = 0  # files of the run folder replaced or deleted (what a Drive trash could receive)
         self.loaded_from: Path | None = None
+        self.guard: Callable[[], None] | None = None  # raises when this process may no longer write (lease.confirm)
+        self.writer: dict[str, Any] | None = None  # who writes (lease number, host, pid): recorded in each checkpoint
 
     def prepare(self) -> None:
         """Create checkpoints/ and clear the half-written copies a killed save left: the first write of a run, done
@@ -168,10 +187,6 @@ class CheckpointManager:
         """True when `interval_s` has passed since the last save (or since construction)."""
         return time.monotonic() - self._last_time >= self.interval_s
 
-    def maybe_save(self, state_fn: Callable[[], dict[str, Any]]) -> Path | None:
-        """Save `state_fn()` if the interval has elapsed; `state_fn` is only called then (building a state is not free)."""
-        return self.save(state_fn()) if self.due() else None
-
     def _sidecar(self, target: str, meta: dict[str, Any]) -> None:
         path = self.dir / (target + SIDECAR)
         text = json.dumps({**meta, "file": target})
@@ -183,35 +198,48 @@ class CheckpointManager:
         dst = self.dir / target
         self.bytes_dropped += _size(dst)
         os.replace(src, dst)
+        fsync_dir(self.dir)
 
     def save(self, state: dict[str, Any], *, best: bool = False) -> Path | None:
-        """Write `state` as last.pt (the previous last.pt becomes prev.pt) and best.pt when `best`; returns last.pt."""
+        """Write `state` as last.pt (the previous last.pt becomes prev.pt) and best.pt when `best`; returns last.pt.
+        `guard` (the run folder's lease) is confirmed first: a writer that lost the folder writes nothing."""
         t0 = time.monotonic()
         if not self.is_main:
             self._last_time = time.monotonic()
             return None
+        if self.guard is not None:
+            self.guard()
         step = int(state["global_step"])
-        with tempfile.TemporaryDirectory(prefix="eva-ckpt-") as tmp:
+        if self.writer:
+            state = {**state, "writer": dict(self.writer)}
+        try:
+            tmp_dir = tempfile.TemporaryDirectory(prefix="eva-ckpt-")
+        except OSError as e:
+            raise WriteError(write_error_line(e, Path(tempfile.gettempdir()) / "eva-ckpt")) from e
+        with tmp_dir as tmp:
             local = Path(tmp) / ckpt_name(step)
-            torch.save(state, local)  # serialise on local disk: fast, and a Drive mount never sees a partial file
+            _serialise(state, local)  # on local disk: fast, and a Drive mount never sees a partial file
             meta = {"sha256": sha256_file(local), "bytes": local.stat().st_size, "global_step": step,
-                    "epoch": int(state.get("epoch", 0))}
+                    "epoch": int(state.get("epoch", 0)), **({"writer": dict(self.writer)} if self.writer else {})}
             _fault("local")
-            new = _write_temp(local, self.dir, LAST, "copy")
+
+            def rotate() -> None:  # last.pt -> prev.pt once the new copy is whole
+                _fault("last")
+                last_meta = read_sidecar(self.dir / LAST)
+                if (self.dir / LAST).exists() and last_meta is not None:
+                    # prev's sidecar first: at every moment last.pt or prev.pt matches its own sidecar
+                    self._sidecar(PREV, {k: v for k, v in last_meta.items() if k != "file"})
+                    _fault("rotate")
+                    self._replace(self.dir / LAST, PREV)  # a rename: no bytes uploaded
+                self.bytes_dropped += _size(self.dir / LAST)
+
+            _copy_in(local, self.dir / LAST, "copy", rotate)
             self.bytes_written += meta["bytes"]
-            _fault("last")
-            last_meta = read_sidecar(self.dir / LAST)
-            if (self.dir / LAST).exists() and last_meta is not None:
-                # prev's sidecar first: at every moment last.pt or prev.pt matches its own sidecar
-                self._sidecar(PREV, {k: v for k, v in last_meta.items() if k != "file"})
-                _fault("rotate")
-                self._replace(self.dir / LAST, PREV)  # a rename: no bytes uploaded
-            self._replace(new, LAST)
-            fsync_dir(self.dir)
             _fault("last-renamed")  # file in place, sidecar not yet written
             self._sidecar(LAST, meta)
             if best:
-                self._replace(_write_temp(local, self.dir, BEST, "best"), BEST)
+                self.bytes_dropped += _size(self.dir / BEST)
+                _copy_in(local, self.dir / BEST, "best")
                 self.bytes_written += meta["bytes"]
                 _fault("best-renamed")
                 self._sidecar(BEST, meta)
@@ -252,16 +280,33 @@ class CheckpointManager:
         return [p for _, _, p in sorted(ranked, key=lambda t: (t[0], t[1]), reverse=True)]
 
     def load_latest(self, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """The newest checkpoint that verifies, or None when there is none; damaged ones are skipped with a warning."""
+        """The newest checkpoint that verifies, or None when there is none; damaged ones are skipped with a warning.
+        One written under an older lease than another checkpoint of the folder (by a writer that had lost the folder
+        when it wrote) is refused in one line."""
         for path in self.candidates():
             try:
                 state = load_checkpoint(path, map_location)
             except IntegrityError as e:
                 warnings.warn(f"skipping damaged checkpoint, falling back to an older one: {e}", stacklevel=2)
                 continue
+            self._check_fence(path)
             self.loaded_from = path
             return state
         return None
+
+    def _check_fence(self, chosen: Path) -> None:
+        writer = (read_sidecar(chosen) or {}).get("writer")
+        if not isinstance(writer, dict) or type(writer.get("fence")) is not int:
+            return  # written before checkpoints recorded their lease
+        for other in self.candidates() + [self.dir / BEST]:
+            later = (read_sidecar(other) or {}).get("writer")
+            if isinstance(later, dict) and type(later.get("fence")) is int and later["fence"] > writer["fence"]:
+                raise EvaError(
+                    f"{chosen}: written under lease #{writer['fence']} (host {writer.get('host')}, pid "
+                    f"{writer.get('pid')}) after lease #{later['fence']} (host {later.get('host')}, pid "
+                    f"{later.get('pid')}) took this run folder over and wrote {other.name}: a writer that had lost "
+                    f"the folder wrote it; delete {chosen.name} and {chosen.name}{SIDECAR} to resume from the newer "
+                    "lease's checkpoint")
 
     def load_best(self, map_location: Any = "cpu") -> dict[str, Any]:
         return load_checkpoint(self.dir / BEST, map_location)

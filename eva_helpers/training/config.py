@@ -27,6 +27,39 @@ LEGACY_VALUES: dict[str, Any] = {"second_shot": "off", "second_shot_opts": {}, "
                                  "size_stages": None}
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
+# Every count and size a user types, (lowest, highest, why the highest): TrainConfig checks its fields against this
+# table and the CLI's flags use it too (cli/parser.py), so a value no model or machine can use is refused in one line
+# before a run folder is created. A size must also be a multiple of the model's divisor (fit._preflight).
+BOUNDS: dict[str, tuple[int, int, str]] = {
+    "size": (8, 2048, "at 2048 px one unet_small sample's activations take about 6 GB; predict's refiner, not a "
+                      "larger model, answers at a photo's full size"),
+    "epochs": (1, 10_000, "history, schedule and checkpoints count epochs; 10000 is far past convergence"),
+    "batch_size": (1, 4096, "samples per optimizer step; the learning-rate recipe, tuned at 32, does not carry over to "
+                            "100x that"),
+    "seed": (0, 2**32 - 1, "numpy's and the DataLoader workers' seeds are 32-bit; torch.manual_seed fails past 64 bits"),
+    "split_seed": (0, 2**32 - 1, "a 32-bit seed, like seed"),
+    "keep_last": (1, 100, "each checkpoint holds the model and its optimizer; 100 of them fill a disk"),
+    "workers": (0, 64, "DataLoader processes; more only compete for the same cores, each with its own reader"),
+    "max_steps": (1, 10**9, "a stop after 10^9 optimizer steps never comes"),
+}
+NONE_MEANS = {"split_seed": "seed", "workers": "the loader's default", "max_steps": "no limit"}  # fields None may take
+# unet_small keeps about 350 floats per pixel for the backward pass: 2^27 pixels in one step are about 190 GB in fp32
+# (95 GB in bf16), more than any one GPU holds
+MAX_BATCH_PIXELS = 2**27
+
+
+def bound_problem(name: str, value: Any, label: str | None = None) -> str | None:
+    """Why `value` is out of BOUNDS[name] (one line naming `label`, default `name`, the value and the range); None when
+    it is within, or None for a field that may be None."""
+    lo, hi, why = BOUNDS[name]
+    if value is None and name in NONE_MEANS:
+        return None
+    if _int(value) and lo <= value <= hi:
+        return None
+    none = f", or None ({NONE_MEANS[name]})" if name in NONE_MEANS else ""
+    reason = f" ({why})" if _int(value) and value > hi else ""
+    return f"{label or name}={value!r} is not valid: give a whole number from {lo} to {hi}{none}{reason}"
+
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
 # the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
 # 0.84 / 0.90 / 0.91-0.94). ResNet encoders start from ImageNet weights that a 1e-2 step would scramble: 1e-3, the
@@ -108,15 +141,10 @@ class TrainConfig:
             self.lr = recipe_lr(self.model)
         if not (_number(self.lr) and 0 < self.lr < 1):
             raise EvaError(f"lr={self.lr!r} is not valid: give a peak learning rate in (0, 1), e.g. 1e-3")
-        ints = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1), "size": (self.size, 8),
-                "seed": (self.seed, 0), "keep_last": (self.keep_last, 1)}
-        for name, (v, lo) in ints.items():
-            if not (_int(v) and v >= lo):
-                raise EvaError(f"{name}={v!r} is not valid: give a whole number >= {lo}")
-        if self.split_seed is not None and not (_int(self.split_seed) and self.split_seed >= 0):
-            raise EvaError(f"split_seed={self.split_seed!r} is not valid: give a whole number >= 0 (or None: seed)")
-        if self.workers is not None and not (_int(self.workers) and self.workers >= 0):
-            raise EvaError(f"workers={self.workers!r} is not valid: give 0 (load in the main process) or more, or None")
+        for name in BOUNDS:
+            problem = bound_problem(name, getattr(self, name))
+            if problem:
+                raise EvaError(problem)
         if not (_number(self.checkpoint_interval_s) and self.checkpoint_interval_s >= 0):
             raise EvaError(f"checkpoint_interval_s={self.checkpoint_interval_s!r} is not valid: give seconds >= 0, "
                            "e.g. 300 (0: after every step)")
@@ -143,19 +171,26 @@ class TrainConfig:
             ok = isinstance(self.size_stages, (list, tuple)) and all(
                 isinstance(st, (list, tuple)) and len(st) == 2 and _int(st[0]) and st[0] >= 8 and _int(st[1])
                 and st[1] >= 1 for st in self.size_stages)
+            for size, _ in self.size_stages if ok else ():
+                problem = bound_problem("size", size, "size_stages size")
+                if problem:
+                    raise EvaError(problem)
             if not ok or sum(int(st[1]) for st in self.size_stages) >= self.epochs:
                 raise EvaError(f"size_stages={self.size_stages!r} is not valid: give [[size, epochs], ...] (sizes >= 8, "
                                f"epochs >= 1) with fewer epochs in all than epochs={self.epochs} (the rest train at "
                                f"size={self.size}), or None")
             self.size_stages = [[int(a), int(b)] for a, b in self.size_stages]  # lists, as config.json gives back
+        largest = max([self.size] + [st[0] for st in self.size_stages or []])
+        if self.batch_size * largest**2 > MAX_BATCH_PIXELS:
+            raise EvaError(f"batch_size={self.batch_size} at size={largest} is {self.batch_size * largest**2:,} pixels "
+                           f"per step, more than {MAX_BATCH_PIXELS:,} (the activations would not fit any GPU): lower "
+                           "batch_size or size")
         if self.task not in TASK_HEADS:
             raise EvaError(f"task={self.task!r} is not one of {sorted(TASK_HEADS)}")
         if self.schedule not in SCHEDULES:
             raise EvaError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.loss_weighting not in WEIGHTINGS:
             raise EvaError(f"loss_weighting={self.loss_weighting!r} is not one of {list(WEIGHTINGS)}")
-        if self.max_steps is not None and not (_int(self.max_steps) and self.max_steps >= 1):
-            raise EvaError(f"max_steps={self.max_steps!r} is not valid: give 1 or more, or None (no limit)")
         if not (_number(self.val_fraction) and _number(self.test_fraction) and 0 <= self.val_fraction < 1
                 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise EvaError(f"val_fraction + test_fraction must be in [0, 1) (got {self.val_fraction}, {self.test_fraction})")
@@ -213,7 +248,15 @@ def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> lis
     """
     keys = (set(old) | set(new)) - RESUMABLE_FIELDS
     old = {**LEGACY_VALUES, **old}  # a config from before a field existed trained with its legacy value
-    return sorted(k for k in keys if old.get(k) != new.get(k) and not (k == "epochs" and is_extension(old, new)))
+    return sorted(k for k in keys
+                  if not _same(k, old.get(k), new.get(k)) and not (k == "epochs" and is_extension(old, new)))
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    """Equal values; `init_from` compared as the folder it names (`src`, `./src` and its absolute path are one run)."""
+    if key == "init_from" and isinstance(a, str) and isinstance(b, str):
+        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    return a == b
 
 
 def is_extension(old: dict[str, Any], new: dict[str, Any]) -> bool:

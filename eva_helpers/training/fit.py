@@ -81,7 +81,7 @@ def _extension(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None
 
 def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = None, val_set: Any = None,
         criterion: nn.Module | None = None, stats: dict | None = None,
-        on_start: Callable[[Path], None] | None = None) -> dict[str, Any]:
+        on_start: Callable[[Path], None] | None = None, force_takeover: bool = False) -> dict[str, Any]:
     """Train (or resume, or just report a finished run) in `cfg.run_dir`; returns the run's summary dict.
 
     One writer per run folder: a second process training into it stops at once (lease.py). SIGINT (the Stop button,
@@ -94,6 +94,8 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
             An injected dataset takes keys `(position, sample_seed)` like ShardDataset.
         on_start: called with the run folder once every check has passed, before fit's own first write (main
             process only): records of the caller's that a refused run must not leave behind.
+        force_takeover: take over another machine's lease on the run folder at once, without watching its heartbeat
+            (the user knows that machine is gone: FORCE_TAKEOVER in the notebooks).
     """
     if not cfg.run_dir:
         raise EvaError("TrainConfig.run_dir is not set: give a folder for config, history and checkpoints")
@@ -103,7 +105,7 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     held = None
     try:
-        held = _claim(run_dir, info, device)
+        held = _claim(run_dir, info, device, force_takeover)
         if train_set is None:  # opened (and verified) before anything is written: damaged data claims nothing
             train_set, built_val, built_stats = build_data(cfg)
             val_set = built_val if val_set is None else val_set
@@ -116,13 +118,13 @@ def fit(cfg: TrainConfig, *, model: nn.Module | None = None, train_set: Any = No
         D.shutdown(info)
 
 
-def _claim(run_dir: Path, info: D.DistInfo, device: torch.device) -> lease.Lease | None:
+def _claim(run_dir: Path, info: D.DistInfo, device: torch.device, force: bool) -> lease.Lease | None:
     """Rank 0 takes the run folder's lease (a second trainer stops here, in one line); every rank learns the outcome,
     so none waits for a rank that was refused."""
     held, error = None, None
     if info.is_main:
         try:
-            held = lease.acquire(run_dir, "training")
+            held = lease.acquire(run_dir, "training", force=force)
         except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have been told
             error = e
     if not D.broadcast_flag(error is None, info, device):
@@ -130,6 +132,12 @@ def _claim(run_dir: Path, info: D.DistInfo, device: torch.device) -> lease.Lease
             raise error
         raise EvaError(f"{run_dir}: rank 0 could not claim this run folder (its message says why)")
     return held
+
+
+def _confirm(held: lease.Lease | None) -> None:
+    """Before each write into the run folder: stop (LeaseHeldError) if another process holds it now."""
+    if held is not None:
+        held.confirm()
 
 
 def _preflight(cfg: TrainConfig, run_dir: Path, model: nn.Module | None, train_set: Any) -> None:
@@ -173,6 +181,8 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     ckm = CheckpointManager(run_dir, cfg.keep_last, cfg.checkpoint_interval_s, is_main=False)  # reads only, for now
+    if held is not None:  # every checkpoint confirms the lease first, and records it
+        ckm.guard, ckm.writer = held.confirm, held.writer()
     state = ckm.load_latest()
     ext = None
     if state is not None:
@@ -183,6 +193,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         if (state.get("finished") and int(state["epoch"]) >= cfg.epochs) or (
                 cfg.max_steps and state["global_step"] >= cfg.max_steps):
             if info.is_main:
+                _confirm(held)
                 start_writing(run_dir, ckm, config, ext, None, on_start)
             D.barrier(info)
             return summary_of(state, run_dir)
@@ -225,10 +236,13 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         restore(run, state, steps_per_epoch)
     # checks passed: from here on the run folder is written
     if info.is_main:
+        _confirm(held)
         start_writing(run_dir, ckm, config, ext, stats if write_stats else None, on_start)
     D.barrier(info)
     if state is not None and info.is_main:
-        print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step})", flush=True)
+        w = state.get("writer") or {}
+        by = f", written by host {w.get('host')} pid {w.get('pid')} under lease #{w.get('fence')}" if w else ""
+        print(f"resumed from {ckm.loaded_from} (epoch {run.epoch}, step {run.global_step}{by})", flush=True)
     if info.enabled:
         dev_ids = [device.index] if device.type == "cuda" else None
         run.model = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
@@ -260,6 +274,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
         run.loader = run.val_loader = None  # their workers stop now, not when the garbage collector finds `run`
     summary = summary_of(snapshot(run), run_dir)
     if info.is_main:
+        _confirm(held)
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     D.barrier(info)
     return summary
@@ -311,6 +326,7 @@ def _end_epoch(run: Run) -> None:
     run.pos = run.resume_consumed = 0
     run.accum = {"loss_sum": 0.0, "batches": 0, "samples": 0, "seconds": 0.0}
     if info.is_main:
+        _confirm(run.lease)
         lines = "".join(json.dumps(r) + "\n" for r in run.history)
         atomic_write_text(run.run_dir / HISTORY, lines)  # rewritten from the checkpoint's history: no duplicates
         if run.tb is not None:
