@@ -21,8 +21,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["eva_helpers", "eva_helpers.*"]),
     include_package_data=True,
-    # The embedded sample (raw assets + the prebuilt 64 px dataset) and data_manifest.json (a symlink to the
-    # top-level file, copied as a file into wheels) ship inside the package, so Colab installs can use them.
+    # The embedded sample (raw assets + the prebuilt 64 px dataset) and data_manifest.json ship inside the package,
+    # so Colab installs can use them. Real files only: pip unpacks a symlink in a GitHub zip as a text file.
     package_data={"eva_helpers": ["sample_assets/*", "sample_assets/*/*", "sample_data/*/*", "sample_data/*/shards/*",
                                   "data_manifest.json"]},
     python_requires=">=3.11,<3.14",
@@ -30,6 +30,8 @@ setup(
     extras_require={
         # The Colab default depth teacher (Depth Anything V2 Small); the offline path imports none of it.
         "teacher": ["transformers>=4.45", "safetensors>=0.4"],
+        # HEIC/HEIF photos (the iPhone default) for eva predict and notebook 05; without it they are refused in one line.
+        "heic": ["pillow-heif>=0.16"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -41,6 +43,8 @@ setup(
             "scikit-image>=0.24",
             "transformers>=4.45",
             "safetensors>=0.4",
+            "pillow-heif>=0.16",
+            "tensorboard>=2.14",  # the tests that read back the TensorBoard logs a run writes (they skip without it)
             "ruff>=0.6",
         ],
     },

@@ -36,16 +36,27 @@ def test_notebook_committed_clean_and_thin(name):
     assert "finish(paths)" in rest[-1]  # the last step flushes Drive
 
 
-def _run(name: str, tmp_path: Path, **params) -> dict:
+def _execute(name: str, tmp_path: Path, **params) -> dict:
+    """The notebook executed with SMOKE, outputs kept (nbformat's JSON)."""
     import papermill as pm
 
     out = tmp_path / f"{name}.out.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters={"SMOKE": True, **params},
                         cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
-    nb = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def _text(cells: list[dict]) -> str:
     return "\n".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
-                     for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+                     for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
                      if o.get("output_type") == "stream")
+
+
+def _train_cell_keeps_its_notices(nb: dict) -> None:
+    """The train cell's output still holds the time estimate and the closing line at the end of the cell."""
+    train = [c for c in nb["cells"] if c["cell_type"] == "code" and "nt.train(" in "".join(c["source"])]
+    text = _text(train)
+    assert "estimate:" in text and "epochs;" in text, text
 
 
 @pytest.fixture
@@ -62,7 +73,8 @@ def home(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", NOTEBOOKS[1:])  # 01 needs nothing before it: the in-order test runs it alone
 def test_each_notebook_runs_alone_with_smoke(name, tmp_path, home):
     extra = {"TRAIN_MISSING": True} if name == "05_train_joint" else {}
-    text = _run(name, tmp_path, **extra)
+    nb = _execute(name, tmp_path, **extra)
+    text = _text(nb["cells"])
     assert "the shipped 64 px sample" in text  # nothing from notebook 01: the shipped sample
     runs = sorted((home / "runs").iterdir()) if (home / "runs").is_dir() else []
     if name == "05_train_joint":  # the explicit choice trained the two missing comparison runs
@@ -70,13 +82,17 @@ def test_each_notebook_runs_alone_with_smoke(name, tmp_path, home):
         assert "training the missing mask-only run" in text
     if name != "02_explore_dataset":
         assert runs, "the notebook trained no run"
+        _train_cell_keeps_its_notices(nb)
         assert all((d / "metrics.json").is_file() and (d / "checkpoints" / "last.pt").is_file() for d in runs)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_all_notebooks_run_in_order_with_smoke(tmp_path, home):
-    texts = {name: _run(name, tmp_path) for name in NOTEBOOKS}
+    nbs = {name: _execute(name, tmp_path) for name in NOTEBOOKS}
+    texts = {name: _text(nb["cells"]) for name, nb in nbs.items()}
+    for name in NOTEBOOKS[2:]:
+        _train_cell_keeps_its_notices(nbs[name])
     built = home / "data" / "my-dataset-smoke"
     assert json.loads((built / "manifest.json").read_text())["complete"]
     assert (built / "stats.json").is_file()  # 02's stats land beside the dataset in the home (Drive), not only the cache

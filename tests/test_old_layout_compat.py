@@ -257,8 +257,10 @@ def test_old_run_resumes_then_extends(old, eva, tmp_path):
 
 
 # Removed on purpose: fetch's own record file (one verification record now), code nothing but the tests called (the
-# tests keep what they need as their own helpers).
-REMOVED = {"fetch": {"VERIFIED"}, "losses": {"MaskLoss", "DepthLoss", "scale_shift_invariant_loss"},
+# tests keep what they need as their own helpers), the comparison's short list of fields (runs are matched on every
+# result-changing setting now: config.result_changing_differences), and the live plot that cleared the cell
+# (train_loop.LivePlot redraws its own display area).
+REMOVED = {"runs": {"MATCH_FIELDS"}, "train_loop": {"live_plot"}, "fetch": {"VERIFIED"}, "losses": {"MaskLoss", "DepthLoss", "scale_shift_invariant_loss"},
            "compose": {"placed_alpha"}, "labels": {"object_contrast"}, "sampler": {"epoch_order"},
            "baseline": {"evaluate_depth_baseline"}, "predict": {"predict_files"}}
 

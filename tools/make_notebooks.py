@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eva_helpers.training.config import RECIPE_LR, TrainConfig  # noqa: E402
+from eva_helpers.training.loop import TB_EVERY  # noqa: E402
 from eva_helpers.estimate import BUILD_RATE  # noqa: E402
 from eva_helpers.colab.notebook import DEFAULT_DATASET  # noqa: E402
 from eva_helpers.compositing.build import BUILD_DEFAULTS as B, MODES  # noqa: E402
@@ -52,10 +53,8 @@ import importlib.util
 if importlib.util.find_spec("eva_helpers") is None:
     EVA_INSTALL = r\'\'\'{INSTALL_SCRIPT}\'\'\'
     exec(compile(EVA_INSTALL, "colab_install.py", "exec"), ns := {{"__name__": "colab_install"}})
-    if not ns["ensure_installed"](REPO_URL, REF, DRIVE_COPY, mount=True):
-        raise SystemExit("eva_helpers is not installed: follow one of the two ways printed above")
-from eva_helpers.colab.session import describe_code, installed_code
-print(describe_code(installed_code()))'''
+    if not ns["ensure_installed"](REPO_URL, REF, DRIVE_COPY, mount=True, optional=ns["OPTIONAL"]):
+        raise SystemExit("eva_helpers is not installed: follow one of the two ways printed above")'''
 
 START_MD = ("## Environment and folders\nPrints the GPU, RAM, disk and library versions (check the GPU after a reconnect), "
             "then mounts Google Drive: datasets and runs live in `MyDrive/eva-maskdepth`, fast copies in the local cache.")
@@ -193,6 +192,8 @@ SMOKE = False  #@param {{type:"boolean"}}
 {DATASET_PARAM}
 MODEL = ""  #@param ["", "unet_small", "unet_medium", "unet_large", "resnet18_unet", "resnet34_unet"] {{allow-input: true}}
 # MODEL: empty = TrainConfig's default ({D.model})
+SHOW_SUMMARY = False  #@param {{type:"boolean"}}
+# SHOW_SUMMARY: the model's layer table (torchsummary) under "The model"; off = one line (parameters, outputs, size)
 EPOCHS = {D.epochs}  #@param {{type:"integer"}}
 BATCH_SIZE = {D.batch_size}  #@param {{type:"integer"}}
 SIZE = {D.size}  #@param {{type:"integer"}}
@@ -208,33 +209,41 @@ RUN_NAME = ""  #@param {{type:"string"}}
 # RUN_NAME: empty = <task>-<model>-<size>px-<DATASET> in MyDrive/eva-maskdepth/runs
 FORCE_TAKEOVER = False  #@param {{type:"boolean"}}
 # FORCE_TAKEOVER: after a disconnect the train cell watches the old runtime's lease for 3 minutes before taking its
-# run over; True takes over at once (only when you know the old runtime is gone: two runtimes must not train one run)'''
+# run over; True takes over at once (only when you know the old runtime is gone: two runtimes must not train one run)
+ALLOW_CPU = False  #@param {{type:"boolean"}}
+# ALLOW_CPU: a run a GPU trained stops on a CPU runtime (Colab hands one out when the GPU quota is used up); True trains
+# it on with the CPU, many times slower'''
 
 
 def train_cells(task: str, extra: str = "") -> list[tuple[str, str]]:
     return [
         ("md", DATA_MD),
         ("code", DATA_CELL),
-        ("md", "## Settings\nThe parameters over `TrainConfig`'s defaults. The run folder holds config, history, "
+        ("md", "## Settings\nThe parameters over `TrainConfig`'s defaults (the table lists what differs from them; "
+               "`config.json` in the run folder holds every setting). The run folder holds config, history, "
                "checkpoints and metrics. Raise `EPOCHS` and run all again to **train a run longer**: it continues from "
                "its last checkpoint and the learning-rate schedule is stretched to the new end."),
-        ("code", f'''from eva_helpers.colab.runs import notebook_config
+        ("code", f'''from eva_helpers.colab import notebook_train as nt
+from eva_helpers.colab.runs import notebook_config
 cfg = notebook_config("{task}", data_dir, paths, SMOKE, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE, size=SIZE,
                       lr=LR, seed=SEED, run_name=RUN_NAME, init_from=INIT_FROM, size_stages=SIZE_STAGES{extra})
-cfg'''),
+nt.config_table(cfg)'''),
         ("md", "## The model"),
-        ("code", '''from eva_helpers.colab import notebook_train as nt
-nt.show_model(cfg)'''),
-        ("md", "## TensorBoard\nLoss curves from the run's local logs (Colab); a live plot also appears under the training cell."),
+        ("code", "nt.show_model(cfg, SHOW_SUMMARY)"),
+        ("md", "## TensorBoard\nLoss curves from the run's local logs (Colab): the training loss every "
+               f"{TB_EVERY} steps, each epoch's losses and metrics. A new runtime starts without those logs: the "
+               "finished epochs are written back from the run's `history.jsonl` on Drive, so the curves are whole."),
         ("code", "nt.tensorboard(cfg);"),
         ("md", "## Train\nCheckpoints land in the run folder every few minutes and at each epoch end. After a disconnect, "
-               "run all cells again: training resumes mid-epoch from the last checkpoint and ends exactly where an "
-               "uninterrupted run would. **Time**: an estimate is printed first (two steps of the model timed on this "
-               "runtime), then the progress bar shows samples/s and the time left for the epoch. A finished run is not "
+               "run all cells again: training resumes mid-epoch from the last checkpoint with the same sample order, "
+               "random states and schedule (on a GPU not bit-identical to an uninterrupted run). **Time**: an "
+               "estimate is printed first (two steps of the model timed on this runtime), then one status line (run, epoch, step, loss, samples/s, the time left for the epoch and the run, GPU memory) is updated in place; the notices above it stay, and the loss plot below it is redrawn at each epoch end. A finished run is not "
                "trained again (raise `EPOCHS` to extend it). If `DATASET` was rebuilt since this run started, the cell "
                "stops and says what changed: restore the dataset, or set `RUN_NAME` to start a new run on purpose. "
-               "`code.json` in the run folder records the eva_helpers version and commit of each session that trained it."),
-        ("code", "summary = nt.train(cfg, force_takeover=FORCE_TAKEOVER)"),
+               "`code.json` in the run folder records the eva_helpers version and commit of each session that trained "
+               "it, `sessions.json` its GPU and precision; a run a GPU trained stops on a CPU runtime unless "
+               "`ALLOW_CPU`."),
+        ("code", "summary = nt.train(cfg, force_takeover=FORCE_TAKEOVER, allow_cpu=ALLOW_CPU)"),
         ("md", "## Evaluate on held-out backgrounds, beside the no-learning baseline\nWrites `metrics.json` and a "
                "best/worst figure into the run folder (an estimate of the time first, then a progress bar counts the "
                "test images)."),
@@ -260,29 +269,41 @@ JOINT_PARAMS = TRAIN_PARAMS.replace('RUN_NAME = ""  #@param {type:"string"}',
                                     'UPLOAD_PHOTOS = False  #@param {type:"boolean"}\n'
                                     '# UPLOAD_PHOTOS: the last cells ask for your own two photos (they wait for the '
                                     'files, so leave it off for Run all)\n'
+                                    'BG_PHOTO = ""  #@param {type:"string"}\n'
+                                    'FG_BG_PHOTO = ""  #@param {type:"string"}\n'
+                                    '# BG_PHOTO, FG_BG_PHOTO: your two photos as paths instead of uploads (on Drive: '
+                                    '/content/drive/MyDrive/...; JPEG, PNG, WebP or HEIC)\n'
                                     'RUN_NAME = ""  #@param {type:"string"}')
 joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("md", "## Joint against single-task models and the baseline\nThe mask-only and depth-only runs of notebooks 03 "
-           "and 04 with the same `DATASET`, `MODEL` and `SIZE` are picked up from the runs folder, and used only when "
-           "they match this run (the same dataset content, split and its seed, size and epochs); otherwise the line "
-           "above the table says what differs. A missing one is trained here only with `TRAIN_MISSING = True` "
-           "(**time**: about as long as the joint training, each); otherwise the table shows what exists and says what "
-           "is missing. The table is saved as `comparison.md` in the joint run folder."),
+           "and 04 are found in the runs folder by their settings, whatever their `RUN_NAME`, and used only when "
+           "they match this run: the same dataset content and every setting that changes results (`MODEL`, `SIZE`, "
+           "`EPOCHS`, `BATCH_SIZE`, `LR`, `SEED`, split, second shot, ...); otherwise the line above the table says "
+           "what differs. Where each run's weights started (`INIT_FROM`), its `SIZE_STAGES` and its loss weighting "
+           "may differ: the table's `trained` column shows them, with each row's run folder. A missing one is trained "
+           "here only with `TRAIN_MISSING = True`, from scratch at `SIZE` (**time**: about as long as the joint "
+           "training, each); otherwise the table shows what exists and says what is missing. The table is saved as "
+           "`comparison.md` in the joint run folder."),
     ("code", "nt.comparison(cfg, metrics, TRAIN_MISSING)"),
     ("md", "## Browse predictions\nTest and validation samples: targets against predictions."),
     ("code", "nt.browse_predictions(cfg)"),
-    ("md", "## Your own photos\nWith `UPLOAD_PHOTOS = True` (a parameter, off by default so that Run all never waits "
-           "for a file): **Step 1**: upload the background alone. **Step 2**: upload the same photo with the "
-           "object in it (same size, same framing). Each step takes exactly one photo and says what is wrong otherwise. "
-           "With it off, outside Colab or with `SMOKE`, a sample pair of the dataset is used.\n\nA second shot by hand moves a "
+    ("md", "## Your own photos\nTwo photos of one scene: the background alone, then the same framing with the "
+           "object in it. Give their paths as `BG_PHOTO` and `FG_BG_PHOTO` (photos on Drive: right-click > Copy path), "
+           "or set `UPLOAD_PHOTOS = True` (off by default so that Run all never waits for a file) and upload them: "
+           "**step 1** the background, **step 2** the photo with the object (same size). Each step takes exactly one "
+           "photo and says what is wrong otherwise. JPEG, PNG, WebP and HEIC (iPhone) photos are read. With neither, "
+           "outside Colab or with `SMOKE`, a sample pair of the dataset is used.\n\nA second shot by hand moves a "
            "little and changes exposure: the background is registered to the second photo and its tone matched first, "
-           "only when that clearly fits, and the line above the figure says what was applied. A whole shoot: put the "
-           "backgrounds in one folder and the photos with objects in another, under the same names, then "
-           "`eva predict --run-dir RUN --bg BG_DIR --fg-bg FG_DIR --out OUT`."),
-    ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE, upload=UPLOAD_PHOTOS)'),
+           "only when that clearly fits, and the line above the figure says what was applied. The mask, the depth map "
+           "and the figure are zipped in `predictions/own_photos.zip` and, for your own photos in Colab, downloaded. "
+           "A whole shoot: put the backgrounds in one folder and the photos with objects in another, then "
+           "`eva predict --run-dir RUN --bg BG_DIR --fg-bg FG_DIR --out OUT` (pairs by name; `--pair-by order` for a "
+           "phone's IMG_0101 = bg, IMG_0102 = fg_bg, or `--pair-by pairs.csv`)."),
+    ("code", 'bg = nt.upload_photo("step 1: the background, without the object", data_dir, SMOKE, upload=UPLOAD_PHOTOS,\n'
+             '                      path=BG_PHOTO)'),
     ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg,\n'
-             '                         upload=UPLOAD_PHOTOS)'),
-    ("code", "nt.predict_photos(cfg, bg, fg_bg);"),
+             '                         upload=UPLOAD_PHOTOS, path=FG_BG_PHOTO)'),
+    ("code", "nt.predict_photos(cfg, bg, fg_bg, out=nt.RESULTS, download=UPLOAD_PHOTOS or bool(BG_PHOTO));"),
 ]
 notebook("05_train_joint", "05 · Train mask and depth together",
          "One shared encoder (unet_small: also one shared decoder) with a head per task, fixed or learned (uncertainty) loss weights; compared honestly with "

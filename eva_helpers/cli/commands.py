@@ -59,8 +59,11 @@ def train_config_from_args(a: argparse.Namespace):
 
 def cmd_train(a: argparse.Namespace) -> None:
     from eva_helpers.training.fit import fit
+    from eva_helpers.training.sessions import check_device
 
-    summary = fit(train_config_from_args(a), force_takeover=a.force_takeover)
+    cfg = train_config_from_args(a)
+    check_device(cfg, a.allow_cpu, how="train it where its GPU is, or pass --allow-cpu")
+    summary = fit(cfg, force_takeover=a.force_takeover)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; one summary is enough
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1, default=str))
 
@@ -80,7 +83,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    """Two photos -> one pair; two folders -> every pair matched by file name (exit 2 at the end if any failed)."""
+    """Two photos -> one pair; two folders -> every pair (--pair-by name, order or a CSV; exit 2 at the end if any
+    failed)."""
     from eva_helpers.errors import BadInputError, EvaError
     from eva_helpers.evaluation.align import describe_alignment
     from eva_helpers.evaluation.predict import predict_one
@@ -94,14 +98,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
             raise BadInputError(f"{path[d]}: {d} is a folder but {f} {path[f]} is not: give two folders (a shoot, "
                                 "pairs matched by file name) or two photos (one pair)")
         report = predict_folders(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, batch_size=a.batch_size,
-                                 align=not a.no_align, refine=not a.no_refine)
-        ok = report.pairs - len(report.failed)
-        print(f"predicted {ok} of {report.pairs} pairs -> {a.out} (<name>_mask.png, <name>_depth.png, "
-              f"{report.csv.name})")
+                                 align=not a.no_align, refine=not a.no_refine, pair_by=a.pair_by)
+        print(report.summary(a.out))
         print(report.alignment_line)
         if report.failed:
             raise EvaError(f"{len(report.failed)} of {report.pairs} pairs failed: see {report.csv}")
         return
+    if a.pair_by != "name":
+        raise BadInputError(f"--pair-by {a.pair_by}: pairs the photos of two folders; --bg and --fg-bg are one pair")
     written, alignment = predict_one(a.run_dir, a.bg, a.fg_bg, a.out, which=a.which, align=not a.no_align,
                                      refine=not a.no_refine)
     print(describe_alignment(alignment))

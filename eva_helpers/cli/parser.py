@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force-takeover", action="store_true",
                    help="take the run folder over from another machine's lease at once, instead of watching its "
                         "heartbeat for 3 minutes (only when you know that machine is gone)")
+    t.add_argument("--allow-cpu", action="store_true",
+                   help="go on with a run a GPU trained on this machine's CPU (refused otherwise with --device auto: "
+                        "a machine that came up without its GPU would train on at CPU speed)")
     t.add_argument("--init-which", choices=CHECKPOINT_CHOICES, default=TRAIN["init_which"],
                    help="which checkpoint of --init-from to start from")
     t.add_argument("--size-stages", nargs="+", type=_stage, default=None, metavar="SIZE:EPOCHS",
@@ -258,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-refine", action="store_true",
                     help="the model's mask resized to the photo; otherwise, on a photo larger than the model, the "
                          "mask's outline is decided by the photo's own pixels (sharp edges at full resolution)")
+    pr.add_argument("--pair-by", default="name", metavar="name|order|PAIRS.csv",
+                    help="folders: pair photos by file name, by order (a phone shoot: the first bg with the first "
+                         "fg_bg, names sorted with numbers by value; equal counts needed) or by a CSV file of "
+                         "bg,fg_bg[,name] lines (one bg may serve several fg_bg)")
     pr.add_argument("--batch-size", type=_predict_batch, default=16,
                     help="folders: pairs queued ahead for the 2 worker threads (the model still takes one pair at a "
                          "time, so each result equals the single-pair command's)")

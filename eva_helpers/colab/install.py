@@ -8,6 +8,10 @@ comes after 0.9), saying when its version is not REF; then a plain-words message
 pip runs with a constraints file pinning the installed torch, torchvision, numpy, ipython and ipykernel, so it can
 never change them (it fails instead, and the next source is tried). When pip changed a package this kernel has already
 imported, the cell stops (SystemExit): "Run all" must not go on with the old modules in memory.
+Before that check, the optional extras the cell asks for (OPTIONAL: pillow-heif, for HEIC photos, the iPhone default)
+are added, best effort, in their own pip call with Pillow pinned as well: the newest pillow-heif wants a newer Pillow
+than Colab's, and an upgraded Pillow would need a restart, so pip picks a pillow-heif that fits; if none does, one line
+says HEIC photos will be refused and the install still succeeds.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ PROTECTED = ("torch", "torchvision", "numpy", "ipython", "ipykernel")
 DIST = "eva-maskdepth"
 MODULE = "eva_helpers"
 DRIVE_COPY = "/content/drive/MyDrive/eva-maskdepth/install"
+OPTIONAL = {"pillow_heif": "pillow-heif"}  # module -> pip requirement: the "heic" extra of setup.py
 TOKEN_SECRET = "GITHUB_TOKEN"  # the name of the Colab Secret (key icon on the left) for a private repository
 
 
@@ -89,6 +94,26 @@ def pip_install(target: str, constraints: str, python: str = sys.executable, ext
         err = [line for line in (r.stderr or r.stdout).splitlines() if line.strip()]
         log(f"  failed: {hide(err[-1]) if err else 'pip exit code ' + str(r.returncode)}")
     return r.returncode == 0
+
+
+def install_optional(optional: dict[str, str], python: str = sys.executable, extra: list[str] | None = None,
+                     log=print) -> list[str]:
+    """pip install each missing optional module's requirement, with the protected packages and Pillow pinned; a failure
+    is one line, never a failed install. Returns the requirements installed."""
+    missing = [req for mod, req in optional.items() if importlib.util.find_spec(mod) is None]
+    if not missing:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(constraints_text(PROTECTED + ("pillow",)))
+    try:
+        failed = [req for req in missing if not pip_install(req, f.name, python, extra, log)]
+    finally:
+        os.unlink(f.name)
+    if failed:
+        log(f"{', '.join(failed)} not installed: HEIC photos (the iPhone default) will be refused; JPEG, PNG and WebP "
+            "work (or export the photos as JPEG)")
+    importlib.invalidate_caches()
+    return [req for req in missing if req not in failed]
 
 
 def _secret_token(name: str = TOKEN_SECRET) -> str:
@@ -181,11 +206,13 @@ def _drive_copy_note(installed_from: str, ref: str, dist: str) -> str:
 
 def ensure_installed(repo_url: str, ref: str = "", drive_copy: str = DRIVE_COPY, *, mount=True,
                      python: str = sys.executable, extra: list[str] | None = None, module: str = MODULE,
-                     dist: str = DIST, log=print) -> bool:
+                     dist: str = DIST, log=print, optional: dict[str, str] | None = None) -> bool:
     """Install eva_helpers if missing (the repository at `ref`, then the newest Drive copy); False after printing what
     to do. Raises SystemExit when pip changed a package this process has already imported (a restart is needed).
 
     mount: True mounts Drive in Colab before looking there (a callable is called instead). extra: more pip arguments (tests: --target ...).
+    optional: module -> requirement installed after the package when missing, best effort (the notebooks pass
+    OPTIONAL).
     """
     if installed(module):
         return True
@@ -221,6 +248,7 @@ def ensure_installed(repo_url: str, ref: str = "", drive_copy: str = DRIVE_COPY,
         return False
     if note:
         log(note)
+    install_optional(optional or {}, python, extra, log)
     after = _versions()
     changed = {k for k, v in after.items() if before.get(k) not in (None, v)}
     stale = _imported_dists(changed)

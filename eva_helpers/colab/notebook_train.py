@@ -6,9 +6,7 @@ rebuilt with other content, is refused in one line that says what changed and ho
 that trains is recorded in `code.json` (one entry per session whose code differs), so a reconnect that installed newer
 code is seen. Every step that writes into a run folder on Drive first checks that Drive is mounted.
 
-Uploads are validated before anything runs on them (exactly one readable photo per step, the second the same size as
-the first); they wait for a file, so they run only with UPLOAD_PHOTOS (otherwise, and outside Colab or with SMOKE, a
-sample pair of the dataset is used and the notebook says so).
+The two photos of notebook 05 (uploads, Drive paths, the results zip) are photos.py's, imported here for the notebook.
 """
 from __future__ import annotations
 
@@ -16,9 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from eva_helpers.atomic import atomic_write_bytes, atomic_write_text
+from eva_helpers.atomic import atomic_write_text
+from eva_helpers.colab.photos import (  # noqa: F401 (notebook 05 calls them as nt.*)
+    RESULTS,
+    UPLOADS,
+    check_upload,
+    predict_photos,
+    upload_photo,
+)
 from eva_helpers.colab.runs import compare_runs
 from eva_helpers.colab.session import describe_code, installed_code
 from eva_helpers.colab.widgets import prediction_browser
@@ -27,15 +30,11 @@ from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.verify import dataset_identity
 from eva_helpers.demo import results_table
-from eva_helpers.errors import BadInputError, EvaError
+from eva_helpers.errors import EvaError
 from eva_helpers.estimate import estimate_evaluation, estimate_training
-from eva_helpers.evaluation.align import describe_alignment
-from eva_helpers.evaluation.calibrate import load_calibration
 from eva_helpers.evaluation.heldout import current_metrics, load_run_stats, split_positions
-from eva_helpers.evaluation.predict import load_photo, predict_pair
-from eva_helpers.models import build_model, summary
-from eva_helpers.paths import in_colab, path_problem, require_drive_mounted
-from eva_helpers.plots import side_by_side
+from eva_helpers.models import build_model, count_parameters, summary
+from eva_helpers.paths import in_colab, require_drive_mounted
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.training.fit import fit
 from eva_helpers.training.run_folder import (
@@ -46,11 +45,11 @@ from eva_helpers.training.run_folder import (
     METRICS,
     checkpoint_path,
     load_run,
+    read_history,
     read_summary,
     tensorboard_dir,
 )
-
-UPLOADS = Path("uploads")  # beside the notebook (Colab: /content/uploads)
+from eva_helpers.training.sessions import check_device
 
 
 def checked(cfg: TrainConfig) -> TrainConfig:
@@ -60,9 +59,34 @@ def checked(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def show_model(cfg: TrainConfig) -> None:
+def show_model(cfg: TrainConfig, full: bool = False) -> None:
+    """One line (model, parameters, outputs, size); `full` (SHOW_SUMMARY): torchsummary's layer table."""
     checked(cfg)
-    summary(build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs), cfg.size)
+    model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs)
+    if full:
+        summary(model, cfg.size)
+    else:
+        print(f"{cfg.model}: {count_parameters(model):,} parameters, {' + '.join(cfg.tasks)} at {cfg.size} px (the "
+              "layer table: SHOW_SUMMARY = True)")
+
+
+# named in the line above the table, or what the notebooks set for every run
+_NOT_IN_TABLE = ("task", "model", "data", "run_dir", "live_plot", "progress", "tensorboard")
+
+
+def config_table(cfg: TrainConfig):
+    """The settings of `cfg` that differ from TrainConfig's defaults for its task and model, as a short Markdown table
+    under a line naming the run (config.json in the run folder holds every field)."""
+    import json
+
+    from IPython.display import Markdown
+
+    base, now = TrainConfig(task=cfg.task, model=cfg.model).to_dict(), cfg.to_dict()
+    rows = [f"| {k} | {(json.dumps(v) if isinstance(v, (list, dict)) else str(v)).replace('|', '/')} |"
+            for k, v in now.items() if k not in _NOT_IN_TABLE and v != base.get(k)]
+    head = f"**{cfg.task}** run with **{cfg.model}** in `{cfg.run_dir}`, data `{cfg.data}`"
+    table = ["| setting | value |", "| --- | --- |", *rows] if rows else ["every other setting: TrainConfig's default"]
+    return Markdown("\n".join([head, "", *table]))
 
 
 def _dataset_facts(data: str | Path) -> dict[str, Any]:
@@ -131,15 +155,18 @@ def _epochs_done(run_dir: Path) -> int:
     return int((read_summary(run_dir) or {}).get("epochs_completed") or 0)
 
 
-def train(cfg: TrainConfig, force_takeover: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, force_takeover: bool = False, allow_cpu: bool = False) -> dict[str, Any]:
     """`fit(cfg)` (resumes, or extends to more epochs), then one plain sentence on where the run stands.
     `force_takeover` (FORCE_TAKEOVER): take the run over from another runtime's lease at once, without watching it.
+    `allow_cpu` (ALLOW_CPU): go on with a run a GPU trained on this CPU runtime (refused otherwise, in one line).
 
-    First: Drive mounted, the run's dataset unchanged, the time estimated; the code and the dataset are recorded in the
-    run folder once fit's own checks have passed."""
+    First: a GPU runtime if a GPU trained the run, Drive mounted, the run's dataset unchanged, the time estimated; the
+    code, the dataset and the device (fit: sessions.json) are recorded in the run folder once fit's checks pass."""
     import json
 
     checked(cfg)
+    check_device(cfg, allow_cpu, here="this runtime",
+                 how="switch the runtime to GPU (Runtime > Change runtime type), or set ALLOW_CPU = True")
     run = require_drive_mounted(Path(cfg.run_dir), "training")
     check_run_dataset(cfg)
 
@@ -168,8 +195,17 @@ def train(cfg: TrainConfig, force_takeover: bool = False) -> dict[str, Any]:
 
 
 def tensorboard(cfg: TrainConfig) -> str:
-    """%tensorboard on this run's local logs in Colab; elsewhere print the command. Returns the log folder."""
+    """%tensorboard on this run's local logs in Colab; elsewhere print the command. Returns the log folder.
+
+    The logs are local and a new runtime starts without them: the epochs of the run's history.jsonl (on Drive) are
+    written back first, so the curves are whole before training goes on (or for a finished run)."""
+    from eva_helpers.training.loop import open_tensorboard
+
     logdir = str(tensorboard_dir(cfg.run_dir))
+    history = read_history(cfg.run_dir) if cfg.run_dir else []
+    writer = open_tensorboard(cfg, Path(cfg.run_dir), history) if history else None
+    if writer is not None:
+        writer.close()
     shell = None
     if in_colab():
         from IPython import get_ipython
@@ -202,12 +238,16 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: bool = False):
-    """Notebook 05's table: joint against the single-task runs of 03/04 that match it (dataset, split and its seed,
-    size, epochs) and the baseline (Markdown), saved as `comparison.md` in the joint run folder."""
+    """Notebook 05's table: joint against the single-task runs of 03/04 that match it (found by config: the same
+    dataset content and result-changing settings) and the baseline, with each row's run folder and how it was trained
+    (warm start, sizes, loss weighting), as Markdown saved as `comparison.md` in the joint run folder."""
     from IPython.display import Markdown
 
+    from eva_helpers.colab.runs import add_run_columns
+
     run = require_drive_mounted(Path(cfg.run_dir), "the comparison")
-    table = results_table(compare_runs(cfg, joint_metrics, train_missing))
+    results = compare_runs(cfg, joint_metrics, train_missing)
+    table = add_run_columns(results_table(results), results)
     atomic_write_text(run / "comparison.md", table + "\n")
     print(f"table saved in {run / 'comparison.md'}")
     return Markdown(table)
@@ -225,53 +265,3 @@ def browse_predictions(cfg: TrainConfig):
     tf = build_transforms("test", run_cfg.size)
     return prediction_browser(model, {s: ShardDataset(cfg.data, indices=splits[s], transform=tf)
                                       for s in ("test", "val")}, stats)
-
-
-def check_upload(uploaded: dict[str, bytes], role: str, like: np.ndarray | None = None) -> np.ndarray:
-    """One uploaded photo -> (H, W, 3) uint8; exactly one readable file, the same size as `like` when given."""
-    if len(uploaded) != 1:
-        names = ", ".join(uploaded) or "nothing"
-        raise BadInputError(f"{role}: upload exactly one photo (got {names}); run this cell again")
-    name, data = next(iter(uploaded.items()))
-    base = Path(name.replace("\\", "/")).name
-    if path_problem(base, one_part=True):  # "..", "", "a:b", control characters: kept under a name of ours instead
-        base = "upload-" + "".join(c if c.isalnum() else "-" for c in role.lower()) + Path(base).suffix.lower()
-    path = UPLOADS / base
-    atomic_write_bytes(path, data)
-    img = load_photo(path)
-    if like is not None and img.shape != like.shape:
-        raise BadInputError(f"{path}: {img.shape[1]}x{img.shape[0]} but the background is {like.shape[1]}x"
-                            f"{like.shape[0]}: upload the same photo, same size, with the object in it")
-    print(f"{role}: {path} ({img.shape[1]}x{img.shape[0]})")
-    return img
-
-
-def upload_photo(role: str, data_dir: str | Path, smoke: bool = False, like: np.ndarray | None = None,
-                 upload: bool = True) -> np.ndarray:
-    """Colab with `upload` (UPLOAD_PHOTOS): an upload button for one photo (`role` says which); otherwise (or SMOKE)
-    sample 0 of the dataset. An upload waits for a file, which would hold up "Run all": off by default."""
-    if in_colab() and not smoke and upload:
-        from google.colab import files  # type: ignore
-
-        print(f"Choose ONE photo: {role}")
-        return check_upload(files.upload(), role, like)
-
-    key = "bg" if like is None else "fg_bg"
-    why = ("UPLOAD_PHOTOS is off (set it to True and run these cells to upload your own)" if in_colab() and not smoke
-           else "no upload outside Colab (or with SMOKE)")
-    print(f"{role}: {why}: using sample 0 of {data_dir} ({key})")
-    return ShardDataset(data_dir)[0][key]
-
-
-def predict_photos(cfg: TrainConfig, bg: np.ndarray, fg_bg: np.ndarray):
-    """The trained model on the two photos, at their own size: bg | fg_bg | mask | depth, after one line saying what
-    the alignment of bg to fg_bg applied (as `eva predict` prints it)."""
-    model, run_cfg, stats = _run(cfg)
-    try:
-
-        calib = load_calibration(cfg.run_dir)
-    except ImportError:
-        calib = None
-    pred = predict_pair(model, bg, fg_bg, run_cfg.size, stats, calib=calib)
-    print(describe_alignment(pred["alignment"]))
-    return side_by_side(bg, fg_bg, pred.get("mask"), pred.get("depth"))

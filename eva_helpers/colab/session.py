@@ -39,7 +39,11 @@ def environment() -> dict[str, str]:
     env: dict[str, str] = {}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env["gpu"] = f"{p.name} ({_gib(p.total_memory)}), CUDA {torch.version.cuda}"
+        from eva_helpers.precision import amp_dtype
+        from eva_helpers.training.sessions import precision_name
+
+        env["gpu"] = (f"{p.name} ({_gib(p.total_memory)}), CUDA {torch.version.cuda}, compute {p.major}.{p.minor}, "
+                      f"trains in {precision_name(amp_dtype('cuda'))}")
     else:
         env["gpu"] = "none (CPU runtime: Runtime > Change runtime type > GPU for training and the depth teacher)"
     ram = _ram_bytes()
@@ -74,7 +78,10 @@ def describe_code(code: dict[str, str]) -> str:
 
 
 def banner() -> str:
-    return "\n".join(f"{k:9s}{v}" for k, v in environment().items())
+    """environment(), one line each; eva_helpers' version once, on the code line beside its commit."""
+    env = environment()
+    env["versions"] = ", ".join(v for v in env["versions"].split(", ") if not v.startswith("eva_helpers "))
+    return "\n".join(f"{k:9s}{v}" for k, v in env.items())
 
 
 def _one_line_error(shell, etype, value, tb, tb_offset=None):  # IPython custom exception handler

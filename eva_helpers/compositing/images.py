@@ -8,6 +8,11 @@ An animated image (an animated WebP or PNG) is refused, naming the file and its 
 reduced to its first frame: which frame is "the photo" is the user's choice. A pair of photos must be stored the same
 way: a greyscale bg beside a colour fg_bg (or the reverse) is refused by `check_same_kind`, since the colour difference
 alone would read as an object everywhere.
+
+HEIC/HEIF (the iPhone default) is read through pillow-heif, an optional dependency (`pip install
+"eva-maskdepth[heic]"`); without it such a file is refused in one line saying how to add it, never skipped unseen.
+A photo with transparent pixels is refused by `check_opaque` (predict and the notebooks): its transparent part holds no
+picture, and whatever colour it were flattened on (black, white) differs from the other photo and reads as object.
 """
 from __future__ import annotations
 
@@ -23,7 +28,12 @@ import numpy as np
 from eva_helpers.atomic import sha256_bytes
 from eva_helpers.errors import BadInputError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+HEIF_EXTS = (".heic", ".heif", ".hif")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp") + HEIF_EXTS
+# ISO-BMFF major brands of HEIF stills and sequences (bytes 8-12, after "ftyp"): a HEIC saved under another name
+HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+HEIF_INSTALL = 'pip install "eva-maskdepth[heic]" (or pip install pillow-heif)'
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
 MIN_BOX = 4  # px: a cut-out's alpha box smaller than this is degenerate (nothing useful to paste)
 # Decoded images larger than this are refused before decoding (a decompression bomb: a small file claiming gigapixels).
@@ -40,6 +50,7 @@ class Listing:
     files: list[Path]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count ("junk", "subfolder", "other", "bad")
     skipped_names: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)  # the "other" names: files that are not photos eva reads
 
 
 @dataclass
@@ -76,6 +87,7 @@ def list_images(folder: str | Path) -> Listing:
             listing.files.append(p)
         else:
             _count(listing, "other", name)
+            listing.others.append(name)
     if not listing.files:
         raise BadInputError(f"{folder}: no images here (expected {', '.join(IMAGE_EXTS)} files)")
     stems: dict[str, str] = {}
@@ -87,12 +99,34 @@ def list_images(folder: str | Path) -> Listing:
     return listing
 
 
+def is_heif(path: Path, data: bytes = b"") -> bool:
+    """A HEIC/HEIF file, by its extension or its first bytes."""
+    return path.suffix.lower() in HEIF_EXTS or (data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS)
+
+
+def heif_support(path: Path) -> None:
+    """Let PIL open HEIC/HEIF (pillow-heif's opener, registered once per process); without pillow-heif, one line naming
+    the file and how to add support."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise BadInputError(f"{path}: a HEIC/HEIF photo, and HEIC support is not installed: {HEIF_INSTALL}, or export "
+                            "the photo as JPEG") from None
+    from PIL import Image
+
+    if ".heic" not in Image.registered_extensions():
+        pillow_heif.register_heif_opener()
+
+
 def _open(path: Path, data: bytes):
     """Decode fully (so truncated files fail here, not later); returns an EXIF-upright PIL image."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
     if not data:
         raise BadInputError(f"{path}: empty file (0 bytes)")
+    heif = is_heif(path, data)
+    if heif:
+        heif_support(path)
     saved = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG/PNG must fail, not come back half grey
     try:
@@ -101,7 +135,7 @@ def _open(path: Path, data: bytes):
             im = Image.open(io.BytesIO(data))
             _check_pixels(path, im.width * im.height)
             frames = getattr(im, "n_frames", 1)
-            if frames > 1:
+            if frames > 1 and not heif:  # a HEIF with several images opens at its primary one, the photo shown
                 raise BadInputError(f"{path}: an animated image ({frames} frames); save the frame you mean as a still "
                                     "JPEG or PNG and use that")
             im.load()
@@ -110,7 +144,7 @@ def _open(path: Path, data: bytes):
     except BadInputError:
         raise
     except UnidentifiedImageError:  # its message names the BytesIO, not the file
-        raise BadInputError(f"{path}: is not an image (or not a format PIL reads: use JPEG, PNG or WebP)") from None
+        raise BadInputError(f"{path}: is not an image (or not a format PIL reads: use JPEG, PNG, WebP or HEIC)") from None
     except Image.DecompressionBombError as e:  # over twice PIL's limit: refused inside Image.open
         n = re.search(r"\((\d+) pixels\)", str(e))
         raise BadInputError(_too_large(path, int(n.group(1)) if n else None)) from None
@@ -174,6 +208,35 @@ def check_same_kind(bg_path: str | Path, fg_bg_path: str | Path) -> None:
         g, c = (bg_path, fg_bg_path) if grey[0] else (fg_bg_path, bg_path)
         raise BadInputError(f"{g} is greyscale but {c} is in colour: a pair is two shots of the same scene, stored the "
                             "same way; save both in colour (or both in greyscale)")
+
+
+def transparent_fraction(path: str | Path) -> float:
+    """The share of pixels not fully opaque: 0.0 for a file whose header shows no alpha (nothing decoded, so a phone's
+    JPEG costs nothing), and for an unreadable file (read_image says why, naming it)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        if is_heif(path):
+            heif_support(path)
+        with Image.open(path) as im:
+            if im.mode not in ALPHA_MODES and "transparency" not in im.info:
+                return 0.0
+            _check_pixels(path, im.width * im.height)
+            alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+    except Exception:
+        return 0.0
+    return float(np.count_nonzero(alpha < 255)) / max(alpha.size, 1)
+
+
+def check_opaque(path: str | Path, role: str) -> None:
+    """Refuse a photo with transparent pixels (module docstring) in one line naming it and its role (bg, fg_bg)."""
+    share = transparent_fraction(path)
+    if share > 0:
+        pct = f"{100 * share:.1f}" if share >= 0.001 else "under 0.1"
+        raise BadInputError(f"{path}: {pct} % of its pixels are transparent: the {role} must be a photo as the camera "
+                            "took it, not a cut-out (a transparent part has no picture and would read as object); save "
+                            "it without transparency")
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_json
-from eva_helpers.compositing.images import check_same_kind, read_image
+from eva_helpers.compositing.images import check_opaque, check_same_kind, read_image
 from eva_helpers.data.formats import DEPTH_MAX, encode_depth16, encode_mask
 from eva_helpers.data.loaders import prepare_batch
 from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation.align import (
     IDENTITY,
+    SAME_ASPECT,
     Alignment,
     align_pair,
     alignment_record,
@@ -53,9 +54,17 @@ NO_ALIGN_REASON = "turned off (--no-align)"
 
 
 def load_photo(path: str | Path) -> np.ndarray:
-    """Any photo (JPEG/PNG/WebP, any mode or bit depth) -> (H, W, 3) uint8 RGB, read exactly as `eva build` reads a
-    background (`images.read_image`: one reader for both); a clear one-line error naming the file."""
+    """Any photo (JPEG/PNG/WebP, HEIC with pillow-heif, any mode or bit depth) -> (H, W, 3) uint8 RGB, read exactly as
+    `eva build` reads a background (`images.read_image`: one reader for both); a clear one-line error naming the file."""
     return read_image(path)
+
+
+def check_pair_files(bg: str | Path, fg_bg: str | Path) -> None:
+    """The checks on a pair's files beside decoding: neither has transparent pixels, and both are stored the same way
+    (colour or greyscale); each a one-line refusal naming the file."""
+    check_opaque(bg, "bg")
+    check_opaque(fg_bg, "fg_bg")
+    check_same_kind(bg, fg_bg)
 
 
 def check_two_inputs(bg: str | Path, fg_bg: str | Path, what: str = "file") -> None:
@@ -104,9 +113,26 @@ def one_frame(bg: np.ndarray, fg_bg: np.ndarray, bg_name: object = "bg",
     try:
         return to_common_size(bg, fg_bg)
     except BadInputError:
-        raise BadInputError(f"{bg_name} is {bg.shape[1]}x{bg.shape[0]} but {fg_name} is {fg_bg.shape[1]}x"
-                            f"{fg_bg.shape[0]}: other aspect ratios, so not one frame; give the same photo, same size "
-                            "(or a resized copy of it)") from None
+        raise BadInputError(size_mismatch(bg.shape, fg_bg.shape, bg_name, fg_name)) from None
+
+
+ROTATED = ("one of them may be rotated (its EXIF orientation lost, e.g. by an editor or a chat app): turn it upright, "
+           "save it again and give the same photo, same size")
+
+
+def looks_rotated(a_shape: tuple, b_shape: tuple) -> bool:
+    """Whether one photo's frame is the other's turned by 90 degrees (WxH beside HxW, at any scale): one of the two
+    lost its EXIF orientation. A square frame says nothing."""
+    (ha, wa), (hb, wb) = a_shape[:2], b_shape[:2]
+    return min(ha, wa, hb, wb) >= 1 and ha != wa and abs((wa / ha) / (hb / wb) - 1.0) <= SAME_ASPECT
+
+
+def size_mismatch(bg_shape: tuple, fg_shape: tuple, bg_name: object = "bg", fg_name: object = "fg_bg") -> str:
+    """One line on two photos that are not one frame, saying so when one may be rotated (`looks_rotated`)."""
+    line = f"{bg_name} is {bg_shape[1]}x{bg_shape[0]} but {fg_name} is {fg_shape[1]}x{fg_shape[0]}: "
+    if looks_rotated(bg_shape, fg_shape):
+        return line + ROTATED
+    return line + "other aspect ratios, so not one frame; give the same photo, same size (or a resized copy of it)"
 
 
 def not_aligned(reason: str = NO_ALIGN_REASON) -> "Alignment":
@@ -247,8 +273,8 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     default) gets one line naming both files when alignment could not run on them."""
     check_two_inputs(bg_path, fg_bg_path)
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
+    check_pair_files(bg_path, fg_bg_path)  # first: a cut-out given as fg_bg is named as one, not as another size
     bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_bg_path)
-    check_same_kind(bg_path, fg_bg_path)
     model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
     thumbs = thumbnail(bg), thumbnail(fg_bg)  # the figure's copies: the full-size photos go as soon as they are used
     model.eval()
@@ -260,6 +286,17 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
         (say or (lambda line: print(line, file=sys.stderr)))(
             f"{bg_path} and {fg_bg_path}: not aligned ({pred['alignment'].reason}), predicted as shot; pass --no-align "
             "to skip alignment on purpose")
+    written, fig = write_pair(out_dir, pred, {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "bg_resized": resized},
+                              thumbs, title=f"{Path(run_dir).name} ({cfg.model})")
+    written.append(save_figure(fig, Path(out_dir) / "prediction.png"))
+    return written, pred["alignment"]
+
+
+def write_pair(out_dir: str | Path, pred: dict[str, Any], record: dict[str, Any],
+               thumbs: tuple[np.ndarray, np.ndarray], title: str = "") -> tuple[list[Path], Any]:
+    """mask.png, depth.png and alignment.json (`record` + what alignment and refinement did) into out_dir; returns them
+    and the bg | fg_bg | mask | depth figure drawn from thumbnails (`thumbs`: bg and fg_bg). The full-size mask and
+    depth leave `pred` as they are drawn."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -269,13 +306,11 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     if "depth" in pred:
         atomic_write_bytes(out / "depth.png", encode_depth_png(pred["depth"]))
         written.append(out / "depth.png")
-    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "bg_resized": resized, **alignment_record(pred["alignment"]),
+    record = {**record, **alignment_record(pred["alignment"]),
               "mask_refine": pred.get("refine", {"refined": False, "threshold": None, "band_fraction": 0.0})}
     atomic_write_json(out / "alignment.json", record)
     written.append(out / "alignment.json")
     small = {k: thumbnail(pred.pop(k)) for k in ("mask", "depth") if k in pred}
-    fig = side_by_side(*thumbs, small.get("mask"), small.get("depth"), title=f"{Path(run_dir).name} ({cfg.model})")
-    written.append(save_figure(fig, out / "prediction.png"))
-    return written, pred["alignment"]
+    return written, side_by_side(*thumbs, small.get("mask"), small.get("depth"), title=title)
 
 

@@ -1,4 +1,5 @@
-"""`eva predict BG_DIR FG_DIR OUT`: the photos of a whole shoot, paired by name, each predicted as `predict_pair` would.
+"""`eva predict BG_DIR FG_DIR OUT`: the photos of a whole shoot, paired by name, by order or by a CSV of pairs
+(pairing.py), each predicted as `predict_pair` would.
 
 The model is loaded once and whole pairs (read, align, model, write) run side by side in a pool of threads, each pair
 on its own (predict.py says why a batch would change the masks). A pair that cannot be read is reported and skipped,
@@ -14,16 +15,17 @@ import math
 import re
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_text, check_output_folder
-from eva_helpers.compositing.images import check_same_kind, list_images
 from eva_helpers.data.formats import encode_mask
 from eva_helpers.errors import BadInputError, EvaError, user_message
 from eva_helpers.evaluation.align import could_not_align
+from eva_helpers.evaluation.pairing import Matching, match_folders
 from eva_helpers.evaluation.predict import (
+    check_pair_files,
     check_two_inputs,
     encode_depth_png,
     load_for_prediction,
@@ -45,47 +47,6 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell st
 
 
 @dataclass
-class Matching:
-    """Pairs of a bg folder and an fg_bg folder matched by file stem (kitchen.jpg + kitchen.png), and the rest."""
-    pairs: list[tuple[str, Path, Path]]  # (name, bg file, fg_bg file), sorted by name
-    bg_only: list[str] = field(default_factory=list)  # file names without a partner
-    fg_only: list[str] = field(default_factory=list)
-    skipped: int = 0  # junk, sub-folders and non-images, in both folders
-
-    def unmatched_line(self, most: int = 20) -> str | None:
-        """One line naming the files without a partner (the first `most` of each folder; alignment.csv lists all),
-        None when all are paired."""
-        def names(v: list[str]) -> str:
-            return ", ".join(v[:most]) + (f" and {len(v) - most} more" if len(v) > most else "")
-
-        parts = [f"{len(v)} in {k} ({names(v)})" for k, v in (("--bg", self.bg_only), ("--fg-bg", self.fg_only)) if v]
-        return f"no partner (same name, any extension) for {' and '.join(parts)}: skipped" if parts else None
-
-    def unmatched_rows(self) -> list[dict[str, str]]:
-        """alignment.csv rows for the files without a partner (status says so; not counted as failed pairs)."""
-        return ([{"name": Path(n).stem, "bg_file": n, "fg_bg_file": "", "status": "no partner in --fg-bg"}
-                 for n in self.bg_only] +
-                [{"name": Path(n).stem, "bg_file": "", "fg_bg_file": n, "status": "no partner in --bg"}
-                 for n in self.fg_only])
-
-
-def match_folders(bg_dir: str | Path, fg_dir: str | Path) -> Matching:
-    """List both folders as the build does (junk such as .DS_Store, Thumbs.db, desktop.ini and hidden files skipped)
-    and pair files by stem; no pair at all is an error naming both folders."""
-    bg, fg = list_images(bg_dir), list_images(fg_dir)
-    fg_by = {p.stem: p for p in fg.files}
-    bg_by = {p.stem: p for p in bg.files}
-    m = Matching(pairs=[(s, p, fg_by[s]) for s, p in sorted(bg_by.items()) if s in fg_by],
-                 bg_only=[p.name for s, p in sorted(bg_by.items()) if s not in fg_by],
-                 fg_only=[p.name for s, p in sorted(fg_by.items()) if s not in bg_by],
-                 skipped=sum(bg.skipped.values()) + sum(fg.skipped.values()))
-    if not m.pairs:
-        raise BadInputError(f"{bg_dir} and {fg_dir}: no file name is in both folders; a pair is two photos with the "
-                            "same name (kitchen.jpg in --bg, kitchen.png or kitchen.jpg in --fg-bg)")
-    return m
-
-
-@dataclass
 class FolderReport:
     """What `predict_folders` did: pairs written, pairs failed (name, one line), where the CSV is, and summaries."""
     pairs: int
@@ -93,6 +54,12 @@ class FolderReport:
     csv: Path
     matching: Matching
     alignment_line: str
+
+    def summary(self, out: str | Path) -> str:
+        """The command's line: pairs predicted, how they were paired, where, and what was left out (each a CSV row)."""
+        ok = self.pairs - len(self.failed)
+        return (f"predicted {ok} of {self.pairs} pairs (paired {self.matching.describe()}) -> {out} (<name>_mask.png, "
+                f"<name>_depth.png, {self.csv.name}){self.matching.counts()}")
 
 
 def _check_out(out: Path, *inputs: Path) -> None:
@@ -105,17 +72,20 @@ def _check_out(out: Path, *inputs: Path) -> None:
             raise BadInputError(f"{out}: is inside the input folder {d}; choose an output folder outside the photos")
 
 
-def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool, refine: bool,
+HEAD = ("name", "bg_file", "fg_bg_file", "paired_by", "width", "height", "bg_resized")  # a CSV row's first cells
+
+
+def _predict_file(model, cfg, stats, calib, device, out: Path, align: bool, refine: bool, paired_by: str,
                   pair: tuple[str, Path, Path]) -> tuple[dict[str, Any], "Alignment | None"]:
     """One pair of files, whole: read, align, model, write `<name>_mask.png` / `<name>_depth.png`. Returns its CSV
     row and alignment; a user-fixable problem with the photos becomes the row's status (a write error still raises)."""
     name, bg_path, fg_path = pair
-    row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "width": "",
-                           "height": "", "bg_resized": ""}
+    row: dict[str, Any] = {"name": name, "bg_file": bg_path.name, "fg_bg_file": fg_path.name, "paired_by": paired_by,
+                           "width": "", "height": "", "bg_resized": ""}
     try:
         bg, fg_bg = load_photo(bg_path), load_photo(fg_path)
+        check_pair_files(bg_path, fg_path)  # as predict_one: in the same order, so the same pair gets the same line
         bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_path)
-        check_same_kind(bg_path, fg_path)
         row.update(width=fg_bg.shape[1], height=fg_bg.shape[0], bg_resized=resized or "")
         prep = prepare_pair(bg, fg_bg, cfg.size, align, refine)
     except EvaError as e:
@@ -186,10 +156,11 @@ def summarize_alignments(rows: list[tuple[str, "Alignment"]]) -> str:
 def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path, out_dir: str | Path,
                     which: str = "best", device: str | None = None, batch_size: int = 16, align: bool = True,
                     workers: int = 2, progress: bool = True, refine: bool = True,
-                    say: Callable[[str], None] | None = None) -> FolderReport:
-    """Every pair of two folders (matched by file name) -> OUT/<name>_mask.png (8-bit, the photo's size),
-    OUT/<name>_depth.png (16-bit, as depth.png) and OUT/alignment.csv (one row per pair, status "ok" or the one-line
-    error). A pair that cannot be read is reported through `say` and skipped; the rest are written.
+                    say: Callable[[str], None] | None = None, pair_by: str | Path = "name") -> FolderReport:
+    """Every pair of two folders (`pair_by`: "name", "order" or a CSV file of pairs, pairing.py) ->
+    OUT/<name>_mask.png (8-bit, the photo's size), OUT/<name>_depth.png (16-bit, as depth.png) and OUT/alignment.csv
+    (one row per pair, status "ok" or the one-line error, and one per file left out). A pair that cannot be read is
+    reported through `say` and skipped; the rest are written.
 
     The model is loaded once; `workers` threads each take a whole pair (read, align, model, write) with up to
     `batch_size` pairs queued ahead, so photos of any mix of sizes flow through. Each pair's bytes equal the
@@ -206,19 +177,19 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
     say = say or (lambda line: tqdm.write(line, file=sys.stderr))
     bg_dir, fg_dir, out = Path(bg_dir), Path(fg_dir), Path(out_dir)
     check_two_inputs(bg_dir, fg_dir, "folder")
-    matching = match_folders(bg_dir, fg_dir)
+    matching = match_folders(bg_dir, fg_dir, pair_by)
     _check_out(out, bg_dir, fg_dir)
     model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
     model.eval()
-    line = matching.unmatched_line()
-    if line:
-        say(line)
+    for line in (matching.unmatched_line(), matching.others_line()):
+        if line:
+            say(line)
     out.mkdir(parents=True, exist_ok=True)
     blank = {**{k: "" for k in not_aligned().as_row()}, "mask_refined": "", "refine_threshold": ""}
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     aligned: list[tuple[str, Alignment]] = []
-    task = partial(_predict_file, model, cfg, stats, calib, dev, out, align, refine)
+    task = partial(_predict_file, model, cfg, stats, calib, dev, out, align, refine, matching.column())
     pool = ThreadPoolExecutor(max_workers=workers)
     bar = tqdm(total=len(matching.pairs), desc="predict", unit="pair", disable=not progress)
     try:
@@ -228,8 +199,7 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
                     failed.append((name, row["status"]))
                     _remove_outputs(out, name)
                     say(f"skipped {name}: {row['status']}")
-                    row = {**{k: row[k] for k in ("name", "bg_file", "fg_bg_file", "width", "height", "bg_resized")},
-                           **blank,
+                    row = {**{k: row[k] for k in HEAD}, **blank,
                            "status": row["status"]}
                 else:
                     aligned.append((name, alignment))
@@ -246,8 +216,10 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
     if line:
         say(line)
     lone = [{**dict.fromkeys(rows[0] if rows else ()), **r} for r in matching.unmatched_rows()]
-    for r in lone:  # a name without a partner now: no output of an earlier run beside its row
-        _remove_outputs(out, r["name"])
+    names = {n for n, _, _ in matching.pairs}
+    for r in lone[:len(matching.bg_only) + len(matching.fg_only)]:  # a file without a partner now: no output of an
+        if r["name"] not in names:  # earlier run beside its row (never a pair's own outputs)
+            _remove_outputs(out, r["name"])
     atomic_write_text(csv_path, _csv_text(rows + sorted(lone, key=lambda r: r["name"])))
     return FolderReport(pairs=len(matching.pairs), failed=failed, csv=csv_path, matching=matching,
                         alignment_line=summarize_alignments(aligned))
@@ -279,7 +251,7 @@ def csv_cell(value: Any) -> Any:
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    keys = list(rows[0]) if rows else ["name", "bg_file", "fg_bg_file", "width", "height", "status"]
+    keys = list(rows[0]) if rows else [*HEAD[:4], "status"]
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()
     w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)

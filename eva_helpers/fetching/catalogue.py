@@ -20,14 +20,16 @@ from eva_helpers.paths import safe_name, safe_relpath
 DATA_MANIFEST_SCHEMA = "eva-data-manifest/1"
 
 
+# `repo_path` sources are relative to this folder: the repository, or site-packages when installed.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-DEFAULT_DATA_MANIFEST = REPO_ROOT / "data_manifest.json"
-
-
-# A pip-installed package (Colab) has no repo top level: it ships the same file (a symlink in the repo) beside its code.
+# The shipped list is a real file inside the package, so every install form carries it (pip unpacks a zip's symlink
+# as a text file of its target); the repository's top-level data_manifest.json is a link to it.
 PACKAGED_DATA_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifest.json"
+
+
+DEFAULT_DATA_MANIFEST = PACKAGED_DATA_MANIFEST
 
 
 DRIVE_HOME = Path("/content/drive/MyDrive")
@@ -41,13 +43,10 @@ class FetchError(EvaError):
 
 
 def load_data_manifest(data_manifest: str | os.PathLike | dict | None = None) -> dict[str, Any]:
-    """The repo's data_manifest.json (or a given path/dict); records its folder as `_base` for repo paths."""
+    """The shipped data_manifest.json (or a given path/dict); records the folder its repo paths start from as `_base`."""
     if isinstance(data_manifest, dict):
         return data_manifest
-    if data_manifest is None:
-        path = DEFAULT_DATA_MANIFEST if DEFAULT_DATA_MANIFEST.is_file() else PACKAGED_DATA_MANIFEST
-    else:
-        path = Path(data_manifest)
+    path = DEFAULT_DATA_MANIFEST if data_manifest is None else Path(data_manifest)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

@@ -3,7 +3,8 @@
 Resume is exact: the checkpoint holds model, optimizer, scheduler, scaler, loss weights, the position inside the epoch,
 the running epoch sums and every RNG; the sampler replays the epoch's order from (seed, epoch) and skips what was
 consumed without decoding it; each batch's augmentation is seeded by (seed, global step, rank) (batch_augment.py).
-On CPU with `deterministic=True` a run killed at any moment and resumed ends bit-identical to an uninterrupted one.
+On CPU with `deterministic=True` a run killed at any moment and resumed ends bit-identical to an uninterrupted one; on a
+GPU, nondeterministic CUDA kernels and a change of GPU or precision (sessions.json records each) rule that out.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from eva_helpers.training.batch_augment import BatchAugment
 from eva_helpers.training.checkpoint import CheckpointManager
 from eva_helpers.training.config import TrainConfig, is_extension, result_changing_differences
 from eva_helpers.training.loop import (
-    live_plot,
+    LivePlot,
+    log_epoch,
     open_tensorboard,
     seeded_loader,
     stop_agreed,
@@ -42,6 +44,7 @@ from eva_helpers.training.loop import (
 )
 from eva_helpers.training.losses import build_criterion
 from eva_helpers.training.run_folder import CONFIG, HISTORY, SUMMARY, check_config, run_stats, start_writing, summary_of
+from eva_helpers.training.sessions import recorder
 from eva_helpers.training.state import Run, make_scheduler, restore, snapshot
 from eva_helpers.training.warm_start import check_source, describe, load_into, source_record
 
@@ -237,7 +240,7 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     # checks passed: from here on the run folder is written
     if info.is_main:
         _confirm(held)
-        start_writing(run_dir, ckm, config, ext, stats if write_stats else None, on_start)
+        start_writing(run_dir, ckm, config, ext, stats if write_stats else None, recorder(run, on_start))
     D.barrier(info)
     if state is not None and info.is_main:
         w = state.get("writer") or {}
@@ -253,7 +256,8 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
     # validation in dataset order with plain int keys: no sample seed, so no augmentation, same every epoch
     run.val_loader = (seeded_loader(val_set, cfg.batch_size, sampler=list(range(len(val_set))), workers=cfg.workers,
                                   seed=cfg.seed) if val_set is not None else None)
-    run.tb = open_tensorboard(cfg, run_dir) if info.is_main else None
+    run.tb = open_tensorboard(cfg, run_dir, run.history, run.global_step) if info.is_main else None
+    plot = LivePlot() if cfg.live_plot and info.is_main else None
 
     try:
         with StopRequest() as run.stop:  # SIGINT/SIGTERM: a checkpoint at the end of the current step, then stop
@@ -266,6 +270,8 @@ def _fit(cfg, run_dir, info, device, model, train_set, val_set, criterion, stats
                 if stopped:
                     break
                 _end_epoch(run)
+                if plot is not None:  # after the epoch-end checkpoint: a slow draw never delays it
+                    plot.update(run.history)
                 if stop_agreed(run):
                     raise stopped_error(run)  # the epoch-end checkpoint is that step's
     finally:
@@ -329,12 +335,7 @@ def _end_epoch(run: Run) -> None:
         _confirm(run.lease)
         lines = "".join(json.dumps(r) + "\n" for r in run.history)
         atomic_write_text(run.run_dir / HISTORY, lines)  # rewritten from the checkpoint's history: no duplicates
-        if run.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    run.tb.add_scalar(k, v, row["epoch"])
-        if cfg.live_plot:
-            live_plot(run.history)
+        log_epoch(run.tb, row)
     run.finished = run.epoch >= cfg.epochs
     run.ckm.save(snapshot(run), best=is_best)
     D.barrier(info)

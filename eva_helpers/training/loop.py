@@ -1,14 +1,17 @@
-"""The inner loop of `fit`: one epoch of training (resumable mid-epoch), evaluation, and the notebook conveniences.
+"""The inner loop of `fit`: one epoch of training (resumable mid-epoch), evaluation, and what a run shows as it goes.
 
-The functions take the run's record (`state.Run`) explicitly; a mid-epoch checkpoint is `state.snapshot(run)`.
+The functions take the run's record (`state.Run`) explicitly; a mid-epoch checkpoint is `state.snapshot(run)`. The
+progress bar is one status line; the live plot redraws its own display area, so notices printed above it stay; the
+TensorBoard logs are local (fast) and get back, on a new runtime, every epoch of the run's history.
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +25,9 @@ from eva_helpers.training.config import TrainConfig
 from eva_helpers.training.metrics import MetricAccumulator
 from eva_helpers.training.run_folder import checkpoint_path, tensorboard_dir
 from eva_helpers.training.state import Run, snapshot
+
+TB_EVERY = 50  # optimizer steps between TensorBoard points of the training loss (their mean) and learning rate
+EPOCH_TAG = "epoch/{}"  # a history row's numbers, at the row's global step: one x axis with the step points
 
 
 def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
@@ -41,9 +47,11 @@ def train_one_epoch(run: Run) -> bool:
     sampler.set_start_global(run.resume_consumed)  # skips consumed samples without decoding them
     run.pos = sampler.start
     run.model.train()
-    bar = tqdm(total=sampler.num_samples, initial=run.pos, unit="img", desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+    bar = tqdm(total=sampler.num_samples, initial=run.pos, unit="img",
+               desc=f"{run.run_dir.name} epoch {run.epoch + 1}/{cfg.epochs}",
                disable=not (cfg.progress and info.is_main), leave=False)
     t_last = time.perf_counter()
+    tb_window: list[float] = []  # losses since the last TensorBoard point
     onecycle = isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR)
     batches = iter(run.loader)
     while True:
@@ -90,8 +98,14 @@ def train_one_epoch(run: Run) -> bool:
         a["samples"] += n
         a["seconds"] += now - t_last
         t_last = now
+        if not bar.disable:
+            bar.set_postfix_str(status_line(run, loss_v), refresh=False)  # drawn by update, at tqdm's own pace
         bar.update(n)
-        bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{a['samples'] / max(a['seconds'], 1e-9):.1f}")
+        if run.tb is not None:
+            tb_window.append(loss_v)
+            if run.global_step % TB_EVERY == 0:
+                log_steps(run, tb_window)
+                tb_window = []
         if cfg.max_steps and run.global_step >= cfg.max_steps:
             run.ckm.save(snapshot(run))
             D.barrier(info)
@@ -183,26 +197,97 @@ def validate(run: Run) -> dict[str, float]:
     return metrics
 
 
-def live_plot(history: list[dict]) -> None:
-    """Redraw the loss curves in a Jupyter/Colab output cell; does nothing outside a notebook kernel."""
+def status_line(run: Run, loss: float) -> str:
+    """The progress bar's postfix: step, loss, the run's time left, GPU memory (tqdm's own part shows samples/s and the
+    epoch's time left)."""
+    cfg, a = run.cfg, run.accum
+    per_epoch = math.ceil(run.sampler.num_samples / cfg.batch_size)
+    left = (cfg.epochs - run.epoch) * per_epoch - math.ceil(run.pos / cfg.batch_size)
+    if cfg.max_steps:
+        left = min(left, cfg.max_steps - run.global_step)
+    parts = [f"step {run.global_step}", f"loss {loss:.4f}",
+             f"run left {_duration(max(left, 0) * a['seconds'] / max(a['batches'], 1))}"]
+    if run.device.type == "cuda":
+        total = torch.cuda.get_device_properties(run.device).total_memory
+        parts.append(f"GPU {torch.cuda.memory_reserved(run.device) / 2**30:.1f}/{total / 2**30:.0f} GiB")
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _kernel() -> bool:
+    """Whether this runs in a Jupyter/Colab kernel (where display() draws into the cell's output)."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return
+        return False
     ip = get_ipython()
-    if ip is None or "IPKernelApp" not in getattr(ip, "config", {}):
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+class LivePlot:
+    """The loss curves in their own display area under the training cell, redrawn there at each epoch end: nothing
+    else in the cell is cleared, so the estimate and the notices above it stay. Outside a notebook kernel, nothing."""
+
+    def __init__(self) -> None:
+        self.handle = None
+
+    def update(self, history: list[dict]) -> None:
+        if not _kernel():
+            return
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig = plot_history(history)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
+
+
+def log_steps(run: Run, losses: list[float]) -> None:
+    """One TensorBoard point of the training loss (mean since the last point) and learning rate, at this step."""
+    run.tb.add_scalar("step/train_loss", sum(losses) / max(len(losses), 1), run.global_step)
+    run.tb.add_scalar("step/lr", run.optimizer.param_groups[0]["lr"], run.global_step)
+
+
+def log_epoch(writer, row: dict) -> None:
+    """A history row's numbers into TensorBoard (nothing when `writer` is None)."""
+    if writer is None:
         return
-    import matplotlib.pyplot as plt
-    from IPython.display import clear_output, display
-
-    clear_output(wait=True)
-    fig = plot_history(history)
-    display(fig)
-    plt.close(fig)
+    for k, v in row.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "global_step"):
+            writer.add_scalar(EPOCH_TAG.format(k), v, _row_step(row))
 
 
-def open_tensorboard(cfg: TrainConfig, run_dir: Path):
-    """A SummaryWriter on local disk (TensorBoard over Drive is slow), or None when off or not installed."""
+def _row_step(row: dict) -> int:
+    return int(row.get("global_step", row.get("epoch", 0)))  # rows written before global_step was recorded: the epoch
+
+
+def _logged_epochs(logdir: Path) -> set[int]:
+    """Steps of the epoch points already in the local logs (a resume on the same runtime finds its own)."""
+    if not any(logdir.glob("events.out.tfevents.*")):
+        return set()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tag = EPOCH_TAG.format("train_loss")
+    return {e.step for e in acc.Scalars(tag)} if tag in acc.Tags().get("scalars", []) else set()
+
+
+def open_tensorboard(cfg: TrainConfig, run_dir: Path, history: Sequence[dict] = (), step: int = 0):
+    """A SummaryWriter on local disk (TensorBoard over Drive is slow), or None when off or not installed.
+
+    The local logs are lost with the runtime, the run's history is not: every epoch of `history` missing from them is
+    written first, so a run that survived disconnects has whole curves. Points a stopped process logged after its last
+    checkpoint (`step`) are dropped (`purge_step`): this session logs those steps again."""
     if not cfg.tensorboard:
         return None
     try:
@@ -210,4 +295,11 @@ def open_tensorboard(cfg: TrainConfig, run_dir: Path):
     except ImportError:
         warnings.warn("tensorboard is not installed (pip install tensorboard): logging to TensorBoard is skipped")
         return None
-    return SummaryWriter(log_dir=str(tensorboard_dir(run_dir)))
+    logdir = tensorboard_dir(run_dir)
+    have = _logged_epochs(logdir)
+    writer = SummaryWriter(log_dir=str(logdir), purge_step=step + 1 if step else None)
+    for row in history:
+        if _row_step(row) not in have:
+            log_epoch(writer, row)
+    writer.flush()
+    return writer
