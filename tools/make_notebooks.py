@@ -273,6 +273,9 @@ JOINT_PARAMS = TRAIN_PARAMS.replace('RUN_NAME = ""  #@param {type:"string"}',
                                     'FG_BG_PHOTO = ""  #@param {type:"string"}\n'
                                     '# BG_PHOTO, FG_BG_PHOTO: your two photos as paths instead of uploads (on Drive: '
                                     '/content/drive/MyDrive/...; JPEG, PNG, WebP or HEIC)\n'
+                                    'VIDEO = ""  #@param {type:"string"}\n'
+                                    '# VIDEO: a fixed camera\'s clip (.mp4 .mov .avi .mkv; a path, e.g. on Drive); empty = '
+                                    'a clip made from a held-out background of the sample\n'
                                     'RUN_NAME = ""  #@param {type:"string"}')
 joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("md", "## Joint against single-task models and the baseline\nThe mask-only and depth-only runs of notebooks 03 "
@@ -304,6 +307,14 @@ joint_cells = train_cells("joint", ", loss_weighting=LOSS_WEIGHTING") + [
     ("code", 'fg_bg = nt.upload_photo("step 2: the same photo with the object", data_dir, SMOKE, like=bg,\n'
              '                         upload=UPLOAD_PHOTOS, path=FG_BG_PHOTO)'),
     ("code", "nt.predict_photos(cfg, bg, fg_bg, out=nt.RESULTS, download=UPLOAD_PHOTOS or bool(BG_PHOTO));"),
+    ("md", "## Footage from a fixed camera\nA camera that does not move (a doorbell, a webcam, a tripod timelapse) "
+           "films one scene with things passing in front: every frame is predicted against a background plate "
+           "estimated from the clip itself (a per-pixel median of frames sampled across it), aligned as photos are. "
+           "Give your clip's path as `VIDEO`; empty, a clip is made from a held-out background of the sample. The "
+           "masks go to a lossless video (`masks.mkv`), with `depth.mkv`, `frames.csv` (one row per frame) and "
+           "`bg_plate.png` in `predictions/footage/predicted`; the strip shows frames spread over the clip with their "
+           "masks. From the command line: `eva predict --run-dir RUN --video clip.mp4 --out OUT`."),
+    ("code", "nt.predict_footage(cfg, VIDEO, smoke=SMOKE);"),
 ]
 notebook("05_train_joint", "05 · Train mask and depth together",
          "One shared encoder (unet_small: also one shared decoder) with a head per task, fixed or learned (uncertainty) loss weights; compared honestly with "

@@ -82,6 +82,25 @@ def cmd_eval(a: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=1))
 
 
+def _predict_video(a: argparse.Namespace) -> None:
+    """--video CLIP: every selected frame against --bg or a plate from the clip (evaluation/footage.py)."""
+    from eva_helpers.errors import BadInputError
+    from eva_helpers.evaluation.footage import predict_video
+
+    if a.fg_bg is not None:
+        raise BadInputError(f"--video {a.video} and --fg-bg {a.fg_bg}: give one (the clip's frames are the fg_bg "
+                            "photos)")
+    if a.pair_by != "name":
+        raise BadInputError(f"--pair-by {a.pair_by}: pairs the photos of two folders, not a clip's frames")
+    r = predict_video(a.run_dir, a.video, a.out, bg=a.bg, every=a.every, start=a.start, end=a.end,
+                      batch_size=a.batch_size, align=not a.no_align, refine=not a.no_refine,
+                      frames_png=a.frames_png, plate_window=a.plate_window, which=a.which)
+    print(r.line())
+    print(r.alignment_line)
+    for note in r.notes:
+        print(note)
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     """Two photos -> one pair; two folders -> every pair (--pair-by name, order or a CSV; exit 2 at the end if any
     failed)."""
@@ -90,6 +109,12 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from eva_helpers.evaluation.predict import predict_one
     from eva_helpers.evaluation.predict_folders import predict_folders
 
+    if a.video is not None:
+        return _predict_video(a)
+    if a.bg is None or a.fg_bg is None:
+        raise BadInputError("give --bg and --fg-bg (two photos or two folders), or --video CLIP (with --bg optional)")
+    if a.every != 1 or a.start or a.end is not None or a.plate_window or a.frames_png:
+        raise BadInputError("--every, --start, --end, --plate-window and --frames-png go with --video CLIP")
     folders = {flag: Path(p).is_dir() for flag, p in (("--bg", a.bg), ("--fg-bg", a.fg_bg))}
     if any(folders.values()):
         if not all(folders.values()):

@@ -26,6 +26,8 @@ DEMO = {name: p.default for name, p in inspect.signature(run_demo).parameters.it
         if p.default is not inspect.Parameter.empty}
 # `eva predict --batch-size`: pairs queued ahead of the 2 worker threads; past 1024 the queue only grows
 PREDICT_BATCH = (1, 1024)
+# `eva predict --video`'s frame counts: a frame index or step past a billion is no clip's (a day at 10000 frames/s)
+VIDEO_FRAMES = (0, 10**9)
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -78,6 +80,18 @@ def _predict_batch(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is not valid: give {lo} to {hi} pairs queued ahead of the worker "
                                          "threads")
     return value
+
+
+def _frames(lo: int) -> Callable[[str], int]:
+    """A frame count or index of --video, from `lo` to VIDEO_FRAMES' top."""
+
+    def parse(text: str) -> int:
+        value, hi = _whole(text), VIDEO_FRAMES[1]
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not valid: give a whole number from {lo} to {hi} (frames)")
+        return value
+
+    return parse
 
 
 def _stage(text: str) -> list[int]:
@@ -246,12 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the photo), beside the baseline at that size -> metrics-photo-<SIZE>px.json")
     e.set_defaults(func=commands.cmd_eval)
 
-    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, or "
-                                        "two folders of pairs matched by file name", **fmt)
+    pr = sub.add_parser("predict", help="apply a trained run to your own (bg, fg_bg) photos, any size: one pair, "
+                                        "two folders of pairs, or every frame of a fixed camera's clip", **fmt)
     pr.add_argument("--run-dir", required=True, help="a trained run folder")
-    pr.add_argument("--bg", required=True, help="the background photo, without the object (or a folder of them)")
-    pr.add_argument("--fg-bg", required=True, help="the same photo with the object, same size (or a folder: "
-                                                   "kitchen.png here pairs with kitchen.jpg in --bg)")
+    pr.add_argument("--bg", default=None, help="the background photo, without the object (or a folder of them; "
+                                               "with --video: optional, else a plate estimated from the clip)")
+    pr.add_argument("--fg-bg", default=None, help="the same photo with the object, same size (or a folder: "
+                                                  "kitchen.png here pairs with kitchen.jpg in --bg)")
+    pr.add_argument("--video", default=None, metavar="CLIP",
+                    help="a fixed camera's clip (.mp4 .mov .avi .mkv) instead of --fg-bg: every frame predicted "
+                         "against --bg or a background plate estimated from the clip -> masks.mkv (lossless), "
+                         "depth.mkv, frames.csv, bg_plate.png, footage.json")
+    pr.add_argument("--every", type=_frames(1), default=1, help="--video: every Nth frame")
+    pr.add_argument("--start", type=_frames(0), default=0, help="--video: first frame index")
+    pr.add_argument("--end", type=_frames(1), default=None, help="--video: stop before this frame index")
+    pr.add_argument("--plate-window", type=_frames(1), default=None, metavar="FRAMES",
+                    help="--video: a plate that follows changing light (a running median over this many frames)")
+    pr.add_argument("--frames-png", action="store_true", help="--video: also frames/<index>_mask.png and _depth.png")
     pr.add_argument("--out", required=True, help="folder for mask.png, depth.png, alignment.json and prediction.png "
                                                  "(folders: <name>_mask.png, <name>_depth.png and alignment.csv)")
     pr.add_argument("--which", default="best", choices=CHECKPOINT_CHOICES, help="checkpoint to use")

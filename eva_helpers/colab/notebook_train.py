@@ -19,6 +19,7 @@ from eva_helpers.colab.photos import (  # noqa: F401 (notebook 05 calls them as 
     RESULTS,
     UPLOADS,
     check_upload,
+    predict_footage,
     predict_photos,
     upload_photo,
 )

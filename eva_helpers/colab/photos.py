@@ -135,3 +135,19 @@ def _hand_over(archive: Path, download: bool) -> None:
                   "right-click it in the Files pane > Download)")
             return
     print(f"results: {archive} (mask.png, depth.png, alignment.json, prediction.png)")
+
+
+def predict_footage(cfg, video: str = "", out: str | Path | None = None, frames: int = 120, smoke: bool = False):
+    """Notebook 05's clip: every frame of `video` (a fixed camera's clip; a path, e.g. on Drive) against a background
+    plate estimated from it, or, with no video, a clip made from a held-out background of the sample; prints the one
+    summary line and returns the strip of frames with their masks."""
+    from eva_helpers.evaluation.footage import footage_strip, predict_video
+    from eva_helpers.evaluation.synth_clip import demo_clip
+
+    out = Path(out or RESULTS.parent / "footage")
+    # a missing or unreadable clip is one line from predict_video, naming it
+    clip = Path(video) if video else demo_clip(cfg.run_dir, out / "clip", frames=24 if smoke else frames)[0]
+    report = predict_video(cfg.run_dir, clip, out / "predicted")
+    print(report.line())
+    print(report.alignment_line)
+    return footage_strip(out / "predicted")
