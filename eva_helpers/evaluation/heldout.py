@@ -74,7 +74,7 @@ def metrics_name(perturb: str | None, align: bool) -> str:
     return metrics_file(tag)
 
 
-UNSEEN_PREFIX = "data"  # no perturbation name starts so (tests/test_bad_inputs_small.py checks)
+UNSEEN_PREFIX = "data"  # no perturbation name starts so (tests/test_bad_inputs.py checks)
 
 
 def unseen_tag(data_dir: str | Path, identity: str, change: str | None = None) -> str:
