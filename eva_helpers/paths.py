@@ -170,3 +170,11 @@ def safe_relpath(rel: str, *, what: str = "file name", source: str | os.PathLike
 def _short(name: object) -> str:
     r = repr(name)
     return r if len(r) <= 80 else r[:60] + "..." + r[-12:]
+
+
+def same_path(a: object, b: object) -> bool:
+    """Two given paths name one file or folder (`src`, `./src`, `~/x/src` and its absolute path); False when either is
+    empty or not a path."""
+    if not (isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)) and str(a) and str(b)):
+        return False
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))

@@ -9,13 +9,13 @@ checkpoint); `compare_runs` never trains a missing comparison run unless asked t
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.heldout import current_metrics
+from eva_helpers.paths import same_path
 from eva_helpers.training.config import LEGACY_VALUES, RESUMABLE_FIELDS, TrainConfig, result_changing_differences
 from eva_helpers.training.fit import fit
 from eva_helpers.training.run_folder import CONFIG, dataset_identity_at, read_run_config, read_summary, run_folder
@@ -87,13 +87,9 @@ def _differences(cfg: TrainConfig, other: dict[str, Any], identity: str | None) 
     was = other.get("dataset_identity")
     if was and identity and was != identity:
         diff.insert(0, f"dataset content: {was[:12]} -> {identity[:12]}")
-    elif not was and not _same_path(other.get("data"), cfg.data):  # a run from before identities were recorded
+    elif not was and not same_path(other.get("data"), cfg.data):  # a run from before identities were recorded
         diff.insert(0, f"dataset: {other.get('data')!r} -> {cfg.data!r}")
     return diff
-
-
-def _same_path(a: Any, b: Any) -> bool:
-    return bool(a and b) and os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
 
 
 def differences(cfg: TrainConfig, run_dir: str | Path) -> list[str]:

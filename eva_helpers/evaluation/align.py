@@ -129,7 +129,7 @@ def _tone(bg: np.ndarray, fg_bg: np.ndarray, valid: np.ndarray) -> dict:
                 offset=tuple(round(float(v), 3) for v in b), tone_reason=f"residual {before:.1f} -> {after:.1f}")
 
 
-def _lut(img: np.ndarray, gain: tuple, offset: tuple) -> np.ndarray:
+def tone_lut(img: np.ndarray, gain: tuple, offset: tuple) -> np.ndarray:
     """bg' = gain * bg + offset per channel, rounded and clipped: (H, W, 3) uint8 -> same."""
     cv2, v = cv2_module(), np.arange(256, dtype=np.float64)
     luts = [np.clip(np.rint(a * v + b), 0, 255).astype(np.uint8) for a, b in zip(gain, offset)]
@@ -218,7 +218,7 @@ def _align(bg: np.ndarray, fg_bg: np.ndarray, geometry: bool, tone: bool,
         s_bg, valid = warp(s_bg, m)
     fields.update(_tone(s_bg, s_fg, valid) if tone else dict(tone_reason="tone off"))
     if fields.get("tone_applied"):
-        s_bg = _lut(s_bg, fields["gain"], fields["offset"])
+        s_bg = tone_lut(s_bg, fields["gain"], fields["offset"])
     sel = sample_pixels(valid & texture)  # residuals reported on the textured pixels every version shares
     res = [round(trimmed_mean(worst_channel(s_fg.reshape(-1, 3)[sel].astype(np.float32) - b.reshape(-1, 3)[sel])), 3)
            for b in (s_bg0, s_bg)]
@@ -233,7 +233,7 @@ def _align(bg: np.ndarray, fg_bg: np.ndarray, geometry: bool, tone: bool,
     if alignment.applied:
         out, inside = warp(bg, alignment.matrix(W, H))  # (H, W, 3), (H, W) bool
     if alignment.tone_applied:
-        out = _lut(out, alignment.gain, alignment.offset)
+        out = tone_lut(out, alignment.gain, alignment.offset)
     if alignment.applied:
         out = np.where(inside[..., None], out, fg_bg)  # no source -> fg_bg's pixel: no false difference
     if alignment.jpeg_applied:  # last, as a camera saves: on fg_bg's block grid, since bg now sits in its frame

@@ -14,19 +14,10 @@ from dataclasses import replace
 import numpy as np
 
 from eva_helpers.data.compression import encode_decode
-from eva_helpers.evaluation.align import Alignment, align_pair
+from eva_helpers.evaluation.align import Alignment, align_pair, tone_lut
 from eva_helpers.evaluation.registration import similarity_params, warp
 
 ALIGN_SIDE = 320  # px: the longest side alignment is estimated at; frames up to 4/3 of it are aligned as they are
-
-
-def tone_lut(img: np.ndarray, gain: tuple, offset: tuple) -> np.ndarray:
-    """gain * img + offset per channel, rounded and clipped: (H, W, 3) uint8 -> same (align.py's tone match)."""
-    import cv2
-
-    v = np.arange(256, dtype=np.float64)
-    luts = [np.clip(np.rint(a * v + b), 0, 255).astype(np.uint8) for a, b in zip(gain, offset)]
-    return cv2.merge([cv2.LUT(np.ascontiguousarray(img[..., c]), luts[c]) for c in range(3)])
 
 
 def _to_pixels(w: int, h: int, W: int, H: int) -> np.ndarray:

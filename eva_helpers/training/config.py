@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from eva_helpers.errors import EvaError
+from eva_helpers.paths import same_path
 
 TASK_HEADS = {"mask": ("mask",), "depth": ("depth",), "joint": ("mask", "depth")}
 SCHEDULES = ("onecycle", "plateau", "none")
@@ -255,7 +256,7 @@ def result_changing_differences(old: dict[str, Any], new: dict[str, Any]) -> lis
 def _same(key: str, a: Any, b: Any) -> bool:
     """Equal values; `init_from` compared as the folder it names (`src`, `./src` and its absolute path are one run)."""
     if key == "init_from" and isinstance(a, str) and isinstance(b, str):
-        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+        return same_path(a, b)
     return a == b
 
 
