@@ -4,8 +4,9 @@
     python bench/footage.py --write          # also replace this bench's section of bench/RESULTS.md
     python bench/footage.py --frames 60 --no-memory       # a quick smoke run
 
-The run is `eva demo`'s joint model (DemoConfig: the embedded sample at 64 px, 15 epochs, the default recipe) with one
-change: its held-out split is by background AND cut-out (split_by "bg+fg"), so the clips (evaluation/synth_clip.py)
+The runs are `eva demo`'s joint model (DEMO_RUNS' joint schedule on the embedded sample at 64 px, the default recipe),
+one per training seed (--seeds; the split stays the demo's), with one change: the held-out split is by background AND
+cut-out (split_by "bg+fg"), so the clips (evaluation/synth_clip.py)
 use only test backgrounds and test cut-outs, none seen in training. Three clips of 300 frames at 640x480: two cut-outs
 walking across, one standing still for 40 % of its time in the third; cast shadows, a slow fade, shake, noise, MJPG
 frames.
@@ -47,19 +48,20 @@ THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(1, 21))  # baseline grid, i
 RUN_NAME = "joint-unet_small-bgfg"
 
 
-def train_run(out: Path, epochs: int | None) -> tuple[Path, dict]:
-    """The demo's joint run with held-out backgrounds and cut-outs (reused when trained); its test split's ids."""
-    from eva_helpers.demo import DemoConfig, build_sample, ensure_stats, train_config
+def train_run(out: Path, epochs: int | None, seed: int = 0) -> tuple[Path, dict]:
+    """The demo's joint run of this training seed with held-out backgrounds and cut-outs (reused when trained); its
+    test split's ids. `epochs`: a plain schedule of that many epochs instead (smoke runs)."""
+    from eva_helpers.demo import DEMO_RUNS, DemoConfig, DemoRun, build_sample, ensure_stats, train_config
     from eva_helpers.evaluation.heldout import current_metrics, split_positions
     from eva_helpers.training.fit import fit
     from eva_helpers.training.run_folder import load_run
 
     demo = DemoConfig(out=str(out), train_overrides={"split_by": "bg+fg", "progress": False})
-    if epochs:
-        demo.epochs = epochs
+    run = DemoRun("joint", epochs) if epochs else next(r for r in DEMO_RUNS if r.task == "joint")
     data = build_sample(demo)
     ensure_stats(data)
-    cfg = train_config(demo, "joint", "unet_small", data=str(data), run_dir=str(out / "runs" / RUN_NAME))
+    cfg = train_config(demo, "joint", "unet_small", run=run, data=str(data), seed=seed, split_seed=demo.seed,
+                       run_dir=str(out / "runs" / f"{RUN_NAME}-e{run.epochs}-s{seed}"))
     fit(cfg)
     current_metrics(cfg.run_dir, data)  # calibration.json: the threshold eva predict applies
     _, cfg, _ = load_run(cfg.run_dir)
@@ -190,6 +192,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench_output" / "footage"))
     ap.add_argument("--frames", type=int, default=300, help="frames per clip (the issue asks for >= 300)")
     ap.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (smoke runs)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="training seeds (one run each)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement (two extra processes)")
     ap.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
     args = ap.parse_args()
@@ -199,22 +202,32 @@ def main() -> None:
     from eva_helpers.paths import sample_assets
 
     out = Path(args.out)
-    run, info = train_run(out, args.epochs)
+    trained = [train_run(out, args.epochs, seed) for seed in args.seeds]
+    run, info = trained[0]
     specs = clip_specs(info, args.frames)
     names = [s.name for s in specs]
     rows: dict[str, dict[str, dict]] = {"ours": {}, "bg-difference baseline (best t per clip)": {}}
     subs: dict[str, dict[str, dict[str, dict]]] = {"MOG2": {}, "KNN": {}}
+    per_seed: dict[str, list[float]] = {}
     for spec in specs:
         clip, gt_path = make_clip(spec, sample_assets(), out / "clips")
         gt = load_gt(gt_path)
-        pred_dir = Path(tempfile.mkdtemp(prefix="footage-", dir=out))
-        rows["ours"][spec.name] = ours = score_ours(run, clip, gt, pred_dir)
+        seeds = []
+        for seed_run, _ in trained:
+            pred_dir = Path(tempfile.mkdtemp(prefix="footage-", dir=out))
+            seeds.append(score_ours(seed_run, clip, gt, pred_dir))
+            print(json.dumps({"clip": spec.name, "run": seed_run.name, "ours": statistics.mean(seeds[-1]["iou"]),
+                              "fps": seeds[-1]["fps"]}), flush=True)
+        per_seed[spec.name] = [statistics.mean(r["iou"]) for r in seeds]
+        spread = statistics.stdev(per_seed[spec.name]) if len(seeds) > 1 else 0.0
+        rows["ours"][spec.name] = {"iou": per_seed[spec.name], "fps": statistics.mean(r["fps"] for r in seeds),
+                                   "fps_plate": statistics.mean(r["fps_plate"] for r in seeds),
+                                   "setting": f"± {spread:.3f} over {len(seeds)} seeds"}
         rows["bg-difference baseline (best t per clip)"][spec.name] = score_baseline(clip, pred_dir / "bg_plate.png",
                                                                                      gt)
         for kind in subs:
             for setting, res in score_subtractor(kind, clip, gt).items():
                 subs[kind].setdefault(setting, {})[spec.name] = res
-        print(json.dumps({"clip": spec.name, "ours": statistics.mean(ours["iou"]), "fps": ours["fps"]}), flush=True)
     for kind, settings in subs.items():
         rows[f"{kind}, best setting per clip"] = best_of(settings, names)
     detail = {f"{kind} {s}": per for kind, settings in subs.items() for s, per in settings.items()}
@@ -222,13 +235,18 @@ def main() -> None:
         statistics.mean(rows[f"{k}, best setting per clip"][n]["iou"]) for k in subs) for n in names}
     over_base = {n: statistics.mean(rows["ours"][n]["iou"]) - statistics.mean(
         rows["bg-difference baseline (best t per clip)"][n]["iou"]) for n in names}
+    worst = {n: min(per_seed[n]) - max(statistics.mean(rows[f"{k}, best setting per clip"][n]["iou"]) for k in subs)
+             for n in names}
     text = (f"`python bench/footage.py {' '.join(sys.argv[1:])}`: {os.cpu_count()} CPUs "
             f"({_cpu_name()}), load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}, "
-            f"{time.strftime('%Y-%m-%d')}; run {RUN_NAME} (the demo's joint model, 64 px, split by background and "
+            f"{time.strftime('%Y-%m-%d')}; runs {', '.join(r.name for r, _ in trained)} (the demo's joint model, 64 "
+            f"px, training seeds {args.seeds}, split by background and "
             f"cut-out: clips use test backgrounds {info['bg_ids']['test']} and cut-outs {info['fg_ids']['test']}); "
             f"{len(specs)} clips x {args.frames} frames at 640x480; mean per-frame mask IoU.\n\n"
             + table(names, rows) + "\n"
-            + f"Ours minus the best peer's best setting: {', '.join(f'{n} {m:+.3f}' for n, m in margins.items())}; "
+            + "Ours (mean of the seeds) minus the best peer's best setting: "
+            + f"{', '.join(f'{n} {m:+.3f}' for n, m in margins.items())} (the worst seed: "
+            + f"{', '.join(f'{n} {m:+.3f}' for n, m in worst.items())}); "
             + f"minus the baseline: {', '.join(f'{n} {m:+.3f}' for n, m in over_base.items())}. Ours with the plate's "
             + "estimate counted: " + ", ".join(f"{rows['ours'][n]['fps_plate']:.1f}" for n in names) + " frames/s.\n")
     fps = statistics.mean(rows["ours"][n]["fps"] for n in names)

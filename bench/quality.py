@@ -84,6 +84,12 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "joint-from-mask": ("joint", TOL, {**DEFAULT, "init_from": "@mask-tol-depth2"}),
     "joint-prog32": ("joint", TOL, {**DEFAULT, "size_stages": [[32, 8]]}),  # 8 epochs at 32 px, then 7 at 64
     "joint-prog32-e24": ("joint", TOL, {**DEFAULT, "epochs": 24, "size_stages": [[32, 12]]}),  # about 15's compute
+    # the demo's schedule (issue 32): the joint model first (joint-prog32-e24), then mask and depth models fine-tuned
+    # from its best.pt; demo-joint-from-mask-e6 screened the other order (a fresh depth head needs more than 6 epochs)
+    "demo-mask-prog32": ("mask", TOL, {**DEFAULT, "size_stages": [[32, 8]]}),
+    "demo-joint-from-mask-e6": ("joint", TOL, {**DEFAULT, "init_from": "@demo-mask-prog32", "epochs": 6}),
+    "demo-mask-ft3": ("mask", TOL, {**DEFAULT, "init_from": "@joint-prog32-e24", "epochs": 3}),
+    "demo-depth-ft3": ("depth", TOL, {**DEFAULT, "init_from": "@joint-prog32-e24", "epochs": 3}),
 }
 LABELS = {"joint-first-round": "joint-concat, first round (widths 10.., decoder per task, lr 1e-3, crop 0.6)",
           "joint-diff-narrow": "joint-diff, first-round preset (widths 10.., decoder per task)",
@@ -122,6 +128,14 @@ def train_config(name: str, seed: int, data: Path, out: Path, demo, lr: float | 
     return TrainConfig(**fields)
 
 
+def sources(name: str, seed: int, data: Path, out: Path, demo, lr: float | None, epochs: int | None) -> list:
+    """The configs of the runs candidate `name` starts from ("@NAME" in init_from), the first one first."""
+    src = str(CANDIDATES[name][2].get("init_from") or "")
+    if not src.startswith("@"):
+        return []
+    return [*sources(src[1:], seed, data, out, demo, lr, epochs), train_config(src[1:], seed, data, out, demo, lr, epochs)]
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process and its finished children (the loader's workers): on a shared machine a fairer
     clock than the wall's, which counts the time other jobs held the cores."""
@@ -131,12 +145,12 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_one(cfg, source=None) -> dict:
-    """Train (or reuse) one run and score it; `source`: the config of the run it starts from, trained first."""
+def run_one(cfg, before=()) -> dict:
+    """Train (or reuse) one run and score it; `before`: the configs of the runs it starts from, trained first."""
     from eva_helpers.evaluation.heldout import evaluate_run
     from eva_helpers.training.fit import fit
 
-    if source is not None:
+    for source in before:
         run_one(source)
     t0, c0 = time.perf_counter(), _cpu_s()
     fit(cfg)
@@ -286,9 +300,7 @@ def main() -> None:
     for name in names:
         for seed in args.seeds:
             cfg = train_config(name, seed, data, Path(args.out), demo, args.lr, args.epochs, sets)
-            src = CANDIDATES[name][2].get("init_from", "")
-            m = run_one(cfg, train_config(src[1:], seed, data, Path(args.out), demo, args.lr, args.epochs)
-                        if src.startswith("@") else None)
+            m = run_one(cfg, sources(name, seed, data, Path(args.out), demo, args.lr, args.epochs))
             label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in (("lr", args.lr), *sets.items()) if v is not None)
             rows.setdefault(label, []).append(m)
             print(json.dumps({"candidate": name, "seed": seed, **{k: m.get(k) for k in KEYS + BASELINE_KEYS},

@@ -31,7 +31,7 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _minutes(s: float) -> str:
+def duration_text(s: float) -> str:
     return f"{s / 60:.0f} min" if s >= 90 else f"{max(s, 1):.0f} s"
 
 
@@ -48,7 +48,7 @@ class BuildEstimate:
         free = f"; {_gb(self.free_bytes)} free on the destination" if self.free_bytes is not None else ""
         return (f"estimate: {self.composites:,} composites in {self.shards:,} shards, about "
                 f"{_gb(self.drive_bytes)} to write ({self.bytes_per_composite / 1e3:.0f} kB per composite, measured "
-                f"on a probe of your photos){free}; about {_minutes(self.seconds)} of compositing at "
+                f"on a probe of your photos){free}; about {duration_text(self.seconds)} of compositing at "
                 f"{BUILD_RATE:,} composites/s (2 vCPUs), plus the upload to Drive")
 
 
@@ -174,7 +174,7 @@ def estimate_training(cfg: Any, train_samples: int, epochs_left: float, timer=ti
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
     seconds = steps * step_s * cfg.batch_size / batch
-    print(f"estimate: {steps:,.0f} training steps of {cfg.batch_size} at {cfg.size} px, about {_minutes(seconds)} "
+    print(f"estimate: {steps:,.0f} training steps of {cfg.batch_size} at {cfg.size} px, about {duration_text(seconds)} "
           f"on this runtime (two steps timed now; data loading and checkpoints add to it)")
     return seconds
 
@@ -186,7 +186,7 @@ def estimate_evaluation(cfg: Any, test_samples: int, timer=time_steps) -> float:
     batch = cfg.batch_size if torch.cuda.is_available() else min(cfg.batch_size, 4)
     _, fwd_s = timer(cfg, batch)
     seconds = test_samples / batch * fwd_s * 2  # the no-learning baseline and the metrics run beside the model
-    print(f"estimate: evaluating {test_samples:,} test samples takes about {_minutes(seconds)} on this runtime")
+    print(f"estimate: evaluating {test_samples:,} test samples takes about {duration_text(seconds)} on this runtime")
     return seconds
 
 
@@ -194,5 +194,5 @@ def estimate_copy(n_bytes: float, n_files: int) -> tuple[float, float]:
     """(fastest, slowest) seconds to copy `n_bytes` from Drive to local disk, printed (the rate is assumed)."""
     lo, hi = (n_bytes / (r * 1e6) for r in reversed(DRIVE_READ_MB_S))
     print(f"estimate: copying {_gb(n_bytes)} in {n_files} files from Drive to the local disk takes about "
-          f"{_minutes(lo)}-{_minutes(hi)} (Drive's read rate varies; files already copied and verified are skipped)")
+          f"{duration_text(lo)}-{duration_text(hi)} (Drive's read rate varies; files already copied and verified are skipped)")
     return lo, hi

@@ -14,9 +14,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 _TEST_CACHE = None if os.environ.get("EVA_CACHE") else tempfile.mkdtemp(prefix="eva-test-cache-")
 if _TEST_CACHE:
     os.environ["EVA_CACHE"] = _TEST_CACHE
+# the temp folder of the processes the tests start: a child killed mid-save (the kill-and-resume tests) cannot remove
+# its eva-ckpt-* copy, so each run of the suite would leave ~1 GB of them in /tmp. This process keeps the usual one.
+_CHILD_TMP = tempfile.mkdtemp(prefix="eva-test-tmp-")
+os.environ["TMPDIR"] = _CHILD_TMP
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(_CHILD_TMP, ignore_errors=True)
     if _TEST_CACHE:
         shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 

@@ -9,7 +9,7 @@ from eva_helpers.evaluation.baseline import (FreeBaseline, bg_difference, bg_dif
                                   fit_mean_depth, fit_threshold, open_close,
                                   paste_at_contact)
 from eva_helpers.errors import EvaError
-from eva_helpers.training.metrics import MetricAccumulator
+from eva_helpers.training.metrics import MetricAccumulator, binary_mask_metrics
 
 
 def make_pairs(n, noise, seed, size=48):
@@ -154,3 +154,19 @@ def evaluate_depth_baseline(data: Any, baseline: FreeBaseline, device: str | Non
         acc.update({"depth": baseline(bg, fg_bg)["depth"]}, {"depth": depth})
     out = acc.compute()
     return {"baseline_" + k: v for k, v in out.items() if k != "n_images"} | {"baseline_n_images": out["n_images"]}
+
+
+def test_one_grey_open_close_equals_a_binary_one_per_threshold():
+    """The threshold sweeps (fit_threshold, calibration, the photo-size baseline) run the morphology once on the
+    scores; every threshold's mask must be exactly the binary open/close of that threshold, borders included."""
+    from eva_helpers.evaluation.baseline import THRESHOLDS, open_close, open_close_scores, threshold_sweep
+
+    g = torch.Generator().manual_seed(3)
+    score = torch.rand(4, 1, 23, 31, generator=g) ** 3  # specks, pinholes and edges touching the frame
+    score[0, 0, :, :5] = 0.9  # an object cut by the frame
+    grey = open_close_scores(score)
+    target = (torch.rand(4, 1, 23, 31, generator=g) > 0.5).float()
+    for t, met in zip(THRESHOLDS + (-0.5, 0.0, 1.0), threshold_sweep(grey, target, THRESHOLDS + (-0.5, 0.0, 1.0))):
+        binary = open_close((score > t).float()) > 0.5
+        assert torch.equal(grey > t, binary), t
+        assert torch.equal(met["mask_iou"], binary_mask_metrics(binary, target)["mask_iou"])

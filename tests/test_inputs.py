@@ -48,6 +48,20 @@ def test_difference_channels_come_from_raw_pixels_and_stay_aligned_after_augment
     assert diff[outer == 0].max() < 0.08
 
 
+def test_channels_last_gives_the_same_numbers_in_the_channels_last_layout(syn):
+    """The GPU path asks for channels_last: same values as the default layout, and the layout asked for."""
+    ds = ShardDataset(syn, transform=build_transforms("val", 48))
+    batch = collate([ds[i] for i in range(4)])
+    plain, _ = prepare_batch(batch, "cpu", WEIRD)
+    last, _ = prepare_batch(batch, "cpu", WEIRD, channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last) and plain.is_contiguous()
+    assert torch.equal(plain, last)
+    bg, fg = batch["bg"].float(), batch["fg_bg"].float()  # by hand: (x / 255 - mean) / std on the images
+    mean, std = torch.tensor(WEIRD["fg_bg"]["mean"]).view(1, 3, 1, 1), torch.tensor(WEIRD["fg_bg"]["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(last[:, 3:6], (fg / 255 - mean) / std, atol=1e-4)
+    assert torch.equal(last[:, 6:9], (fg - bg).abs() * (DIFF_SCALE / 255.0))
+
+
 @pytest.mark.parametrize("inputs,head", [("concat", "plain"), ("diff", "residual"), ("tolerant", "plain"),
                                          ("siamese", "residual")])
 def test_each_input_representation_round_trips_through_a_checkpoint(sample_dataset, tmp_path, inputs, head):

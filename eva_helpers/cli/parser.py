@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="offline end-to-end run on the embedded sample -> report folder (resumes)", **fmt)
     d.add_argument("--out", default=DEMO["out"], help="folder for data, runs and the report")
-    d.add_argument("--minutes", type=float, default=DEMO["minutes"], help="rough CPU time budget for the three trainings")
+    d.add_argument("--minutes", type=float, default=DEMO["minutes"],
+                   help="rough time for the three trainings on 2 CPU cores; scales their epochs (the default: as planned)")
     d.add_argument("--seed", type=_train("seed"), default=DEMO["seed"], help="seed of the build and the trainings")
     d.set_defaults(func=commands.cmd_demo)
     return p

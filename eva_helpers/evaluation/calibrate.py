@@ -21,7 +21,7 @@ import torch
 
 from eva_helpers.atomic import atomic_write_text, json_text
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.baseline import open_close
+from eva_helpers.evaluation.baseline import open_close, open_close_scores
 from eva_helpers.training.metrics import binary_mask_metrics
 from eva_helpers.training.run_folder import CALIBRATION
 
@@ -58,8 +58,10 @@ def fit_postprocess(batches: Iterable[tuple], thresholds: tuple[float, ...] = PR
     for item in batches:
         logits, target = item[0], item[1]
         groups.extend(item[2] if len(item) > 2 else range(len(groups), len(groups) + logits.shape[0]))
+        prob = logits.float().sigmoid()  # as postprocess computes it; the morphology once for every threshold
+        scores = {False: prob, True: open_close_scores(prob)}
         for i, (t, m) in enumerate(combos):
-            per_image[i].append(binary_mask_metrics(postprocess(logits, t, m), target)["mask_iou"].cpu())
+            per_image[i].append(binary_mask_metrics(scores[m] > t, target)["mask_iou"].cpu())
     if not groups:
         raise EvaError("calibration: the validation split is empty, so no mask threshold can be chosen on it")
     iou = torch.stack([torch.cat(p) for p in per_image]).double()  # (combos, images)

@@ -25,7 +25,7 @@ from eva_helpers.atomic import atomic_write_json
 from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.baseline import THRESHOLDS, bg_difference, open_close
+from eva_helpers.evaluation.baseline import THRESHOLDS, bg_difference, open_close_scores, threshold_sweep
 from eva_helpers.evaluation.heldout import split_positions
 from eva_helpers.evaluation.perturb import check_name, perturb_sample
 from eva_helpers.evaluation.predict import finish, load_for_prediction, prepare_pair, run_model, single_threaded
@@ -74,14 +74,12 @@ def _scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 def fit_baseline(large: ShardDataset, positions: list[int]) -> float:
     """The baseline's threshold with the best mean IoU over `positions` (validation pairs) at the photo's size."""
-    grid = torch.tensor(THRESHOLDS).view(-1, 1, 1, 1)
     total = torch.zeros(len(THRESHOLDS), dtype=torch.float64)
     for pos in positions:
         s = large.load(pos)
-        d = bg_difference(s["bg"], s["fg_bg"])  # (1, 1, H, W)
-        masks = open_close((d > grid).float()) > 0.5  # (T, 1, H, W)
-        target = torch.from_numpy(s["mask"]).float()[None, None].expand(len(THRESHOLDS), -1, -1, -1)
-        total += binary_mask_metrics(masks, target)["mask_iou"]
+        d = open_close_scores(bg_difference(s["bg"], s["fg_bg"]))  # (1, 1, H, W)
+        target = torch.from_numpy(s["mask"]).float()[None, None]
+        total += torch.cat([m["mask_iou"] for m in threshold_sweep(d, target, THRESHOLDS)])
     return float(THRESHOLDS[int(torch.argmax(total))])
 
 
