@@ -131,9 +131,10 @@ def time_steps(cfg: Any, batch: int, steps: int = 2) -> tuple[float, float]:
     from eva_helpers.models.inputs import X_CHANNELS
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs).to(dev)
+    fmt = torch.channels_last if getattr(cfg, "channels_last", False) else torch.contiguous_format  # as fit trains
+    model = build_model(cfg.model, tasks=cfg.tasks, **cfg.model_kwargs).to(dev, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    x = torch.randn(batch, X_CHANNELS, cfg.size, cfg.size, device=dev)
+    x = torch.randn(batch, X_CHANNELS, cfg.size, cfg.size, device=dev).contiguous(memory_format=fmt)
 
     def sync() -> None:
         if dev.type == "cuda":

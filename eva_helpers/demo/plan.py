@@ -53,8 +53,9 @@ def describe(run: DemoRun, size: int) -> str:
     return f"{run.task} model: {', '.join(parts)}, {start}"
 
 
-# checked against what the demo took on 2 CPU cores (bench/RESULTS.md): a real training step (loading, augmentation,
-# AdamW) costs about what the probe's plain step costs, and the photo-size part (its 4x build included) 65 ms per pair
+# from what the demo took on 2 CPU cores (bench/RESULTS.md): a real training step (loading, augmentation, AdamW, each
+# epoch's loader start) took 1.35-1.5x the probe's plain step; the photo-size part (its 4x build included) 65 ms a pair
+STEP_OVERHEAD = 1.4
 PHOTO_S_PER_PAIR = 0.065
 FOOTAGE_S = 5.0
 
@@ -73,7 +74,7 @@ def plan(cfg: Any, probe: Any, finished: Callable[[DemoRun], bool]) -> list[tupl
                                               2 * n / BUILD_RATE)]  # the build, then a pass for the stats
     for run in cfg.runs:
         epochs = [*(st for st in run.size_stages), (cfg.size, run.epochs - sum(e for _, e in run.size_stages))]
-        train = sum(e * steps * cost[px][0] for px, e in epochs) + run.epochs * val_batches * fwd
+        train = sum(e * steps * cost[px][0] for px, e in epochs) * STEP_OVERHEAD + run.epochs * val_batches * fwd
         score = (n_val + n_test) / cfg.batch_size * fwd * 2  # calibration on val, then test with the baselines
         parts.append((describe(run, cfg.size) + "; then scored on the held-out backgrounds",
                       None if finished(run) else train + score))

@@ -17,7 +17,7 @@ def footage_lines(footage: dict | None) -> list[str]:
     if not footage:
         return []
     return ["## Footage from a fixed camera", "",
-            f"`eva predict --video` on a clip made from a held-out background and cut-outs walking across it "
+            f"`eva predict --video` on a clip made from a held-out background with cut-outs walking across it "
             f"({footage['frames']} frames at {footage['width']}x{footage['height']}, shadows, a light fade, shake, noise "
             f"and JPEG; bg: a plate estimated from the clip), {footage['run']}: mean mask IoU "
             f"{footage['mask_iou']:.3f} per frame, {footage['frames_per_s']:.0f} frames/s on this machine. "

@@ -112,8 +112,8 @@ def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -
 
 
 def score_footage(cfg: DemoConfig, results: dict[str, dict]) -> dict | None:
-    """The joint model (else the first mask model) on a clip made from a held-out background and cut-outs
-    (synth_clip.demo_clip), predicted as `eva predict --video` does: the strip figure and its mean per-frame IoU."""
+    """The joint model (else the first mask model) on a clip made from a held-out background with cut-outs walking
+    across it (synth_clip.demo_clip), predicted as `eva predict --video` does: the strip figure and its mean per-frame IoU."""
     from eva_helpers.evaluation.footage import footage_strip, predict_video
     from eva_helpers.evaluation.synth_clip import demo_clip, load_gt, mask_ious
 
