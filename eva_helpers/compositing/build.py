@@ -38,6 +38,7 @@ _UNCOMPARED_KW = ("device", "batch_size")  # teacher options that do not change 
 class BuildConflictError(EvaError):
     """The output folder holds something this build must not overwrite or mix with."""
 
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 

@@ -109,13 +109,7 @@ class JointTransform:
         self._build()
 
     def _reseed(self, compose, seed: int, stream: int) -> None:
-        if hasattr(compose, "set_random_seed"):  # albumentations >= 2
-            compose.set_random_seed(_seed_of(seed, stream))
-        else:  # albumentations 1.4 draws from the global `random` and numpy RNGs
-            import random
-
-            random.seed(_seed_of(seed, stream))
-            np.random.seed(_seed_of(seed, stream))
+        compose.set_random_seed(_seed_of(seed, stream))
 
     def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         if seed is None:  # draw from numpy's process RNG (worker_init_fn seeds it per worker): no shared streams

@@ -132,7 +132,6 @@ def build_columns(data_dir: Path, manifest: dict[str, Any], record: VerifyRecord
     """All columns of a dataset, read from its shards (each one hashed against the manifest on the way)."""
     from tqdm.auto import tqdm
 
-
     parts: list[dict[str, np.ndarray]] = []
     for k, entry in enumerate(tqdm(manifest.get("shards", []), desc="index", unit="shard", disable=not progress)):
         path = verify_file(data_dir, entry, None, f"shard {k}")  # present, right size

@@ -61,6 +61,7 @@ def bound_problem(name: str, value: Any, label: str | None = None) -> str | None
     reason = f" ({why})" if _int(value) and value > hi else ""
     return f"{label or name}={value!r} is not valid: give a whole number from {lo} to {hi}{none}{reason}"
 
+
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
 # the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
 # 0.84 / 0.90 / 0.91-0.94). ResNet encoders start from ImageNet weights that a 1e-2 step would scramble: 1e-3, the
@@ -230,7 +231,6 @@ class TrainConfig:
         if unknown:
             raise EvaError(f"{source}: unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
         return cls(**{**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d})
-
 
 
 def _int(v: Any) -> bool:

@@ -161,6 +161,7 @@ def stopped_error(run: Run) -> Interrupted:
 class NonFiniteLossError(EvaError):
     """Training diverged: raised before the optimizer step, so the weights and the last checkpoint stay good."""
 
+
 def _check_finite(run: Run, value: torch.Tensor, batch: dict, what: str) -> None:
     """Stop with one line naming the step, the batch's samples and the likely causes when `value` is NaN or inf."""
     if bool(torch.isfinite(value.detach()).all()):
