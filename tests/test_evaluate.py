@@ -197,3 +197,23 @@ def test_metrics_name_the_checkpoint_actually_scored(run_copy, sample_dataset):
     on_disk = json.loads((run_copy / "metrics.json").read_text())
     assert on_disk["checkpoint_file"] == metrics["checkpoint_file"] == "last.pt"
     assert on_disk["checkpoint_step"] == read_sidecar(ck / "last.pt")["global_step"] == 3
+
+
+def test_one_freshness_rule_for_what_was_scored_from_best(tmp_path):
+    """metrics.json, the photo-size metrics and the notebook's evaluation all reuse a file by this one rule."""
+    import os
+
+    from eva_helpers.training.run_folder import checkpoint_path, fresh_for_best
+
+    run, scored = tmp_path / "run", tmp_path / "run" / "metrics.json"
+    run.mkdir()
+    assert not fresh_for_best(run, scored)  # nothing scored yet
+    scored.write_text("{}")
+    assert fresh_for_best(run, scored)  # no best.pt to be older than
+    best = checkpoint_path(run, "best")
+    best.parent.mkdir()
+    best.write_bytes(b"weights")
+    os.utime(scored, (1_000, 1_000))
+    assert not fresh_for_best(run, scored)  # a newer best.pt: score again
+    os.utime(scored, (best.stat().st_mtime + 1,) * 2)
+    assert fresh_for_best(run, scored)

@@ -93,7 +93,8 @@ def test_cli_size_stages(tmp_path):
 def test_notebook_parameters(tmp_path):
     from types import SimpleNamespace
 
-    from eva_helpers.colab.runs import notebook_config, parse_stages
+    from eva_helpers.colab.runs import notebook_config
+    from eva_helpers.training.config import parse_stages
 
     assert parse_stages("32:5 48:2") == [[32, 5], [48, 2]] and parse_stages("32:5,48:2") == [[32, 5], [48, 2]]
     with pytest.raises(EvaError, match="SIZE:EPOCHS"):

@@ -17,7 +17,7 @@ from eva_helpers.compositing import params
 from eva_helpers.compositing.build import BUILD_DEFAULTS, MODES
 from eva_helpers.compositing.teachers import TEACHERS
 from eva_helpers.demo import run_demo
-from eva_helpers.errors import UsageError
+from eva_helpers.errors import EvaError, UsageError
 from eva_helpers.training import config
 from eva_helpers.training.config import CHECKPOINT_CHOICES, SCHEDULES, SECOND_SHOTS, TASK_HEADS, WEIGHTINGS, TrainConfig
 
@@ -95,15 +95,11 @@ def _frames(lo: int) -> Callable[[str], int]:
 
 
 def _stage(text: str) -> list[int]:
-    """"32:5" -> [32, 5] (a size in px and its epochs) for --size-stages, each within TrainConfig's bounds."""
-    size, sep, epochs = text.partition(":")
-    if not (sep and size.isdigit() and epochs.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
-    why = config.bound_problem("size", int(size), "stage size") or config.bound_problem("epochs", int(epochs),
-                                                                                         "stage epochs")
-    if why:
-        raise argparse.ArgumentTypeError(f"{text!r}: {why}")
-    return [int(size), int(epochs)]
+    """"32:5" -> [32, 5] for --size-stages (config.parse_stages)."""
+    try:
+        return config.parse_stages(text, "--size-stages")[0]
+    except (EvaError, IndexError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, EvaError) else f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
 
 
 class _PerturbAction(argparse.Action):

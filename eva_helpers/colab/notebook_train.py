@@ -44,7 +44,7 @@ from eva_helpers.training.run_folder import (
     CONFIG,
     DATASET_RECORD,
     METRICS,
-    checkpoint_path,
+    fresh_for_best,
     load_run,
     read_history,
     read_summary,
@@ -223,8 +223,7 @@ def tensorboard(cfg: TrainConfig) -> str:
 def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """Held-out test split beside the baseline: metrics.json in the run folder, the best/worst figure shown."""
     require_drive_mounted(Path(cfg.run_dir), "the evaluation")
-    metrics_file, best = Path(cfg.run_dir) / METRICS, checkpoint_path(cfg.run_dir, "best")
-    if not metrics_file.is_file() or (best.is_file() and metrics_file.stat().st_mtime < best.stat().st_mtime):
+    if not fresh_for_best(cfg.run_dir, Path(cfg.run_dir) / METRICS):
         estimate_evaluation(cfg, _split_sizes(cfg)["test"])
 
     metrics = current_metrics(cfg.run_dir, cfg.data)

@@ -16,7 +16,13 @@ from typing import Any
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.heldout import current_metrics
 from eva_helpers.paths import same_path
-from eva_helpers.training.config import LEGACY_VALUES, RESUMABLE_FIELDS, TrainConfig, result_changing_differences
+from eva_helpers.training.config import (
+    LEGACY_VALUES,
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    parse_stages,
+    result_changing_differences,
+)
 from eva_helpers.training.fit import fit
 from eva_helpers.training.run_folder import CONFIG, dataset_identity_at, read_run_config, read_summary, run_folder
 
@@ -51,17 +57,6 @@ def _run_path(paths, name: str) -> str:
     """A run folder as given, or the run of that name in the runs folder (where the notebooks put them)."""
     given = Path(name).expanduser()
     return str(given if given.is_dir() or given.is_absolute() else Path(paths.runs) / name)
-
-
-def parse_stages(text: str) -> list[list[int]]:
-    """ "32:5 48:2" -> [[32, 5], [48, 2]] (size in px : epochs); a malformed stage is one line."""
-    out = []
-    for part in text.replace(",", " ").split():
-        size, sep, epochs = part.partition(":")
-        if not (sep and size.isdigit() and epochs.isdigit()):
-            raise EvaError(f"SIZE_STAGES {text!r}: write SIZE:EPOCHS stages separated by spaces, e.g. \"32:5\"")
-        out.append([int(size), int(epochs)])
-    return out
 
 
 # Fields a joint run and the single-task runs beside it may differ in and still share a table: the task itself, the

@@ -38,8 +38,8 @@ class DemoRun:
 
 
 # The joint model first, at 32 px then 64 (progressive resizing: 24 epochs in about the time of 15 at 64 px), then the
-# mask and depth models fine-tuned from its best.pt (bench/RESULTS.md, "The demo's schedule"): the same three models
-# as three trainings from scratch, in about half the time.
+# mask and depth models fine-tuned from its best.pt (bench/RESULTS.md, "The demo", issue 32): the same three models as
+# three trainings from scratch, in about half the time.
 DEMO_RUNS = (DemoRun("joint", 24, ((32, 12),)), DemoRun("mask", 3, start_from="joint"),
              DemoRun("depth", 3, start_from="joint"))
 

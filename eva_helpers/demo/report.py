@@ -14,6 +14,7 @@ from eva_helpers.plots import plot_history, plot_stats, save_figure, show_sample
 
 
 def footage_lines(footage: dict | None) -> list[str]:
+    """The report's section on one clip from a fixed camera (run.score_footage)."""
     if not footage:
         return []
     return ["## Footage from a fixed camera", "",

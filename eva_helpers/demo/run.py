@@ -86,41 +86,44 @@ def train_and_evaluate(cfg: DemoConfig, data: Path, run: DemoRun) -> dict[str, A
     return current_metrics(run_dir, data)  # fresh metrics.json reused, else evaluated (notebook 05 does the same)
 
 
+def shown_run(results: dict[str, dict]) -> str | None:
+    """The run the report's photo-size and footage sections show: the joint model, else the first with a mask."""
+    masks = [name for name, m in results.items() if m.get("mask_iou") is not None]
+    return next((n for n in masks if n.startswith("joint-")), masks[0]) if masks else None
+
+
 def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -> dict | None:
-    """The joint model's (else the first mask model's) test split on photos PHOTO_SCALE x its size, as `eva predict`
-    sees a photo (photo_size.py); reused while newer than the run's best checkpoint."""
+    """The shown run's test split on photos PHOTO_SCALE x its size, as `eva predict` sees a photo (photo_size.py);
+    reused while newer than the run's best checkpoint."""
     from eva_helpers.evaluation.photo_size import (
         build_larger,
         load_photo_metrics,
         photo_metrics_path,
         score_at_photo_size,
     )
-    from eva_helpers.training.run_folder import checkpoint_path
+    from eva_helpers.training.run_folder import fresh_for_best
 
-    masks = [name for name, m in results.items() if m.get("mask_iou") is not None]
-    if not masks:
+    name = shown_run(results)
+    if name is None:
         return None
-    run_dir = Path(results[next((n for n in masks if n.startswith("joint-")), masks[0])]["run_dir"])
+    run_dir = Path(results[name]["run_dir"])
     size = cfg.size * PHOTO_SCALE
     done = load_photo_metrics(run_dir, size)
-    best = checkpoint_path(run_dir, "best")
-    path = photo_metrics_path(run_dir, size)
-    if done and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
+    if done and fresh_for_best(run_dir, photo_metrics_path(run_dir, size)):
         return {**done, "run": run_dir.name}
     large = build_larger(data, PHOTO_SCALE, sample_assets())
     return {**score_at_photo_size(run_dir, large, progress=False), "run": run_dir.name}
 
 
 def score_footage(cfg: DemoConfig, results: dict[str, dict]) -> dict | None:
-    """The joint model (else the first mask model) on a clip made from a held-out background with cut-outs walking
-    across it (synth_clip.demo_clip), predicted as `eva predict --video` does: the strip figure and its mean per-frame IoU."""
+    """The shown run on a clip made from a held-out background with cut-outs walking across it (synth_clip.demo_clip),
+    predicted as `eva predict --video` does: the strip figure and its mean per-frame IoU."""
     from eva_helpers.evaluation.footage import footage_strip, predict_video
     from eva_helpers.evaluation.synth_clip import demo_clip, load_gt, mask_ious
 
-    masks = [name for name, m in results.items() if m.get("mask_iou") is not None]
-    if not masks:
+    name = shown_run(results)
+    if name is None:
         return None
-    name = next((n for n in masks if n.startswith("joint-")), masks[0])
     run_dir, folder = Path(results[name]["run_dir"]), Path(cfg.out) / "footage"
     clip, gt = demo_clip(run_dir, folder / "clip", frames=FOOTAGE_FRAMES, seed=cfg.seed, size=(320, 240))
     rep = predict_video(run_dir, clip, folder / "predicted", progress=False, say=lambda line: None)

@@ -23,7 +23,7 @@ import torch
 
 from eva_helpers.atomic import atomic_write_json, sha256_bytes
 from eva_helpers.data.augment import build_transforms
-from eva_helpers.data.dataset import ShardDataset, make_splits
+from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import BACKGROUNDS, read_manifest
 from eva_helpers.data.loaders import collate, make_loader, prepare_batch
 from eva_helpers.data.stats import STATS, load_stats, read_stats_file
@@ -36,7 +36,7 @@ from eva_helpers.plots import save_figure, show_predictions
 from eva_helpers.training.metrics import MetricAccumulator
 from eva_helpers.training.run_folder import (
     METRICS,
-    checkpoint_path,
+    fresh_for_best,
     load_run,
     metrics_file,
     read_history,
@@ -47,8 +47,7 @@ from eva_helpers.training.run_folder import (
 
 def split_positions(cfg, data_dir: str | Path) -> dict:
     """The same held-out split the run trained with (split_by, fractions and seed come from its config)."""
-    val, test = cfg.val_fraction, cfg.test_fraction
-    return make_splits(str(data_dir), by=cfg.split_by, fractions=(1.0 - val - test, val, test), seed=cfg.effective_split_seed)
+    return cfg.splits(data_dir)
 
 
 def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, perturb: str | None = None,
@@ -337,8 +336,8 @@ def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3
 def current_metrics(run_dir: str | Path, data_dir: str | Path | None = None, **eval_kw: Any) -> dict[str, Any]:
     """metrics.json when it is newer than the best checkpoint, else a fresh `evaluate_run` (which rewrites it)."""
     run_dir = Path(run_dir)
-    path, best = run_dir / METRICS, checkpoint_path(run_dir, "best")
-    if path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime):
+    path = run_dir / METRICS
+    if fresh_for_best(run_dir, path):
         metrics = json.loads(path.read_text())
     else:
         metrics = evaluate_run(run_dir, data_dir, **eval_kw)

@@ -62,6 +62,22 @@ def bound_problem(name: str, value: Any, label: str | None = None) -> str | None
     return f"{label or name}={value!r} is not valid: give a whole number from {lo} to {hi}{none}{reason}"
 
 
+def parse_stages(text: str, source: str = "SIZE_STAGES") -> list[list[int]]:
+    """ "32:5 48:2" (or "32:5,48:2") -> [[32, 5], [48, 2]]: size_stages as a person writes them, each size and epoch
+    count within BOUNDS; anything else is one line naming `source` (the flag or the notebook parameter)."""
+    out = []
+    for part in text.replace(",", " ").split():
+        size, sep, epochs = part.partition(":")
+        if not (sep and size.isdigit() and epochs.isdigit()):
+            raise EvaError(f"{source} {text!r}: write SIZE:EPOCHS stages separated by spaces, e.g. \"32:5\"")
+        why = (bound_problem("size", int(size), "size_stages size")
+               or bound_problem("epochs", int(epochs), "size_stages epochs"))
+        if why:
+            raise EvaError(f"{source} {part!r}: {why}")
+        out.append([int(size), int(epochs)])
+    return out
+
+
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
 # the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
 # 0.84 / 0.90 / 0.91-0.94). ResNet encoders start from ImageNet weights that a 1e-2 step would scramble: 1e-3, the
@@ -210,6 +226,14 @@ class TrainConfig:
     def effective_split_seed(self) -> int:
         """The seed that picks the held-out backgrounds."""
         return self.seed if self.split_seed is None else int(self.split_seed)
+
+    def splits(self, data: Any = None) -> dict:
+        """The run's train/val/test split of `data` (default: its own dataset), by split_by, the fractions and the
+        split seed: the one definition training, evaluation and the notebooks use."""
+        from eva_helpers.data.dataset import make_splits
+
+        fractions = (1.0 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
+        return make_splits(str(data or self.data), by=self.split_by, fractions=fractions, seed=self.effective_split_seed)
 
     @property
     def tasks(self) -> tuple[str, ...]:

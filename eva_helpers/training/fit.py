@@ -20,7 +20,7 @@ from torch import nn
 from eva_helpers import lease, precision
 from eva_helpers.atomic import atomic_write_text, check_output_folder
 from eva_helpers.data.augment import build_transforms
-from eva_helpers.data.dataset import ShardDataset, make_splits
+from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.loaders import BackgroundBank
 from eva_helpers.data.sampler import ResumableSampler
@@ -63,8 +63,7 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, dict | None]:
     """Train/val ShardDatasets (decode and resize only), split by `cfg.split_by`, and the dataset's channel stats."""
     if not cfg.data:
         raise EvaError("TrainConfig.data is not set: give the dataset folder (the one holding manifest.json)")
-    fr = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
-    splits = make_splits(cfg.data, by=cfg.split_by, fractions=fr, seed=cfg.effective_split_seed)
+    splits = cfg.splits()
     # workers only read, decode (and resize a dataset of another size): augmentation runs on the batch (batch_augment),
     # and bg comes from the run's BackgroundBank (loaders.py) by bg_id; uint8 mask, float16 depth out of the workers
     train_set = ShardDataset(cfg.data, indices=splits["train"],

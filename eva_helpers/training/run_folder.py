@@ -45,6 +45,13 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{which}.pt"
 
 
+def fresh_for_best(run_dir: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """True when `path` (metrics, figures scored from the best checkpoint) exists and is not older than best.pt (or
+    the run has no best.pt): the one rule for reusing what was scored instead of scoring again."""
+    path, best = Path(path), checkpoint_path(run_dir, "best")
+    return path.is_file() and (not best.is_file() or path.stat().st_mtime >= best.stat().st_mtime)
+
+
 def metrics_file(tag: str | None = None) -> str:
     """metrics.json, or metrics-<tag>.json for a second-shot change, an aligned score or another dataset."""
     return METRICS if tag is None else f"metrics-{tag}.json"
