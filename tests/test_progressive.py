@@ -80,10 +80,14 @@ def test_a_stage_size_the_model_cannot_take_is_one_line_before_anything(tmp_path
 def test_cli_size_stages(tmp_path):
     from eva_helpers.cli.commands import train_config_from_args
     from eva_helpers.cli.parser import build_parser
+    from eva_helpers.errors import UsageError
 
     args = build_parser().parse_args(["train", "--task", "joint", "--data", "d", "--run-dir", str(tmp_path / "r"), "--size", "64",
                                       "--epochs", "15", "--size-stages", "32:5", "48:2"])
     assert train_config_from_args(args).size_stages == [[32, 5], [48, 2]]
+    for word in ("32:5,48:2", ""):  # one stage per word on the command line: never the first of two silently
+        with pytest.raises(UsageError, match="SIZE:EPOCHS"):
+            build_parser().parse_args(["train", "--data", "d", "--run-dir", "r", "--size-stages", word])
     cmd = [sys.executable, "-m", "eva_helpers.cli", "train", "--task", "joint", "--data", "d", "--run-dir", "r",
            "--size-stages", "32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -97,9 +97,12 @@ def _frames(lo: int) -> Callable[[str], int]:
 def _stage(text: str) -> list[int]:
     """"32:5" -> [32, 5] for --size-stages (config.parse_stages)."""
     try:
-        return config.parse_stages(text, "--size-stages")[0]
-    except (EvaError, IndexError) as e:
-        raise argparse.ArgumentTypeError(str(e) if isinstance(e, EvaError) else f"{text!r} is not SIZE:EPOCHS, e.g. 32:5")
+        stages = config.parse_stages(text, "--size-stages")
+    except EvaError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    if len(stages) != 1:  # "32:5,48:2" in one word: give each stage its own word
+        raise argparse.ArgumentTypeError(f"{text!r}: give one SIZE:EPOCHS per stage, separated by spaces, e.g. 32:5 48:2")
+    return stages[0]
 
 
 class _PerturbAction(argparse.Action):
