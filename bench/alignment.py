@@ -1,4 +1,4 @@
-"""Alignment of real-looking pairs (eva_helpers.evaluation.align): is nothing applied on clean pairs, are shifts recovered, is
+"""Alignment of real-looking pairs (eva_helpers.predict.align): is nothing applied on clean pairs, are shifts recovered, is
 tone matched, and how long does it take.
 
     nice -n 10 python bench/alignment.py [--pairs 16] [--seed 0] [--big-runs 3]
@@ -24,7 +24,7 @@ measures instead what alignment does to those models' masks on photos at 224 px:
 
   - the embedded sample is built once at 224 px under --work (the demo's build settings but the size: positions 4,
     seed 0, geometric teacher, layered) and each run's test split is taken with the run's own split settings
-    (`evaluate.split_positions`); its held-out backgrounds are checked against the run's own (64 px) data, and if
+    (`TrainConfig.splits`); its held-out backgrounds are checked against the run's own (64 px) data, and if
     they differ the 224 px samples of the run's held-out backgrounds are used instead;
   - every test pair is scored (per-image mask IoU against the 224 px label) as given ("clean") and with fg_bg and its
     mask moved 1, 2, 5, 10, 20 px in one of 8 directions drawn from the sample's row (`perturb.shift_offsets` /
@@ -57,7 +57,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from eva_helpers.evaluation.align import align_pair  # noqa: E402
+from eva_helpers.predict.align import align_pair  # noqa: E402
 from eva_helpers.data.compression import encode_decode  # noqa: E402
 from eva_helpers.paths import sample_assets  # noqa: E402
 
@@ -203,14 +203,13 @@ def test_positions(cfg, data: Path) -> tuple[list[int], str]:
     """The run's test split on the SIZE px data, and a line saying which backgrounds it holds out (and whether the
     run's own data holds out the same ones)."""
     from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.evaluation.heldout import split_positions
 
-    sp = split_positions(cfg, data)
+    sp = cfg.splits(data)
     here = [str(b) for b in sp["info"]["bg_ids"]["test"]]
     own_dir = Path(cfg.data) if cfg.data else None
     if own_dir is None or not (own_dir / "manifest.json").is_file():
         return list(sp["test"]), f"held out at {SIZE} px: {here} (the run's own data {own_dir} is not here to compare)"
-    own = [str(b) for b in split_positions(cfg, own_dir)["info"]["bg_ids"]["test"]]
+    own = [str(b) for b in cfg.splits(own_dir)["info"]["bg_ids"]["test"]]
     if own == here:
         return list(sp["test"]), f"held out: {here} (the same at {cfg.size} px and {SIZE} px)"
     ds = ShardDataset(str(data))
@@ -220,13 +219,12 @@ def test_positions(cfg, data: Path) -> tuple[list[int], str]:
 
 
 def load_runs(run_dirs: list[Path], data: Path) -> list[dict]:
-    from eva_helpers.evaluation.calibrate import load_calibration
-    from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.training.trained_run import load_trained_run
 
     runs = []
     for rd in run_dirs:
-        model, cfg, ckpt = load_run(rd, device="cpu")
+        trained = load_trained_run(rd, device="cpu", data=data)
+        model, cfg, ckpt = trained.model, trained.cfg, trained.checkpoint
         metrics = rd / "metrics.json"
         thr = None
         if metrics.is_file():
@@ -234,8 +232,8 @@ def load_runs(run_dirs: list[Path], data: Path) -> list[dict]:
 
             thr = json.loads(metrics.read_text()).get("baseline_threshold")
         pos, line = test_positions(cfg, data)
-        runs.append(dict(dir=rd, name=rd.name, model=model, cfg=cfg, stats=load_run_stats(rd, data),
-                         calib=load_calibration(rd), thr=float(thr) if thr is not None else 0.05,
+        runs.append(dict(dir=rd, name=rd.name, model=model, cfg=cfg, stats=trained.stats,
+                         calib=trained.calibration, thr=float(thr) if thr is not None else 0.05,
                          thr_from="metrics.json" if thr is not None else "default 0.05", positions=set(pos),
                          split_line=line, ckpt=Path(ckpt["loaded_from"]).name))
     return runs
@@ -256,7 +254,7 @@ def baseline_mask(bg: np.ndarray, fg_bg: np.ndarray, size: int, threshold: float
     import torch
 
     from eva_helpers.evaluation.baseline import bg_difference_mask
-    from eva_helpers.evaluation.predict import _resize
+    from eva_helpers.predict.pair import _resize
 
     h, w = fg_bg.shape[:2]
     small = [torch.from_numpy(np.array(_resize(a, (size, size)))).permute(2, 0, 1)[None] for a in (bg, fg_bg)]
@@ -268,7 +266,7 @@ def score_runs(runs: list[dict], data: Path, limit: int | None) -> tuple[dict, d
     """-> (scores[run][who][condition] = list of (bg_id, IoU); flags[condition] = list of (warp, tone); positions)."""
     from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.evaluation.perturb import shift_array, shift_offsets
-    from eva_helpers.evaluation.predict import predict_pair
+    from eva_helpers.predict.pair import predict_pair
 
     positions = sorted(set().union(*(r["positions"] for r in runs)))
     if limit is not None and limit < len(positions):  # evenly strided: every held-out background keeps pairs

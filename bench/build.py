@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eva_helpers.compositing.build import build_dataset  # noqa: E402
 from eva_helpers.compositing.compose import Compositor, prepare_background  # noqa: E402
-from eva_helpers.compositing.images import load_sources  # noqa: E402
+from eva_helpers.data.images import load_sources  # noqa: E402
 from eva_helpers.paths import sample_assets  # noqa: E402
 from eva_helpers.compositing.teachers import get_teacher, normalise  # noqa: E402
 

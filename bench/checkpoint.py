@@ -35,7 +35,7 @@ T0 = float(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 import torch
 from eva_helpers.training.config import TrainConfig
-from eva_helpers.training.fit import fit
+from eva_helpers.training.trainer import fit
 cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[3]))
 orig = torch.optim.AdamW.step
 def step(self, *a, **k):

@@ -1,17 +1,18 @@
 """Data pipeline throughput: the training loader (ShardDataset + make_loader) vs a seed-style folder/PIL loader.
 
     python bench/data_pipeline.py [--data DIR] [--size 224] [--workers 2] [--batch 64] [--samples 4096] [--prepare]
-                                  [--verify-rounds 2] [--worker-augment-rounds 2]
+                                  [--verify-rounds 2]
 
 "ours" is what `fit` runs: workers only read and decode fg_bg, mask and depth (augmentation runs on the batch, on the
-GPU in training, `batch_augment.py`; each sample's background comes from `loaders.BackgroundBank` by its bg_id). `--worker-augment-rounds` alternates it with the earlier pipeline, where each worker also ran
-the per-sample albumentations (flip, brightness/contrast), so the ratio comes from one run.
+GPU in training, `batch_augment.py`; each sample's background comes from `loaders.BackgroundBank` by its bg_id). The
+comparison with the earlier pipeline, where each worker also ran per-sample albumentations, ran with
+`--worker-augment-rounds` up to commit 28b7d88 (bench/RESULTS.md); that pipeline is gone since.
 
 Both loaders run in the same process on the same dataset (built from the embedded sample at --size unless --data is
 given), with the same workers and batch size; the first batches (worker start-up) are excluded from the timing.
 Besides samples/s (which depends on whatever else runs on the machine), it reports CPU ms per sample summed over the
 main process and the workers: on an otherwise idle 2-vCPU machine the rate is about 2000 / cpu_ms.
-"ours" includes prepare_batch on CPU only with --prepare. Prints one JSON line; peak RSS is ru_maxrss of this process
+"ours" includes the batch preparation (batch_to_device, augmentation, model_input) on CPU only with --prepare. Prints one JSON line; peak RSS is ru_maxrss of this process
 and of its (finished) worker processes.
 Verified reads: the same loader over `ShardDataset(verify=True)` (the default: CRC of every member against the index,
 decoded shapes checked) and `verify=False`, alternated --verify-rounds times after the dataset's first (hashing) open,
@@ -122,17 +123,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--prepare", action="store_true",
-                    help="include prepare_batch on the CPU, with the default batch augmentation, in our loader's time")
-    ap.add_argument("--worker-augment-rounds", type=int, default=2,
-                    help="alternations of ours with the per-sample augmentation in the workers (the earlier pipeline)")
+                    help="include the batch preparation on the CPU, with the default batch augmentation, in our loader's time")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--verify-rounds", type=int, default=2, help="on/off alternations for the verified-read cost")
     args = ap.parse_args(argv)
 
-    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.resize import resize_transform
     from eva_helpers.data.dataset import ShardDataset
     from eva_helpers.data.extract import extract_dataset
-    from eva_helpers.data.loaders import make_loader, prepare_batch
+    from eva_helpers.data.loaders import batch_to_device, make_loader
+    from eva_helpers.models.inputs import model_input
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="eva-bench-"))
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eva_helpers.training.config import TrainConfig
     from eva_helpers.data.loaders import BackgroundBank
 
-    decode_only = build_transforms("val", args.size, compact=True, with_bg=False)  # what train.build_data gives them
-    worker_aug = build_transforms("train", args.size, compact=True, crop_scale=(1.0, 1.0))
+    decode_only = resize_transform(args.size, compact=True, with_bg=False)  # what train.build_data gives them
     ds = ShardDataset(data, transform=decode_only)
     res = {"samples_in_dataset": len(ds), "size": args.size, "workers": args.workers, "batch": args.batch,
            "cpus": os.cpu_count(), "prepare_batch_included": args.prepare}
@@ -150,26 +149,16 @@ def main(argv: list[str] | None = None) -> dict:
     aug = BatchAugment.from_config(TrainConfig())
     steps = iter(range(10**9))
     bank = BackgroundBank(ds, args.size)
-    prep = ((lambda b: prepare_batch(b, "cpu", augment=aug, gen=aug.generator(0, next(steps), 0, torch.device("cpu")),
-                                     backgrounds=bank))
-            if args.prepare else None)
+
+    def prepare(b):  # the training loop's step before the model: onto the device, augmented, the model's input
+        bg, fg_bg, targets = batch_to_device(b, "cpu", bank)
+        bg, fg_bg, targets = aug(bg, fg_bg, targets, aug.generator(0, next(steps), 0, torch.device("cpu")))
+        return model_input(bg, fg_bg)
+
+    prep = prepare if args.prepare else None
     rate, cpu = time_loader(loader, args.samples, prepare=prep)
     res["ours_samples_per_s"], res["ours_cpu_ms_per_sample"] = round(rate, 1), round(cpu, 3)
     del loader
-    if args.worker_augment_rounds > 0:
-        rates, cpus = {"batch": [], "workers": []}, {"batch": [], "workers": []}
-        for r in range(args.worker_augment_rounds):
-            for where in (("batch", "workers") if r % 2 == 0 else ("workers", "batch")):  # ABBA
-                tf = decode_only if where == "batch" else worker_aug
-                wl = make_loader(ShardDataset(data, transform=tf), args.batch, shuffle=True,
-                                 num_workers=args.workers, seed=0, drop_last=True)
-                rate, cpu = time_loader(wl, args.samples, prepare=prep)
-                rates[where].append(round(rate, 1))
-                cpus[where].append(round(cpu, 3))
-                del wl
-        res["augment_on_batch_samples_per_s"], res["augment_in_workers_samples_per_s"] = rates["batch"], rates["workers"]
-        res["augment_on_batch_cpu_ms"], res["augment_in_workers_cpu_ms"] = cpus["batch"], cpus["workers"]
-        res["batch_vs_workers"] = round(sum(rates["batch"]) / sum(rates["workers"]), 3)
     if args.verify_rounds > 0:
         rates, cpus = {True: [], False: []}, {True: [], False: []}
         for r in range(args.verify_rounds):

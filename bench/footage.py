@@ -6,7 +6,7 @@
 
 The runs are `eva demo`'s joint model (DEMO_RUNS' joint schedule on the embedded sample at 64 px, the default recipe),
 one per training seed (--seeds; the split stays the demo's), with one change: the held-out split is by background AND
-cut-out (split_by "bg+fg"), so the clips (evaluation/synth_clip.py)
+cut-out (split_by "bg+fg"), so the clips (demo/clips.py)
 use only test backgrounds and test cut-outs, none seen in training. Three clips of 300 frames at 640x480: two cut-outs
 walking across, one standing still for 40 % of its time in the third; cast shadows, a slow fade, shake, noise, MJPG
 frames.
@@ -39,7 +39,7 @@ import quality  # noqa: E402  (bench/quality.py: write_section; puts the repo on
 
 import numpy as np  # noqa: E402
 
-from eva_helpers.evaluation.synth_clip import ClipSpec, load_gt, make_clip, mask_ious  # noqa: E402
+from eva_helpers.demo.clips import ClipSpec, load_gt, make_clip, mask_ious  # noqa: E402
 
 ROOT = quality.ROOT
 BEGIN, END = "<!-- footage:begin -->", "<!-- footage:end -->"
@@ -52,9 +52,9 @@ def train_run(out: Path, epochs: int | None, seed: int = 0) -> tuple[Path, dict]
     """The demo's joint run of this training seed with held-out backgrounds and cut-outs (reused when trained); its
     test split's ids. `epochs`: a plain schedule of that many epochs instead (smoke runs)."""
     from eva_helpers.demo import DEMO_RUNS, DemoConfig, DemoRun, build_sample, ensure_stats, train_config
-    from eva_helpers.evaluation.heldout import current_metrics, split_positions
-    from eva_helpers.training.fit import fit
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.evaluation.heldout import current_metrics
+    from eva_helpers.training.trainer import fit
+    from eva_helpers.training.trained_run import load_run
 
     demo = DemoConfig(out=str(out), train_overrides={"split_by": "bg+fg", "progress": False})
     run = DemoRun("joint", epochs) if epochs else next(r for r in DEMO_RUNS if r.task == "joint")
@@ -65,7 +65,7 @@ def train_run(out: Path, epochs: int | None, seed: int = 0) -> tuple[Path, dict]
     fit(cfg)
     current_metrics(cfg.run_dir, data)  # calibration.json: the threshold eva predict applies
     _, cfg, _ = load_run(cfg.run_dir)
-    return Path(cfg.run_dir), split_positions(cfg, data)["info"]
+    return Path(cfg.run_dir), cfg.splits(data)["info"]
 
 
 def clip_specs(info: dict, frames: int) -> list[ClipSpec]:
@@ -83,7 +83,7 @@ def ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def score_ours(run: Path, clip: Path, gt: np.ndarray, out: Path) -> dict:
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     t0 = time.perf_counter()
     rep = predict_video(run, clip, out, progress=False)
@@ -96,10 +96,10 @@ def score_baseline(clip: Path, plate_png: Path, gt: np.ndarray) -> dict:
     """baseline.py's rule on the plate aligned like ours; every threshold of the grid, the best kept."""
     import torch
 
-    from eva_helpers.compositing.images import read_image
+    from eva_helpers.data.images import read_image
     from eva_helpers.evaluation.baseline import bg_difference, open_close
-    from eva_helpers.evaluation.clip import open_clip, read_frames
-    from eva_helpers.evaluation.frame_align import FrameAligner
+    from eva_helpers.predict.clip import open_clip, read_frames
+    from eva_helpers.predict.frame_align import FrameAligner
 
     plate = read_image(plate_png)
     grid = torch.tensor(THRESHOLDS).view(-1, 1, 1, 1)
@@ -122,7 +122,7 @@ def score_subtractor(kind: str, clip: Path, gt: np.ndarray) -> dict[str, dict]:
     """MOG2 or KNN at its defaults: {setting: {"iou": per frame, "fps"}} for shadows on/off x cold/warm x raw/morph."""
     import cv2
 
-    from eva_helpers.evaluation.clip import open_clip, read_frames
+    from eva_helpers.predict.clip import open_clip, read_frames
 
     info = open_clip(clip)
     make = cv2.createBackgroundSubtractorMOG2 if kind == "MOG2" else cv2.createBackgroundSubtractorKNN
@@ -155,7 +155,7 @@ def peak_rss(run: Path, clip: Path, end: int | None) -> tuple[int, float]:
     """(frames, peak RSS in MB) of a fresh process predicting the clip's frames below `end`. VmHWM, not ru_maxrss:
     Linux carries a process's ru_maxrss across fork + exec, so a child's would start at this bench's own size."""
     code = ("import sys, tempfile; sys.path.insert(0, sys.argv[1]); "
-            "from eva_helpers.evaluation.footage import predict_video; "
+            "from eva_helpers.predict.footage import predict_video; "
             "end = None if sys.argv[4] == 'None' else int(sys.argv[4]); "
             "r = predict_video(sys.argv[2], sys.argv[3], tempfile.mkdtemp(), end=end, progress=False); "
             "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]; "

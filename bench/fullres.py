@@ -90,7 +90,7 @@ def screen(cfgs: list, large: Path, perturbs: list[str], align: bool, limit: int
     """The rows of SCREEN on the runs' validation split: mean refined IoU per change (the upsampled answer first)."""
     import functools
 
-    from eva_helpers.evaluation import predict, refine
+    from eva_helpers.predict import pair as predict, refine
 
     plain, default_gate = refine.refine_mask, refine.MAX_OUTSIDE
     rows: dict[str, dict[str, list[float]]] = {}
@@ -136,7 +136,7 @@ def main() -> None:
 
     from eva_helpers.demo import DemoConfig, build_sample, ensure_stats
     from eva_helpers.evaluation.perturb import check_name
-    from eva_helpers.evaluation.photo_size import build_larger
+    from eva_helpers.compositing.build import build_larger
     from eva_helpers.paths import sample_assets
 
     for name in args.perturb:

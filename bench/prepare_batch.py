@@ -1,4 +1,4 @@
-"""`prepare_batch` alone on the CPU: a loader's batch -> the model's (B, 10, H, W) input, with and without the training
+"""The training loop's batch preparation alone on the CPU: a loader's batch -> the model's (B, 10, H, W) input, with and without the training
 augmentation (second shot included), channels_last as training asks. Best of --repeats calls, in ms per batch.
 
     python bench/prepare_batch.py                              # this checkout's code (as installed)
@@ -16,9 +16,22 @@ import time
 import torch
 
 import eva_helpers
-from eva_helpers.data.loaders import prepare_batch
 from eva_helpers.training.batch_augment import BatchAugment
 from eva_helpers.training.config import TrainConfig
+
+
+def training_input(batch, augment, gen):
+    """The loop's batch preparation: onto the device, augmented, the model's input (channels_last, no stats)."""
+    try:
+        from eva_helpers.data.loaders import batch_to_device
+        from eva_helpers.models.inputs import model_input
+    except ImportError:  # a version before the trainer: one function did all three
+        from eva_helpers.data.loaders import prepare_batch
+        return prepare_batch(batch, "cpu", None, True, augment, gen)[0]
+    bg, fg_bg, targets = batch_to_device(batch, "cpu")
+    if augment is not None:
+        bg, fg_bg, targets = augment(bg, fg_bg, targets, gen)
+    return model_input(bg, fg_bg, None, channels_last=True)
 
 
 def main() -> None:
@@ -40,7 +53,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 g = torch.Generator().manual_seed(1)
                 t0 = time.perf_counter()
-                prepare_batch(b, "cpu", None, True, aug, g)
+                training_input(b, aug, g)
                 best = min(best, time.perf_counter() - t0)
             rows.append({"size": size, "batch": batch, "augment": aug is not None, "ms": round(best * 1000, 1)})
     print(json.dumps({"package": eva_helpers.__file__, "threads": args.threads, "rows": rows}))

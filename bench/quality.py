@@ -148,7 +148,7 @@ def _cpu_s() -> float:
 def run_one(cfg, before=()) -> dict:
     """Train (or reuse) one run and score it; `before`: the configs of the runs it starts from, trained first."""
     from eva_helpers.evaluation.heldout import evaluate_run
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     for source in before:
         run_one(source)
@@ -173,9 +173,9 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
 
     from eva_helpers.training.losses import build_criterion
     from eva_helpers.models import build_model
-    from eva_helpers.training.fit import build_data, seed_everything
-    from eva_helpers.data.loaders import BackgroundBank, prepare_batch
-    from eva_helpers.training.loop import seeded_loader
+    from eva_helpers.training.trainer import build_data, seed_everything
+    from eva_helpers.data.loaders import BackgroundBank, seeded_loader
+    from eva_helpers.training.trainer import model_batch
     from eva_helpers.data.sampler import ResumableSampler
 
     cfg = train_config(name, 0, data, Path("/tmp"), demo, None, None)
@@ -193,7 +193,7 @@ def lr_range_test(name: str, data: Path, demo, steps: int = 120, lo: float = 1e-
             lr = lo * (hi / lo) ** (step / (steps - 1))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, t = prepare_batch(batch, "cpu", stats=stats, backgrounds=backgrounds)
+            x, t = model_batch(batch, "cpu", stats=stats, backgrounds=backgrounds)
             loss, _ = crit(model(x), t)
             opt.zero_grad()
             loss.backward()

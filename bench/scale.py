@@ -64,12 +64,12 @@ def measure(which: str, data: Path, samples: int, batch: int = 64) -> dict:
 
     import torch
 
-    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.resize import resize_transform
     from eva_helpers.data.loaders import make_loader
 
     torch.set_num_threads(1)
     mod = old_dataset_module() if which == "old" else __import__("eva_helpers.data.dataset", fromlist=["x"])
-    tf = build_transforms("train", 32, compact=True)
+    tf = resize_transform(32, compact=True)
     gc.collect()
     rss0 = _status()["VmRSS"]
     t0 = time.perf_counter()

@@ -8,8 +8,4 @@ The subpackages follow the data (docs/architecture.md draws it):
 
 Nothing mounts, downloads or opens files at import time; heavy modules (torch, cv2) load on first use.
 """
-from eva_helpers import moved
-
 __version__ = "0.1.0"
-
-moved.install()  # `import eva_helpers.train` and the other paths from before the split still work (moved.py)

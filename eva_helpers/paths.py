@@ -9,7 +9,6 @@ from pathlib import Path
 from eva_helpers.errors import EvaError
 
 DRIVE_MOUNT = Path("/content/drive")
-DRIVE_ROOT = DRIVE_MOUNT / "MyDrive" / "eva-maskdepth"
 ENV_HOME = "EVA_HOME"  # overrides where data/runs live (also in Colab)
 ENV_CACHE = "EVA_CACHE"  # overrides the local cache for fetched shards
 _NAME_MAX = 255  # bytes of one path component on ext4, NTFS, APFS and Drive

@@ -52,7 +52,7 @@ class TinyDataset(torch.utils.data.Dataset):
 
 
 class TinyNet(nn.Module):
-    """cat(bg, fg_bg, |diff|) (the first 9 channels of prepare_batch's 10) -> width -> {"mask": logits, "depth": sigmoid} (B,1,H,W); BatchNorm and dropout (RNG)."""
+    """cat(bg, fg_bg, |diff|) (the first 9 channels of model_input's 10) -> width -> {"mask": logits, "depth": sigmoid} (B,1,H,W); BatchNorm and dropout (RNG)."""
 
     def __init__(self, name: str = "tiny", tasks=("mask", "depth"), width: int = 8) -> None:
         super().__init__()
@@ -100,7 +100,7 @@ def tiny_config(run_dir, **kw):
 
 def run_tiny(run_dir, *, n: int = 24, val: int = 8, delay_s: float = 0.0, gate: str | None = None,
              val_gate: str | None = None, **kw) -> dict:
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     torch.set_num_threads(1)
     cfg = tiny_config(run_dir, **kw)
@@ -111,6 +111,9 @@ def run_tiny(run_dir, *, n: int = 24, val: int = 8, delay_s: float = 0.0, gate: 
 
 
 def main(argv=None) -> None:
+    import _faults
+
+    _faults.install()  # EVA_CKPT_FAULT: killed mid-save, for the resume tests
     p = argparse.ArgumentParser()
     p.add_argument("--run-dir", required=True)
     p.add_argument("--workers", type=int, default=0)

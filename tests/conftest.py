@@ -55,7 +55,7 @@ def trained_run(tmp_path_factory, sample_dataset) -> Path:
     import torch
 
     from eva_helpers.training.config import TrainConfig
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "joint"

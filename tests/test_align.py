@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eva_helpers.evaluation.align import IDENTITY, Alignment, align_pair
+from eva_helpers.predict.align import IDENTITY, Alignment, align_pair
 from eva_helpers.errors import BadInputError
 from eva_helpers.paths import sample_assets
 from _photos import sample_photo as _photo
@@ -209,7 +209,7 @@ def test_a_tiny_pair_is_left_alone() -> None:
 def test_a_wrong_estimate_is_refused(monkeypatch) -> None:
     """The guard against a bad search (86 of 256 clean pairs once got a shift): a confident-looking but wrong
     3 px candidate must not lower the residual, so nothing is applied."""
-    from eva_helpers.evaluation import registration
+    from eva_helpers.predict import registration
 
     monkeypatch.setattr(registration, "_features", lambda *args: (np.float64([[1, 0, 3], [0, 1, 0]]), 200))
     monkeypatch.setattr(registration, "_refine", lambda g_bg, g_fg, m, sel: m)

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eva_helpers.data.compression import encode_decode
-from eva_helpers.evaluation.align import align_pair
-from eva_helpers.evaluation.align_guard import geometry_problem, keystone_problem, tone_problem
+from eva_helpers.predict.align import align_pair
+from eva_helpers.predict.align_guard import geometry_problem, keystone_problem, tone_problem
 from eva_helpers.paths import sample_assets
 
 CONTENTS = ("flat", "noise", "blur", "stripes", "checker", "gradient", "photo")

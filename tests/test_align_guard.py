@@ -8,8 +8,8 @@ import pytest
 
 from eva_helpers.data.compression import estimate_jpeg
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation import align, registration
-from eva_helpers.evaluation.align import align_pair, alignment_record, describe_alignment
+from eva_helpers.predict import align, registration
+from eva_helpers.predict.align import align_pair, alignment_record, describe_alignment
 from eva_helpers.paths import sample_assets
 from _photos import sample_photo as _photo
 
@@ -139,7 +139,7 @@ def test_a_negative_is_not_inverted_back() -> None:
 
 
 def test_bounds() -> None:
-    from eva_helpers.evaluation.align_guard import geometry_problem, keystone_problem, tone_problem
+    from eva_helpers.predict.align_guard import geometry_problem, keystone_problem, tone_problem
 
     assert geometry_problem(5.0, -3.0, 1.5, 1.03, 160, 120) is None
     assert "scale 0.000" in geometry_problem(0.0, 0.0, 0.0, 3e-20, 160, 120)
@@ -241,7 +241,7 @@ def test_no_keystone_no_homography(name: str) -> None:
 
 
 def test_folder_summary_counts_different_scenes() -> None:
-    from eva_helpers.evaluation.predict_folders import summarize_alignments
+    from eva_helpers.predict.folders import summarize_alignments
 
     other = align_pair(_photo("china", 96), _photo("sunset", 96))[1]
     line = summarize_alignments([("a", other), ("b", align.IDENTITY)])

@@ -7,6 +7,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "eva_helpers"
 MAX_TOP_MODULES = 12
 MAX_LINES = 350
+# the training loop reads better whole, top to bottom (issue 31): its one function and the pure pieces it calls
+LONGER = {"eva_helpers.training.trainer": 650}
 
 
 def _modules() -> dict[str, Path]:
@@ -41,9 +43,9 @@ def test_at_most_twelve_modules_at_the_top():
     assert len(top) <= MAX_TOP_MODULES, top
 
 
-def test_no_module_over_350_lines():
+def test_no_module_over_350_lines_but_the_trainer():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
-    assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
+    assert {n: k for n, k in long.items() if k > LONGER.get(n, MAX_LINES)} == {}
 
 
 def test_no_import_cycle():
@@ -79,17 +81,42 @@ def test_no_import_cycle():
     assert cycles == []
 
 
-def test_old_module_paths_and_moved_names_still_import():
-    """A notebook saved before the package was split imports `eva_helpers.train`, `eva_helpers.fetch`, ...: each
-    old path gives its module, and each name that left it is found where it went."""
-    import importlib
+# Which stage may import which (besides BASE, the top-level modules every stage shares, which import only each other).
+# Read down the data: data and models know no stage; compositing writes datasets in data's formats; fetching copies
+# them; training reads them into models; prediction runs a trained model on photos; evaluation scores trained runs
+# (predicting as `eva predict` does). The front ends (cli, colab, demo) may import
+# any stage.
+BASE = {"eva_helpers", "errors", "atomic", "paths", "lease", "lease_record", "signals", "precision", "plots",
+        "estimate"}
+MAY_IMPORT = {
+    "data": set(),
+    "models": set(),
+    "compositing": {"data"},
+    "fetching": {"data"},
+    "training": {"data", "models"},
+    "predict": {"data", "models", "training"},
+    "evaluation": {"data", "models", "training", "predict"},
+}
+FRONT_ENDS = {"cli", "colab", "demo"}
+# colab/install.py is standard library only and runs before the package exists (the notebooks' install cell copies it
+# verbatim), so where the code came from has one owner there, and the run folder's code.json reads it
+ALSO = {"eva_helpers.training.run_folder": {"eva_helpers.colab.install"}}
 
-    from eva_helpers import moved
 
-    for old, new in moved.MOVED.items():
-        module = importlib.import_module(f"eva_helpers.{old}")
-        assert module.__name__ in (f"eva_helpers.{new}", f"eva_helpers.{old}")
-        for name in moved.MOVED_NAMES.get(old, {}):
-            assert getattr(module, name) is not None, (old, name)
-    from eva_helpers.train import fit, load_run  # noqa: F401
-    from eva_helpers.fetch import manifest_entry_for  # noqa: F401  (README's example before the split)
+def _group(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_stages_import_only_down_the_table():
+    mods = _modules()
+    assert {_group(n) for n in mods} == BASE | set(MAY_IMPORT) | FRONT_ENDS, "a new stage: give it a row"
+    wrong = []
+    for name, path in mods.items():
+        group = _group(name)
+        if group in FRONT_ENDS:
+            continue
+        allowed = BASE if group in BASE else BASE | MAY_IMPORT[group] | {group}
+        wrong += [f"{name} -> {m}" for m in sorted(_imports(name, path, set(mods)))
+                  if _group(m) not in allowed and m not in ALSO.get(name, ())]
+    assert wrong == []

@@ -933,13 +933,13 @@ def test_no_dataset_folder_name_can_take_a_perturbations_metrics_file(tmp_path, 
 @pytest.mark.slow  # builds an unseen dataset and scores it three times
 def test_an_unseen_dataset_named_jpeg40_or_dot_keeps_its_own_file(tmp_path, trained_run, sample_dataset, monkeypatch):
     from eva_helpers.compositing.build import build_dataset
-    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
+    from eva_helpers.evaluation.heldout import evaluate_run
     from eva_helpers.paths import sample_assets
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.training.trained_run import load_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    ids = split_positions(load_run(run)[1], sample_dataset)["info"]["bg_ids"]
+    ids = load_run(run)[1].splits(sample_dataset)["info"]["bg_ids"]
     bg = tmp_path / "held-bg"
     bg.mkdir()
     for p in (sample_assets() / "bg").iterdir():
@@ -970,7 +970,7 @@ def test_a_warm_started_run_resumes_with_its_source_spelled_another_way(tmp_path
                                                                        monkeypatch, one_thread):
     from eva_helpers.errors import EvaError
     from eva_helpers.training.config import TrainConfig, result_changing_differences
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     def cfg(init_from: str) -> TrainConfig:
         return TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / "new"), model="unet_small",
@@ -1036,7 +1036,7 @@ def test_csv_cells_that_start_a_formula_are_escaped(tmp_path, trained_run, capsy
 
 
 def test_numbers_stay_numbers_in_csv_cells():
-    from eva_helpers.evaluation.predict_folders import csv_cell
+    from eva_helpers.predict.folders import csv_cell
 
     assert csv_cell(-3.5) == -3.5 and csv_cell("-3.5") == "-3.5" and csv_cell("ok") == "ok"
     assert csv_cell("\t=1") == "'\t=1" and csv_cell("-1+2|cmd") == "'-1+2|cmd"

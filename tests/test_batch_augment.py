@@ -130,7 +130,7 @@ def test_options_are_checked():
 
 
 def test_bad_options_create_no_run_folder(tmp_path, sample_dataset):
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     run = tmp_path / "run"
     cfg = TrainConfig(task="mask", data=str(sample_dataset), run_dir=str(run), size=32, epochs=1, max_steps=1,
@@ -151,10 +151,11 @@ def test_a_run_from_before_second_shot_resumes_as_it_trained():
 def test_training_workers_only_decode(tmp_path, sample_dataset):
     """The training dataset's transform draws nothing (every augmentation happens on the batch) and ships no bg: the
     BackgroundBank gives the same bytes the val transform would have shipped."""
-    from eva_helpers.data.augment import build_transforms
+    from eva_helpers.data.resize import resize_transform
     from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.data.loaders import BackgroundBank, collate, prepare_batch
-    from eva_helpers.training.fit import build_data
+    from eva_helpers.data.loaders import BackgroundBank, collate
+    from eva_helpers.training.trainer import model_batch
+    from eva_helpers.training.trainer import build_data
 
     for size in (32, 48):  # the dataset's own size, and one the workers resize to
         cfg = TrainConfig(task="joint", data=str(sample_dataset), run_dir=str(tmp_path / "r"), size=size)
@@ -162,10 +163,10 @@ def test_training_workers_only_decode(tmp_path, sample_dataset):
         a, b = train_set[(3, 1)], train_set[(3, 2)]
         assert "bg" not in a and all(torch.equal(a[k], b[k]) for k in ("fg_bg", "mask", "depth"))
         assert a["mask"].dtype == torch.uint8 and a["depth"].dtype == torch.float16  # compact out of the workers
-        full = ShardDataset(str(sample_dataset), indices=train_set.indices, transform=build_transforms("val", size))
+        full = ShardDataset(str(sample_dataset), indices=train_set.indices, transform=resize_transform(size))
         items = [train_set[i] for i in range(0, 40, 5)]
         bank = BackgroundBank(train_set, size)
         assert torch.equal(bank([it["meta"] for it in items], "cpu"), torch.stack([full[i]["bg"] for i in range(0, 40, 5)]))
-        x_bank, _ = prepare_batch(collate(items), "cpu", backgrounds=bank)
-        x_full, _ = prepare_batch(collate([full[i] for i in range(0, 40, 5)]), "cpu")
+        x_bank, _ = model_batch(collate(items), "cpu", backgrounds=bank)
+        x_full, _ = model_batch(collate([full[i] for i in range(0, 40, 5)]), "cpu")
         assert torch.equal(x_bank, x_full)

@@ -19,7 +19,7 @@ from eva_helpers.data import formats
 from eva_helpers.atomic import TMP_PREFIX, sha256_file
 from eva_helpers.compositing.build import BuildConflictError, build_dataset
 from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.compositing.images import load_sources
+from eva_helpers.data.images import load_sources
 from eva_helpers.compositing.labels import MIN_CONTRAST, layer_object
 
 pytestmark = pytest.mark.timeout(120)

@@ -85,7 +85,9 @@ def test_missing_sidecar_means_unfinished_write(tmp_path):
 
 KILL = """
 import sys, torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+import _faults
+_faults.install()
 from eva_helpers.training.checkpoint import CheckpointManager
 m = CheckpointManager(sys.argv[1], keep_last=2, interval_s=1e9)
 for step in (1, 2, 3):

@@ -30,13 +30,12 @@ def _pipeline(tmp_path, monkeypatch, capsys) -> None:
     from PIL import Image
 
     import eva_helpers.evaluation.heldout as heldout_mod
-    import eva_helpers.evaluation.predict as predict_mod
+    import eva_helpers.training.trained_run as trained_run
     from eva_helpers.data import formats
     from eva_helpers.training.checkpoint import read_sidecar
     from eva_helpers.cli import main
     from eva_helpers.training.config import TrainConfig
     from eva_helpers.data.dataset import ShardDataset
-    from eva_helpers.evaluation.heldout import split_positions
     from eva_helpers.paths import sample_assets
 
     data, run = tmp_path / "ds", tmp_path / "run"
@@ -60,7 +59,7 @@ def _pipeline(tmp_path, monkeypatch, capsys) -> None:
     # train: one full epoch (-> best.pt), then one step of the second (-> last.pt only)
     cfg = TrainConfig(task="joint", data=str(data), run_dir=str(run), model="unet_small", epochs=2, batch_size=8,
                       size=32, seed=0, workers=0)
-    splits = split_positions(cfg, data)
+    splits = cfg.splits(data)
     per_epoch = math.ceil(len(splits["train"]) / 8)
     assert len(splits["train"]) == len(splits["test"]) == 16 and per_epoch == 2
     capsys.readouterr()
@@ -90,7 +89,7 @@ def _pipeline(tmp_path, monkeypatch, capsys) -> None:
         return out
 
     monkeypatch.setattr(heldout_mod, "load_run", spy)
-    monkeypatch.setattr(predict_mod, "load_run", spy)
+    monkeypatch.setattr(trained_run, "load_run", spy)  # load_trained_run's, for eva predict
     assert main(["eval", "--run-dir", str(run), "--data", str(data)]) == 0
     assert loaded == [best["global_step"]] != [last["global_step"]]
     printed = json.loads(capsys.readouterr().out)

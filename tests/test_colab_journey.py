@@ -131,13 +131,13 @@ def test_private_repository_uses_colab_secrets_never_a_pasted_token(colab, monke
 
 
 def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_path, monkeypatch, capsys):
-    from eva_helpers.colab import notebook_train as nt
+    from eva_helpers.training import run_folder as nt
 
-    monkeypatch.setattr("eva_helpers.colab.notebook_train.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
+    monkeypatch.setattr("eva_helpers.training.run_folder.installed_code", lambda: {"version": "0.1.0", "commit": "a" * 40})
     nt.record_code(tmp_path)
     nt.record_code(tmp_path)  # the same code again: nothing to add, nothing to say
     assert "other code" not in capsys.readouterr().out
-    monkeypatch.setattr("eva_helpers.colab.notebook_train.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
+    monkeypatch.setattr("eva_helpers.training.run_folder.installed_code", lambda: {"version": "0.1.1", "commit": "b" * 40})
     nt.record_code(tmp_path)
     out = capsys.readouterr().out
     assert "0.1.0, commit aaaaaaaaaaaa" in out and "0.1.1, commit bbbbbbbbbbbb" in out
@@ -146,14 +146,16 @@ def test_each_run_records_the_code_and_a_reconnect_with_newer_code_is_seen(tmp_p
 
 # ---- 3. run folders that stay put --------------------------------------------------------------------------------
 def _record_config(run_dir: Path, cfg) -> None:
-    """What fit writes as config.json (with the dataset identity) once its checks pass."""
-    from eva_helpers.training.run_folder import check_config
+    """What fit writes once its checks pass: config.json (with the dataset identity), code.json, dataset.json."""
+    from eva_helpers.training.checkpoint import CheckpointManager
+    from eva_helpers.training.run_folder import check_config, start_writing
 
-    (run_dir / "config.json").write_text(json.dumps(check_config(run_dir, cfg)[0]))
+    start_writing(run_dir, CheckpointManager(run_dir, is_main=False), check_config(run_dir, cfg)[0], None, None)
 
 
 def _fake_fit(monkeypatch):
-    """fit's record of the run (config.json with the dataset identity), without the training."""
+    """fit's records of the run (config.json with the dataset identity, code.json, dataset.json), without the
+    training."""
 
     def fit(cfg, on_start=None, force_takeover=False):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,7 @@ def test_after_finish_nothing_is_written_to_the_unmounted_drive(colab, sample_da
 
 # ---- 8. the cost before starting ---------------------------------------------------------------------------------
 def test_build_prints_its_cost_and_refuses_when_drive_is_too_small(colab, monkeypatch, capsys):
-    from eva_helpers import estimate
+    from eva_helpers.compositing import cost as estimate
     from eva_helpers.colab.notebook import build_plan
     from eva_helpers.colab.session import start
 
@@ -238,7 +240,8 @@ def test_build_prints_its_cost_and_refuses_when_drive_is_too_small(colab, monkey
 
 def test_training_and_evaluation_estimates(sample_dataset, capsys):
     from eva_helpers.training.config import TrainConfig
-    from eva_helpers.estimate import estimate_copy, estimate_evaluation, estimate_training
+    from eva_helpers.estimate import estimate_copy
+    from eva_helpers.training.cost import estimate_evaluation, estimate_training
 
     cfg = TrainConfig(task="mask", data=str(sample_dataset), model="unet_small", size=32, batch_size=8, epochs=2)
     timer = lambda cfg, batch: (0.5, 0.1)  # noqa: E731

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from eva_helpers.evaluation.align import align_pair
+from eva_helpers.predict.align import align_pair
 from eva_helpers.data.compression import encode_decode, estimate_jpeg
 from eva_helpers.paths import sample_assets
-from eva_helpers.evaluation.align import describe_alignment
+from eva_helpers.predict.align import describe_alignment
 from eva_helpers.training.second_shot import SecondShot, apply_second_shot
 
 

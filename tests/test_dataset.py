@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from _synthetic import BG_COLOURS, FG_COLOURS, sample_layout, write_synthetic_dataset
-from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.resize import resize_transform
 from eva_helpers.data.dataset import RECORD_KEYS, ShardDataset, make_splits
 from eva_helpers.errors import BadInputError
-from eva_helpers.data.loaders import make_loader, prepare_batch
+from eva_helpers.data.loaders import make_loader
+from eva_helpers.training.trainer import model_batch
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_handles_reopen_after_fork_and_pickle(syn):
 
 
 def test_subset_and_tuple_keys(syn):
-    ds = ShardDataset(syn, indices=[5, 7], transform=build_transforms("train", 24))
+    ds = ShardDataset(syn, indices=[5, 7], transform=resize_transform(24))
     a, b = ds[(1, 123)], ds[(1, 123)]
     assert a["meta"]["index"] == 7 and torch.equal(a["fg_bg"], b["fg_bg"]) and torch.equal(a["depth"], b["depth"])
     with pytest.raises(BadInputError):
@@ -96,7 +97,7 @@ def _epoch(loader):
 
 
 def test_workers_yield_same_bytes_as_main_process(syn):
-    ds = ShardDataset(syn, transform=build_transforms("train", 24))
+    ds = ShardDataset(syn, transform=resize_transform(24))
     ref = make_loader(ds, 8, shuffle=True, num_workers=0, seed=11)
     par = make_loader(ds, 8, shuffle=True, num_workers=2, seed=11)
     for _ in range(2):  # two epochs: the order and the draws change per epoch, identically in both loaders
@@ -110,11 +111,11 @@ def test_workers_yield_same_bytes_as_main_process(syn):
 
 
 def test_prepare_batch_normalises_images_once(syn):
-    ds = ShardDataset(syn, transform=build_transforms("val", 32))
+    ds = ShardDataset(syn, transform=resize_transform(32))
     batch = next(iter(make_loader(ds, 4, num_workers=0)))
     assert isinstance(batch["meta"], list) and batch["meta"][0]["index"] == 0
     stats = {"bg": {"mean": [0.5] * 3, "std": [0.25] * 3}, "fg_bg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-    x, t = prepare_batch(batch, "cpu", stats)
+    x, t = model_batch(batch, "cpu", stats)
     assert x.shape == (4, 10, 32, 32) and x.dtype == torch.float32
     expect = (batch["fg_bg"].float() / 255 - 0.5) / 0.25
     assert torch.allclose(x[:, 3:6], expect)
@@ -128,7 +129,7 @@ def test_reads_a_dataset_from_the_real_builder(request, tmp_path):
     from eva_helpers.data.stats import compute_stats
 
     data = request.getfixturevalue("sample_dataset")
-    ds = ShardDataset(data, transform=build_transforms("train", 32))
+    ds = ShardDataset(data, transform=resize_transform(32))
     assert len(ds) == ds.manifest["counts"]["samples"] and [r["index"] for r in ds.records] == list(range(len(ds)))
     s = ds[(len(ds) - 1, 0)]
     assert s["fg_bg"].shape == (3, 32, 32) and set(s["mask"].unique().tolist()) <= {0.0, 1.0}

@@ -12,7 +12,7 @@ from eva_helpers.data import formats
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
 from eva_helpers.data.verify import dataset_identity
-from eva_helpers.training.fit import fit
+from eva_helpers.training.trainer import fit
 
 
 @pytest.fixture(autouse=True)

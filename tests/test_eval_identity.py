@@ -19,15 +19,15 @@ def _state(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, trained_run, sample_dataset):
     """A copy of the tiny run, evaluated on its own dataset, and the run's split of the sample's backgrounds."""
-    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run
+    from eva_helpers.training.trained_run import load_run
 
     root = tmp_path_factory.mktemp("ident")
     run = root / "run"
     shutil.copytree(trained_run, run)
     own = evaluate_run(run, sample_dataset, figure=False, progress=False)
     cfg = load_run(run)[1]
-    ids = split_positions(cfg, sample_dataset)["info"]["bg_ids"]
+    ids = cfg.splits(sample_dataset)["info"]["bg_ids"]
     return root, run, own, ids
 
 

@@ -87,9 +87,9 @@ def _paste_at_contact(mean_depth: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- tests
 def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
-    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
-    from eva_helpers.data.loaders import prepare_batch
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run
+    from eva_helpers.training.trainer import model_batch
+    from eva_helpers.training.trained_run import load_run
 
     metrics = evaluate_run(trained_run, sample_dataset, which="last", progress=False)
     on_disk = json.loads((trained_run / "metrics.json").read_text())
@@ -97,7 +97,7 @@ def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
         assert key in on_disk, key
         assert on_disk[key] == pytest.approx(metrics[key], rel=1e-12)
     model, cfg, _ = load_run(trained_run, which="last")
-    splits = split_positions(cfg, sample_dataset)
+    splits = cfg.splits(sample_dataset)
     assert metrics["n_images"] == len(splits["test"]) > 0
     assert (trained_run / "eval_best_worst.png").stat().st_size > 1000
 
@@ -105,7 +105,7 @@ def test_eval_writes_metrics_and_figure(trained_run, sample_dataset):
     test = _raw(sample_dataset, splits["test"])
     stats = json.loads((trained_run / "stats.json").read_text())
     batch = {k: torch.from_numpy(test[k]).permute(0, 3, 1, 2).contiguous() for k in ("bg", "fg_bg")}
-    x, _ = prepare_batch(batch, "cpu", stats)
+    x, _ = model_batch(batch, "cpu", stats)
     with torch.no_grad():
         out = model(x)
     prob = torch.sigmoid(out["mask"].float())[:, 0].numpy()
@@ -160,8 +160,8 @@ def run_copy(trained_run, tmp_path):
 
 
 def test_a_perfect_prediction_scores_one_and_an_inverted_one_its_known_value(run_copy, sample_dataset, monkeypatch):
-    from eva_helpers.evaluation.heldout import evaluate_run, split_positions
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.evaluation.heldout import evaluate_run
+    from eva_helpers.training.trained_run import load_run
 
     with monkeypatch.context() as mp:
         _oracle(mp, sample_dataset, invert=False)
@@ -176,7 +176,7 @@ def test_a_perfect_prediction_scores_one_and_an_inverted_one_its_known_value(run
     # every pixel wrong: no threshold or open/close on val recovers anything, so the plain cut stays
     assert bad["mask_iou"] == bad["mask_dice"] == bad["mask_pixel_acc"] == 0.0
     _, cfg, _ = load_run(run_copy, which="last")
-    t = _raw(sample_dataset, split_positions(cfg, sample_dataset)["test"])["depth"].astype(np.float64)
+    t = _raw(sample_dataset, cfg.splits(sample_dataset)["test"])["depth"].astype(np.float64)
     want = np.sqrt(((1 - 2 * t) ** 2).reshape(len(t), -1).mean(1)).mean()  # |(1 - t) - t| per pixel, per image
     assert bad["depth_rmse"] == pytest.approx(want, rel=1e-5) and bad["depth_rmse"] > 0.1
     assert bad["depth_delta1"] < good["depth_delta1"]

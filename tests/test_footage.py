@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.clip import Selection, open_clip, read_frames
-from eva_helpers.evaluation.plate import RunningPlate, estimate_plate, median_plate
+from eva_helpers.predict.clip import Selection, open_clip, read_frames
+from eva_helpers.predict.plate import RunningPlate, estimate_plate, median_plate
 
 SIZE, N, FPS = 64, 20, 10.0
 
@@ -121,7 +121,7 @@ def test_plate_samples_stay_bounded_and_even(tmp_path):
 
 
 def test_too_short_for_a_plate_refused_in_one_line(tmp_path, trained_run):
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     short = write_clip(tmp_path / "short.mkv", [object_at(scene(), 4 * i, 20) for i in range(5)])
     out = tmp_path / "out"
@@ -138,7 +138,7 @@ def test_too_short_for_a_plate_refused_in_one_line(tmp_path, trained_run):
 
 @pytest.mark.parametrize("content", [b"not a video at all", b""])
 def test_unreadable_clip_refused_in_one_line(tmp_path, trained_run, content):
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(content)
@@ -152,7 +152,7 @@ def test_unreadable_clip_refused_in_one_line(tmp_path, trained_run, content):
 
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory, trained_run, clip):
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     out = tmp_path_factory.mktemp("pred") / "out"
     return out, predict_video(trained_run, clip, out, every=2, end=15, frames_png=True, progress=False)
@@ -160,7 +160,8 @@ def predicted(tmp_path_factory, trained_run, clip):
 
 def test_outputs_mask_video_equals_masks_and_csv_rows(predicted, trained_run, clip):
     from eva_helpers.data.formats import decode_mask
-    from eva_helpers.evaluation.predict import load_for_prediction, predict_pair
+    from eva_helpers.predict.pair import predict_pair
+    from eva_helpers.training.trained_run import load_trained_run
 
     out, rep = predicted
     assert rep.frames == 8 and {"masks", "depth", "csv", "plate", "frames", "summary"} <= set(rep.outputs)
@@ -181,9 +182,10 @@ def test_outputs_mask_video_equals_masks_and_csv_rows(predicted, trained_run, cl
         assert float(r["object_share"]) == pytest.approx(np.count_nonzero(m) / m.size, abs=1e-6)
         assert r["align_applied"] in ("True", "False") and r["align_reason"] and r["plate"].startswith("median")
     # each frame's mask is eva predict's on (bg_plate.png, that frame)
-    from eva_helpers.compositing.images import read_image
+    from eva_helpers.data.images import read_image
 
-    model, cfg, stats, calib, dev = load_for_prediction(trained_run, "best", None)
+    t = load_trained_run(trained_run, "best", None)
+    model, cfg, stats, calib, dev = t.model, t.cfg, t.stats, t.calibration, t.device
     plate = read_image(out / "bg_plate.png")
     frames = {i: f for i, _, f in read_frames(open_clip(clip), Selection(end=15, every=2))}
     for k in (0, 3, 7):
@@ -193,7 +195,7 @@ def test_outputs_mask_video_equals_masks_and_csv_rows(predicted, trained_run, cl
 
 
 def test_strip_figure(predicted):
-    from eva_helpers.evaluation.footage import footage_strip
+    from eva_helpers.predict.footage import footage_strip
 
     fig = footage_strip(predicted[0], k=4)
     assert len(fig.axes) == 8 and fig.axes[0].get_title() == "frame 0" and fig.axes[3].get_title() == "frame 14"
@@ -201,8 +203,8 @@ def test_strip_figure(predicted):
 
 def test_synthetic_clip_and_its_ground_truth(tmp_path):
     """bench/footage.py's clips: readable, one mask per frame, the object on stage mid-clip, scored by mask_ious."""
-    from eva_helpers.evaluation.clip import VideoOut
-    from eva_helpers.evaluation.synth_clip import ClipSpec, load_gt, make_clip, mask_ious
+    from eva_helpers.predict.clip import VideoOut
+    from eva_helpers.demo.clips import ClipSpec, load_gt, make_clip, mask_ious
     from eva_helpers.paths import sample_assets
 
     spec = ClipSpec("tiny", "rocket", ("bear", "sheep"), frames=N, size=(64, 48), seed=1)
@@ -217,13 +219,12 @@ def test_synthetic_clip_and_its_ground_truth(tmp_path):
 
 
 def test_demo_clip_uses_the_runs_held_out_background(tmp_path, trained_run):
-    from eva_helpers.evaluation.heldout import split_positions
-    from eva_helpers.evaluation.synth_clip import ClipSpec, demo_clip, make_clip
+    from eva_helpers.demo.clips import ClipSpec, demo_clip, make_clip
     from eva_helpers.paths import sample_assets
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.training.trained_run import load_run
 
     _, cfg, _ = load_run(trained_run)
-    test_bg = split_positions(cfg, cfg.data)["info"]["bg_ids"]["test"][0]
+    test_bg = cfg.splits(cfg.data)["info"]["bg_ids"]["test"][0]
     path, _ = demo_clip(trained_run, tmp_path, frames=10, size=(64, 48))
     # split by background only: any cut-outs (the sample's first two); the same spec names the same file
     want = ClipSpec("demo", test_bg, ("bear", "camel"), frames=10, size=(64, 48))
@@ -232,7 +233,7 @@ def test_demo_clip_uses_the_runs_held_out_background(tmp_path, trained_run):
 
 def test_given_bg_photo_and_clip_never_overwritten(tmp_path, trained_run, clip):
     from eva_helpers.data.formats import encode_png
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     photo = tmp_path / "empty.png"
     photo.write_bytes(encode_png(scene()))
@@ -248,7 +249,7 @@ def test_given_bg_photo_and_clip_never_overwritten(tmp_path, trained_run, clip):
 
 
 def test_running_plate_follows_the_light(tmp_path, trained_run):
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     bg = scene(seed=3).astype(np.float32)
     frames = [np.clip(object_at(bg, 2 + 2 * i, 40) * (1.0 - 0.02 * i), 0, 255).astype(np.uint8) for i in range(N)]
@@ -275,8 +276,8 @@ def test_frame_aligner_matches_align_pair_at_full_size():
     gives at full size, within a tenth of a pixel."""
     import cv2
 
-    from eva_helpers.evaluation.align import align_pair
-    from eva_helpers.evaluation.frame_align import FrameAligner
+    from eva_helpers.predict.align import align_pair
+    from eva_helpers.predict.frame_align import FrameAligner
 
     rng = np.random.default_rng(0)
     plate = cv2.resize(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)

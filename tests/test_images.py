@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 
 from _build_helpers import rgba_disc, save
 from eva_helpers.errors import BadInputError
-from eva_helpers.compositing.images import decode_background, decode_cutout, list_images, load_sources
+from eva_helpers.data.images import decode_background, decode_cutout, list_images, load_sources
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,7 +192,7 @@ def _mode_files(folder):
 
 
 def test_predict_reads_every_mode_exactly_as_build(tmp_path):
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     files, ramp16 = _mode_files(tmp_path)
     assert Image.open(files["gray16.png"]).mode.startswith("I") and Image.open(files["cmyk.jpg"]).mode == "CMYK"
@@ -224,7 +224,7 @@ def _png_header_only(w: int, h: int) -> bytes:
 @pytest.mark.parametrize("side", [30_000, 10_000])  # over PIL's hard limit (an error) and its warning zone
 def test_a_decompression_bomb_is_one_line_naming_the_file_in_build_and_predict(tmp_path, side):
     from eva_helpers.errors import EvaError
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     p = tmp_path / "huge.png"
     p.write_bytes(_png_header_only(side, side))  # 200 bytes claiming 100-900 megapixels
@@ -238,9 +238,9 @@ def test_a_decompression_bomb_is_one_line_naming_the_file_in_build_and_predict(t
 
 
 def test_the_pixel_limit_is_one_setting_for_build_and_predict(tmp_path, monkeypatch):
-    from eva_helpers.compositing import images
+    from eva_helpers.data import images
     from eva_helpers.errors import EvaError
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     p = save(_rgb(40, 40), tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_PIXELS", 1000, raising=False)
@@ -253,7 +253,7 @@ def test_the_pixel_limit_is_one_setting_for_build_and_predict(tmp_path, monkeypa
 @pytest.mark.parametrize("name", ["notes.jpg", "notes.png"])
 def test_a_text_file_named_like_an_image_says_so_naming_it(tmp_path, name):
     from eva_helpers.errors import EvaError
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     p = tmp_path / name
     p.write_text("this is a shopping list, not a photo\n" * 3)
@@ -267,7 +267,7 @@ def test_a_text_file_named_like_an_image_says_so_naming_it(tmp_path, name):
 
 def test_predict_names_a_missing_file_or_a_folder(tmp_path):
     from eva_helpers.errors import EvaError
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     with pytest.raises(EvaError, match="no such file"):
         load_photo(tmp_path / "missing.jpg")
@@ -277,7 +277,7 @@ def test_predict_names_a_missing_file_or_a_folder(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
 def test_an_animated_image_is_refused_naming_the_file_and_its_frames(tmp_path, fmt):
-    from eva_helpers.compositing.images import read_image
+    from eva_helpers.data.images import read_image
 
     frames = [Image.new("RGB", (32, 24), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
     path = tmp_path / f"anim.{fmt.lower()}"
@@ -292,7 +292,7 @@ def test_an_animated_image_is_refused_naming_the_file_and_its_frames(tmp_path, f
 
 
 def test_a_greyscale_bg_beside_a_colour_fg_bg_is_one_line_naming_both(tmp_path):
-    from eva_helpers.compositing.images import check_same_kind
+    from eva_helpers.data.images import check_same_kind
 
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 255, (24, 32), dtype=np.uint8)

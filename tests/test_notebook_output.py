@@ -126,7 +126,7 @@ def _epoch_tag(scalars: dict, key: str) -> list[tuple[int, float]]:
 
 @needs_tensorboard
 def test_tensorboard_gets_the_loss_every_n_steps(tmp_path, monkeypatch, one_thread):
-    from eva_helpers.training import loop
+    from eva_helpers.training import progress as loop
     from eva_helpers.training.run_folder import tensorboard_dir
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))

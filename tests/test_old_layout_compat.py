@@ -2,22 +2,17 @@
 still load with the current code: a dataset folder opens, verifies and reads the same samples, and a run folder is
 scored the same, predicts the same and resumes where it stopped (then extends).
 
-The old package is taken from git (`git archive`, the working tree is not touched) and run in a subprocess, with
-that copy first on PYTHONPATH and a working directory outside the repo; the current code is then driven through its
-public entry points (`eva_helpers.cli.main`, `ShardDataset`), so the test survives further internal moves.
+The artefacts are checked in (tests/fixtures/old_layout/, written by tests/fixtures/make_old_layout.py with that
+commit's code): a dataset of 48 composites at 32 px and a joint unet_small run with small widths, one epoch and one
+step into the second. The current code is driven through its public entry points (`eva_helpers.cli.main`, `fit`,
+`ShardDataset`), so the test survives further internal moves.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import os
-import re
 import shutil
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -25,109 +20,19 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-OLD_COMMIT = "9a9bbea"  # the last commit with the flat layout (eva_helpers/build.py, train.py, config.py, ...)
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_layout"
 BATCH = 8
-# the same settings for the old run and for the current CLI that resumes it
-TRAIN_ARGS = ["--task", "joint", "--model", "unet_small", "--batch-size", str(BATCH), "--size", "32", "--seed", "0",
-              "--workers", "0"]
-
-# Runs with the OLD package: build (3 backgrounds x 16 cut-outs, 32 px, no flips), stats, a joint unet_small trained
-# one full epoch and one step into the second (so best.pt != last.pt and the run is unfinished), eval, and predict on
-# one held-out pair. Writes what it saw to <out>/old.json.
-OLD_SCRIPT = r"""
-import hashlib, json, math, sys
-from pathlib import Path
-
-import numpy as np
-import torch
-
-torch.set_num_threads(1)
-old_root, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
-
-import eva_helpers
-pkg = Path(eva_helpers.__file__).resolve()
-if old_root not in pkg.parents:
-    sys.exit(f"OLD-CODE-NOT-IMPORTED: eva_helpers came from {pkg}, not from {old_root}")
-
-from PIL import Image
-
-from eva_helpers.build import build_dataset
-from eva_helpers.cli import main
-from eva_helpers.config import TrainConfig
-from eva_helpers.dataset import ShardDataset
-from eva_helpers.evaluate import split_positions
-from eva_helpers.paths import sample_assets
-from eva_helpers.train import fit
-
-data, run, pair = out / "ds", out / "run", out / "pair"
-build_dataset(sample_assets() / "bg", sample_assets() / "fg", data, size=32, positions=1, seed=0, flips=False,
-              limit=48, shard_size=16, workers=1, progress=False)
-assert main(["stats", "--data", str(data)]) == 0
-
-cfg = TrainConfig(task="joint", data=str(data), run_dir=str(run), model="unet_small", epochs=2, batch_size=BATCH,
-                  size=32, seed=0, workers=0, progress=False)
-splits = split_positions(cfg, data)
-per_epoch = math.ceil(len(splits["train"]) / BATCH)
-summary = fit(cfg.replace(max_steps=per_epoch + 1))
-
-assert main(["eval", "--run-dir", str(run), "--data", str(data)]) == 0
-metrics = json.loads((run / "metrics.json").read_text())
-
-ds = ShardDataset(data)
-def digest(s):
-    return {k: hashlib.sha256(np.ascontiguousarray(s[k]).tobytes()).hexdigest() + str(s[k].dtype) + str(s[k].shape)
-            for k in ("bg", "fg_bg", "mask", "depth")}
-samples = {str(i): digest(ds.load(i)) for i in range(len(ds))}
-s = ds.load(int(splits["test"][3]))
-pair.mkdir()
-Image.fromarray(s["bg"]).resize((48, 36)).save(pair / "bg.png")
-Image.fromarray(s["fg_bg"]).resize((48, 36)).save(pair / "fg_bg.png")
-assert main(["predict", "--run-dir", str(run), "--bg", str(pair / "bg.png"), "--fg-bg", str(pair / "fg_bg.png"),
-             "--out", str(out / "pred")]) == 0
-
-(out / "old.json").write_text(json.dumps({
-    "package": str(pkg), "per_epoch": per_epoch, "summary": {k: v for k, v in summary.items() if k != "history"},
-    "history": summary["history"], "metrics": metrics, "samples": samples,
-    "splits": {k: [int(i) for i in splits[k]] for k in ("train", "val", "test")},
-    "stats": json.loads((data / "stats.json").read_text()),
-}, default=str))
-""".replace("BATCH", str(BATCH))
-
-
-def _git(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, **kw)
+MODEL_KWARGS = {"widths": [4, 8, 8, 16, 16]}  # the fixture's run (make_old_layout.py): small checkpoints
+# the same settings for the old run and for the current code that resumes it
+TRAIN = dict(task="joint", model="unet_small", batch_size=BATCH, size=32, seed=0, workers=0, model_kwargs=MODEL_KWARGS)
 
 
 @pytest.fixture(scope="module")
-def old(tmp_path_factory) -> dict:
-    """The old package extracted from git, and the dataset and run folder it wrote (read-only for the tests: a test
-    that writes copies first). Returns old.json's record plus the paths."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed: the pre-redesign package cannot be extracted")
-    if _git("rev-parse", "--git-dir").returncode:
-        pytest.skip(f"{REPO} is not a git checkout: the pre-redesign package cannot be extracted")
-    if _git("cat-file", "-e", f"{OLD_COMMIT}^{{commit}}").returncode:
-        pytest.skip(f"commit {OLD_COMMIT} (the last flat layout) is not in this clone (shallow clone?): "
-                    "fetch the full history (`git fetch --unshallow`) to run this test")
-    root = tmp_path_factory.mktemp("old-layout")
-    code, out = root / "code", root / "out"
-    code.mkdir()
-    out.mkdir()
-    archive = _git("archive", "--format=tar", OLD_COMMIT, "eva_helpers")
-    assert archive.returncode == 0, archive.stderr.decode(errors="replace")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(code, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    assert (code / "eva_helpers" / "build.py").is_file() and not (code / "eva_helpers" / "compositing").exists()
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "TQDM_DISABLE": "1"}
-    r = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(code), str(out)], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"the old code failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    rec = json.loads((out / "old.json").read_text())
-    assert Path(rec["package"]).is_relative_to(code)
-    return {**rec, "data": out / "ds", "run": out / "run", "pair": out / "pair", "pred": out / "pred"}
+def old() -> dict:
+    """old.json's record (what the old code saw and wrote) plus the fixture's paths (read-only for the tests: a test
+    that writes copies first)."""
+    rec = json.loads((FIXTURE / "old.json").read_text())
+    return {**rec, "data": FIXTURE / "ds", "run": FIXTURE / "run", "pair": FIXTURE / "pair", "pred": FIXTURE / "pred"}
 
 
 @pytest.fixture
@@ -146,13 +51,6 @@ def eva(capsys, one_thread):
 def _digest(s: dict) -> dict:
     return {k: hashlib.sha256(np.ascontiguousarray(s[k]).tobytes()).hexdigest() + str(s[k].dtype) + str(s[k].shape)
             for k in ("bg", "fg_bg", "mask", "depth")}
-
-
-def _summary(out: str) -> dict:
-    """The summary JSON `eva train` prints last (after its progress lines)."""
-    start = re.search(r"^\{", out, re.M)
-    assert start, out
-    return json.loads(out[start.start():])
 
 
 def _same_numbers(new, old, path="") -> None:
@@ -201,10 +99,11 @@ def test_old_run_evaluates_and_predicts_as_before(old, eva, tmp_path):
     assert metrics["checkpoint"] == "best" and metrics["n_images"] == len(old["splits"]["test"]) == 16
     assert metrics["checkpoint_step"] == old["metrics"]["checkpoint_step"] == old["per_epoch"]
     # the same checkpoint on the same held-out split scores the same (every numeric field the old code wrote)
+    where = lambda d: {k: v for k, v in d.items() if k != "path"} if isinstance(d, dict) else d  # noqa: E731
     for key, was in old["metrics"].items():
-        if not key.endswith("_per_s"):  # speeds are timings
+        if not key.endswith("_per_s"):  # speeds are timings; the dataset's folder moved into tests/fixtures
             assert key in metrics, key
-            _same_numbers(metrics[key], was, key)
+            _same_numbers(where(metrics[key]), where(was), key)
     assert all(math.isfinite(metrics[k]) for k in ("mask_iou", "depth_rmse"))
 
     rc, _ = eva("predict", "--run-dir", run, "--bg", old["pair"] / "bg.png", "--fg-bg", old["pair"] / "fg_bg.png",
@@ -217,19 +116,32 @@ def test_old_run_evaluates_and_predicts_as_before(old, eva, tmp_path):
     assert (tmp_path / "pred" / "prediction.png").stat().st_size > 0
 
 
-def test_old_run_resumes_then_extends(old, eva, tmp_path):
+@pytest.fixture
+def train(capsys, one_thread):
+    """`fit` (the public Python entry point: the CLI has no flag for the fixture's model widths) on the old run with
+    the old settings -> (what it printed, its summary)."""
+    from eva_helpers.training.config import TrainConfig
+    from eva_helpers.training.trainer import fit
+
+    def call(run: Path, data: Path, epochs: int) -> tuple[str, dict]:
+        capsys.readouterr()
+        summary = fit(TrainConfig(**TRAIN, data=str(data), run_dir=str(run), epochs=epochs, progress=False))
+        return capsys.readouterr().out, summary
+
+    return call
+
+
+def test_old_run_resumes_then_extends(old, eva, train, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(old["run"], run)
     spe, was = old["per_epoch"], old["summary"]
     assert was["global_step"] == spe + 1 and was["epochs_completed"] == 1 and not was["finished"]
     config_before = json.loads((run / "config.json").read_text())
 
-    # the same settings, without --max-steps: the old config.json and checkpoint are accepted, training continues
+    # the same settings, without max_steps: the old config.json and checkpoint are accepted, training continues
     # from step spe + 1 (mid second epoch) to the end of epoch 2
-    rc, out = eva("train", *TRAIN_ARGS, "--data", old["data"], "--run-dir", run, "--epochs", "2")
-    assert rc == 0
+    out, s = train(run, old["data"], 2)
     assert "resumed from" in out and f"step {spe + 1}" in out, out
-    s = _summary(out)
     assert s["global_step"] == 2 * spe and s["epochs_completed"] == 2 and s["finished"], s
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [0, 1] and history[1]["global_step"] == 2 * spe
@@ -240,10 +152,8 @@ def test_old_run_resumes_then_extends(old, eva, tmp_path):
     assert {k: config_after.get(k) for k in same} == {k: config_before.get(k) for k in same}
 
     # and a finished old run extends to more epochs
-    rc, out = eva("train", *TRAIN_ARGS, "--data", old["data"], "--run-dir", run, "--epochs", "3")
-    assert rc == 0
+    out, s = train(run, old["data"], 3)
     assert "from 2 to 3 epochs" in out, out
-    s = _summary(out)
     assert s["global_step"] == 3 * spe and s["epochs_completed"] == 3 and s["finished"], s
     assert json.loads((run / "extensions.json").read_text()) == [
         {"from_epochs": 2, "to_epochs": 3, "at_epoch": 2, "global_step": 2 * spe}]
@@ -254,33 +164,3 @@ def test_old_run_resumes_then_extends(old, eva, tmp_path):
     assert rc == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_images"] == 16 and metrics["checkpoint_step"] > spe
-
-
-# Removed on purpose: fetch's own record file (one verification record now), code nothing but the tests called (the
-# tests keep what they need as their own helpers), the comparison's short list of fields (runs are matched on every
-# result-changing setting now: config.result_changing_differences), and the live plot that cleared the cell
-# (train_loop.LivePlot redraws its own display area).
-REMOVED = {"runs": {"MATCH_FIELDS"}, "train_loop": {"live_plot"}, "fetch": {"VERIFIED"}, "losses": {"MaskLoss", "DepthLoss", "scale_shift_invariant_loss"},
-           "compose": {"placed_alpha"}, "labels": {"object_contrast"}, "sampler": {"epoch_order"},
-           "baseline": {"evaluate_depth_baseline"}, "predict": {"predict_files"}}
-
-
-def test_every_public_name_of_the_old_modules_still_imports():
-    """Each public top-level name the flat layout's modules defined resolves through its old import path."""
-    import ast
-    import importlib
-
-    from eva_helpers import moved
-
-    if shutil.which("git") is None or _git("cat-file", "-e", f"{OLD_COMMIT}^{{commit}}").returncode:
-        pytest.skip(f"commit {OLD_COMMIT} is not in this clone")
-    missing = []
-    for old in moved.MOVED:
-        src = _git("show", f"{OLD_COMMIT}:eva_helpers/{old}.py", text=True).stdout
-        names = {t.id for n in ast.parse(src).body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                 for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
-        names |= {n.name for n in ast.parse(src).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        module = importlib.import_module(f"eva_helpers.{old}")
-        missing += [f"{old}.{n}" for n in sorted(names) if not n.startswith("_")
-                    and n not in REMOVED.get(old, ()) and not hasattr(module, n)]
-    assert missing == []

@@ -87,8 +87,8 @@ def fake_colab(monkeypatch):
 def test_a_heic_photo_is_read_with_pillow_heif(tmp_path):
     import pillow_heif
 
-    from eva_helpers.compositing.images import list_images
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.data.images import list_images
+    from eva_helpers.predict.pair import load_photo
 
     bg, _ = _pair()
     heif = pillow_heif.from_pillow(Image.fromarray(bg))  # written without registering PIL's opener
@@ -100,7 +100,7 @@ def test_a_heic_photo_is_read_with_pillow_heif(tmp_path):
 
 
 def test_without_pillow_heif_a_heic_photo_is_refused_in_one_line(tmp_path, no_heif):
-    from eva_helpers.evaluation.predict import load_photo
+    from eva_helpers.predict.pair import load_photo
 
     for name in ("IMG_0101.HEIC", "renamed.jpg"):  # known by its extension, or by its first bytes
         p = _fake_heic(tmp_path / name)
@@ -111,7 +111,7 @@ def test_without_pillow_heif_a_heic_photo_is_refused_in_one_line(tmp_path, no_he
 
 
 def test_the_install_line_names_an_extra_that_setup_defines():
-    from eva_helpers.compositing.images import HEIF_INSTALL
+    from eva_helpers.data.images import HEIF_INSTALL
 
     extra = re.search(r"eva-maskdepth\[(\w+)\]", HEIF_INSTALL).group(1)
     setup = (ROOT / "setup.py").read_text()
@@ -160,7 +160,7 @@ def _shoot(tmp_path: Path, bg_names: list[str], fg_names: list[str]) -> tuple[Pa
 
 
 def test_pairing_by_order_and_by_a_csv(tmp_path):
-    from eva_helpers.evaluation.predict_folders import match_folders
+    from eva_helpers.predict.folders import match_folders
 
     # a phone: backgrounds and shots alternate; IMG_9 comes before IMG_10 (numbers by value, not as text)
     bg_dir, fg_dir = _shoot(tmp_path, ["IMG_9.jpg", "IMG_10.jpg"], ["IMG_11.png", "IMG_12.png", ".DS_Store"])
@@ -212,7 +212,7 @@ def test_eva_predict_pair_by_order_says_so(tmp_path, trained_run, capsys):
 
 
 def test_python_api_pairs_by_a_csv(tmp_path, trained_run):
-    from eva_helpers.evaluation.predict_folders import predict_folders
+    from eva_helpers.predict.folders import predict_folders
 
     bg_dir, fg_dir = _shoot(tmp_path, ["room.jpg"], ["cat.png", "dog.png"])
     pairs = tmp_path / "pairs.csv"

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.photo_size import build_larger, check_same_composites, score_at_photo_size
+from eva_helpers.compositing.build import build_larger
+from eva_helpers.evaluation.photo_size import check_same_composites, score_at_photo_size
 from eva_helpers.paths import sample_assets
 
 pytestmark = pytest.mark.slow  # a second build of the sample and a few dozen predictions: ~10 s

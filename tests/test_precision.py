@@ -57,7 +57,7 @@ def test_training_asks_the_shared_helper(monkeypatch, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _tiny import run_tiny
 
-    import eva_helpers.training.fit as train
+    import eva_helpers.training.trainer as train
 
     asked = []
     monkeypatch.setattr(train.precision, "amp_dtype", lambda device: asked.append(torch.device(device)) or None)

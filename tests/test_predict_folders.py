@@ -171,7 +171,7 @@ def test_a_decompression_bomb_is_one_pair_failing(tmp_path, shoot, run, capsys):
 
 
 def test_no_align_leaves_bg_as_it_is(tmp_path, shoot, run, capsys):
-    from eva_helpers.evaluation.predict import NO_ALIGN_REASON
+    from eva_helpers.predict.pair import NO_ALIGN_REASON
 
     bg_dir, fg_dir = shoot
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # a fresh process predicting a large pair: second
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from eva_helpers.evaluation.predict import predict_one
+from eva_helpers.predict.pair import predict_one
 
 def status(key):
     line = next(ln for ln in open("/proc/self/status") if ln.startswith(key + ":"))

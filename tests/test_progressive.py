@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from _synthetic import write_synthetic_dataset
-from eva_helpers.training.checkpoint import FAULT_ENV, load_checkpoint
+from _faults import FAULT_ENV
+from eva_helpers.training.checkpoint import load_checkpoint
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
 from test_train_resume import assert_same_training
@@ -27,9 +28,10 @@ def _cfg(data: Path, run_dir: Path, **kw) -> dict:
 
 def _fit_in_subprocess(cfg: dict, fault: str | None = None) -> subprocess.CompletedProcess:
     """fit() in a fresh single-threaded process (deterministic on the CPU); `fault` SIGKILLs it mid-save."""
-    code = ("import json, sys, torch; torch.set_num_threads(1); from eva_helpers.training.config import TrainConfig; "
-            "from eva_helpers.training.fit import fit; fit(TrainConfig(**json.loads(sys.argv[1])))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = ("import json, sys, torch; torch.set_num_threads(1); import _faults; _faults.install(); "
+            "from eva_helpers.training.config import TrainConfig; "
+            "from eva_helpers.training.trainer import fit; fit(TrainConfig(**json.loads(sys.argv[1])))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
@@ -68,7 +70,7 @@ def test_stages_are_checked():
 
 
 def test_a_stage_size_the_model_cannot_take_is_one_line_before_anything(tmp_path, monkeypatch):
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     data = write_synthetic_dataset(tmp_path / "data", size=32)
@@ -116,7 +118,7 @@ def test_fit_leaves_no_loader_worker_behind(tmp_path, monkeypatch):
     when they are done, not when the garbage collector gets round to the run."""
     import gc
 
-    from eva_helpers.training import fit as train
+    from eva_helpers.training import trainer as train
 
     def children() -> int:
         tasks = Path(f"/proc/{os.getpid()}/task")
@@ -127,8 +129,8 @@ def test_fit_leaves_no_loader_worker_behind(tmp_path, monkeypatch):
     monkeypatch.setenv("EVA_CACHE", str(tmp_path / "cache"))
     data = write_synthetic_dataset(tmp_path / "data", size=32)
     during = []
-    real = train._end_epoch
-    monkeypatch.setattr(train, "_end_epoch", lambda run: (during.append(children()), real(run))[1])
+    real = train.validate  # called at each epoch's end
+    monkeypatch.setattr(train, "validate", lambda *a, **k: (during.append(children()), real(*a, **k))[1])
     gc.disable()  # what the collector would hide
     try:
         train.fit(TrainConfig(**_cfg(data, tmp_path / "run", workers=2, deterministic=False, epochs=3,

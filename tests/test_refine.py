@@ -1,4 +1,4 @@
-"""Masks at the photo's resolution (evaluation/refine.py): the model's coarse answer scaled up keeps its blobby
+"""Masks at the photo's resolution (predict/refine.py): the model's coarse answer scaled up keeps its blobby
 outline; the refined one takes its outline from the photo's own pixels, and changes nothing the pair cannot support."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from eva_helpers.evaluation import refine
-from eva_helpers.evaluation.predict import finish, prepare_pair
+from eva_helpers.predict import refine
+from eva_helpers.predict.pair import finish, prepare_pair
 from eva_helpers.training.metrics import binary_mask_metrics, boundary_iou
 
 

@@ -57,7 +57,7 @@ class SignalAt(TinyDataset):
 
 
 def test_stop_in_a_notebook_saves_that_step_raises_and_resumes_exactly(tmp_path):
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     ref = run_tiny(tmp_path / "ref", n=24, checkpoint_interval_s=1e9)
     assert ref["finished"] and ref["global_step"] == 18

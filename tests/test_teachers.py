@@ -122,7 +122,7 @@ def test_unknown_teacher_lists_valid_names():
 def test_geometric_path_imports_neither_transformers_nor_torch():
     code = ("import sys, numpy as np; from eva_helpers.compositing.teachers import get_teacher; "
             "get_teacher('geometric').predict([np.zeros((16, 16, 3), np.uint8)]); "
-            "from eva_helpers.compositing import build, compose, images; "
+            "from eva_helpers.compositing import build, compose; from eva_helpers.data import images; "
             "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

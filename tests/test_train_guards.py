@@ -11,7 +11,7 @@ import torch
 from _tiny import TinyCriterion, TinyDataset, TinyNet, tiny_config
 from eva_helpers.errors import EvaError
 from eva_helpers.data.stats import check_stats, load_stats
-from eva_helpers.training.loop import NonFiniteLossError
+from eva_helpers.training.trainer import NonFiniteLossError
 
 GOOD = {"bg": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.2, 0.2]}, "fg_bg": {"mean": [0.4, 0.5, 0.6], "std": [0.2] * 3}}
 
@@ -30,8 +30,8 @@ class NaNAfter(TinyCriterion):
 
 
 def test_a_nan_loss_stops_training_before_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from eva_helpers.training.fit import fit
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.training.trainer import fit
+    from eva_helpers.training.trained_run import load_run
 
     torch.set_num_threads(1)
     cfg = tiny_config(tmp_path, epochs=2, checkpoint_interval_s=0.0)  # a checkpoint after every step
@@ -67,7 +67,7 @@ def test_zero_std_stats_are_refused_where_they_are_loaded(tmp_path):
     with pytest.raises(EvaError, match=f"{tmp_path / 'stats.json'}: unusable"):
         load_stats(tmp_path)
     # a run folder's frozen copy is checked the same way before training or evaluating with it
-    from eva_helpers.evaluation.heldout import load_run_stats
+    from eva_helpers.training.trained_run import load_run_stats
 
     with pytest.raises(EvaError, match="unusable"):
         load_run_stats(tmp_path, tmp_path)

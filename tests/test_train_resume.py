@@ -174,7 +174,7 @@ def test_resume_with_result_changing_config_is_refused(tmp_path):
 
 
 def test_load_run_rebuilds_the_model(tmp_path):
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.training.trained_run import load_run
 
     threads = torch.get_num_threads()
     try:
@@ -217,11 +217,11 @@ def test_plateau_schedule_tensorboard_and_live_plot_outside_a_notebook(tmp_path)
 
 @pytest.mark.slow
 def test_real_data_path_resumes_exactly(tmp_path):
-    """fit() building everything itself (ShardDataset + make_splits + build_transforms + make_loader + unet_small +
+    """fit() building everything itself (ShardDataset + make_splits + resize_transform + make_loader + unet_small +
     build_criterion): stopped twice by max_steps and resumed, it ends equal to an uninterrupted run."""
     from _synthetic import write_synthetic_dataset
 
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     data = write_synthetic_dataset(tmp_path / "data", size=32)
 

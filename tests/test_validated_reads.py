@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from eva_helpers import atomic
-from eva_helpers.evaluation.calibrate import fit_postprocess, load_calibration, save_calibration
+from eva_helpers.evaluation.calibrate import fit_postprocess, save_calibration
+from eva_helpers.training.trained_run import load_calibration
 from eva_helpers.errors import EvaError, WriteError
 
 
@@ -101,7 +102,7 @@ def test_relative_dataset_paths_resolve_from_the_run_folder_then_the_current_one
 
 
 def test_missing_normalisation_is_an_error_saying_how_to_get_it_back(tmp_path):
-    from eva_helpers.evaluation.heldout import load_run_stats
+    from eva_helpers.training.trained_run import load_run_stats
 
     with pytest.raises(EvaError) as e:
         load_run_stats(tmp_path, tmp_path / "gone")

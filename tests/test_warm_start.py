@@ -12,7 +12,7 @@ from eva_helpers.training import warm_start
 from eva_helpers.training.checkpoint import load_checkpoint
 from eva_helpers.training.config import TrainConfig
 from eva_helpers.errors import EvaError
-from eva_helpers.training.fit import fit
+from eva_helpers.training.trainer import fit
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_joint_run_from_a_mask_run_loads_the_shared_weights(data, mask_run, tmp_
         seen["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return out
 
-    monkeypatch.setattr("eva_helpers.training.fit.load_into", spy)
+    monkeypatch.setattr("eva_helpers.training.trainer.load_into", spy)
     run = tmp_path / "joint"
     summary = fit(_cfg(data, run, task="joint", size=64, init_from=str(mask_run)))  # another size: convs do not mind
     source = load_checkpoint(mask_run / "checkpoints" / "best.pt")["model"]

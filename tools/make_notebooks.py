@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eva_helpers.training.config import RECIPE_LR, TrainConfig  # noqa: E402
-from eva_helpers.training.loop import TB_EVERY  # noqa: E402
-from eva_helpers.estimate import BUILD_RATE  # noqa: E402
+from eva_helpers.training.progress import TB_EVERY  # noqa: E402
+from eva_helpers.compositing.cost import BUILD_RATE  # noqa: E402
 from eva_helpers.colab.notebook import DEFAULT_DATASET  # noqa: E402
 from eva_helpers.compositing.build import BUILD_DEFAULTS as B, MODES  # noqa: E402
 from eva_helpers.compositing.teachers import TEACHERS  # noqa: E402

@@ -8,22 +8,23 @@ from pathlib import Path
 import torch
 
 
-from eva_helpers.data.augment import build_transforms
+from eva_helpers.data.resize import resize_transform
 from eva_helpers.data.dataset import ShardDataset
-from eva_helpers.evaluation.heldout import load_run_stats, split_positions
-from eva_helpers.data.loaders import collate, prepare_batch
+from eva_helpers.data.loaders import collate
+from eva_helpers.training.trainer import model_batch
 from eva_helpers.plots import _grid, save_figure, spread_indices
-from eva_helpers.training.run_folder import load_run
+from eva_helpers.training.trained_run import load_trained_run
 
 demo = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
 run = next((demo / "runs").glob("joint-*"))
-model, cfg, _ = load_run(run)
-splits = split_positions(cfg, cfg.data)
-ds = ShardDataset(cfg.data, indices=splits["test"], transform=build_transforms("test", cfg.size))
+trained = load_trained_run(run, device="cpu")
+model, cfg = trained.model, trained.cfg
+splits = cfg.splits(cfg.data)
+ds = ShardDataset(cfg.data, indices=splits["test"], transform=resize_transform(cfg.size))
 samples = [ds[i] for i in spread_indices(len(ds), 3, seed=1)]
 batch = collate(samples)
 with torch.no_grad():
-    x, t = prepare_batch(batch, "cpu", load_run_stats(run, Path(cfg.data)))
+    x, t = model_batch(batch, "cpu", trained.stats)
     out = model(x)
 rows = [[batch["bg"][i], batch["fg_bg"][i], t["mask"][i], (out["mask"][i].sigmoid() > 0.5).float(), t["depth"][i],
          out["depth"][i]] for i in range(len(samples))]

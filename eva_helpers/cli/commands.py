@@ -58,8 +58,8 @@ def train_config_from_args(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from eva_helpers.training.fit import fit
     from eva_helpers.training.sessions import check_device
+    from eva_helpers.training.trainer import fit
 
     cfg = train_config_from_args(a)
     check_device(cfg, a.allow_cpu, how="train it where its GPU is, or pass --allow-cpu")
@@ -83,9 +83,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def _predict_video(a: argparse.Namespace) -> None:
-    """--video CLIP: every selected frame against --bg or a plate from the clip (evaluation/footage.py)."""
+    """--video CLIP: every selected frame against --bg or a plate from the clip (predict/footage.py)."""
     from eva_helpers.errors import BadInputError
-    from eva_helpers.evaluation.footage import predict_video
+    from eva_helpers.predict.footage import predict_video
 
     if a.fg_bg is not None:
         raise BadInputError(f"--video {a.video} and --fg-bg {a.fg_bg}: give one (the clip's frames are the fg_bg "
@@ -105,9 +105,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
     """Two photos -> one pair; two folders -> every pair (--pair-by name, order or a CSV; exit 2 at the end if any
     failed)."""
     from eva_helpers.errors import BadInputError, EvaError
-    from eva_helpers.evaluation.align import describe_alignment
-    from eva_helpers.evaluation.predict import predict_one
-    from eva_helpers.evaluation.predict_folders import predict_folders
+    from eva_helpers.predict.align import describe_alignment
+    from eva_helpers.predict.folders import predict_folders
+    from eva_helpers.predict.pair import predict_one
 
     if a.video is not None:
         return _predict_video(a)

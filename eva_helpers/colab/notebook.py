@@ -15,16 +15,16 @@ from typing import Any
 from eva_helpers.atomic import atomic_copy, atomic_write_text
 from eva_helpers.colab.widgets import sample_browser
 from eva_helpers.compositing.build import BUILD_DEFAULTS, build_dataset
+from eva_helpers.compositing.cost import BUILD_RATE, estimate_build
 from eva_helpers.compositing.params import check_build_bounds
 from eva_helpers.compositing.teachers import dataset_labels
 from eva_helpers.compositing.teachers import resolve_teacher as resolve
-from eva_helpers.data.augment import build_transforms
 from eva_helpers.data.dataset import ShardDataset, make_splits
 from eva_helpers.data.formats import MANIFEST
 from eva_helpers.data.loaders import collate
+from eva_helpers.data.resize import resize_transform
 from eva_helpers.data.stats import compute_stats, describe_stats
 from eva_helpers.errors import EvaError
-from eva_helpers.estimate import BUILD_RATE, estimate_build
 from eva_helpers.fetching.locate import in_data, known_dataset, resolve_dataset
 from eva_helpers.paths import Paths, require_drive_mounted, safe_name, sample_assets
 from eva_helpers.plots import plot_stats, show_samples, spread_indices
@@ -202,7 +202,7 @@ def show_augmentation(data_dir: str | Path, size: int, seed: int = 0, k: int = 4
 
     cfg = TrainConfig(second_shot=second_shot, size=size, seed=seed)  # SIZE and SEED range-checked, in one line
     show_samples_of(data_dir, k, seed)
-    batch = collate([ShardDataset(data_dir, transform=build_transforms("val", size))[0]] * k)
+    batch = collate([ShardDataset(data_dir, transform=resize_transform(size))[0]] * k)
     aug = BatchAugment.from_config(cfg)
     targets = {"mask": batch["mask"].float(), "depth": batch["depth"].float()}
     bg, fg_bg, t = aug(batch["bg"].float(), batch["fg_bg"].float(), targets,

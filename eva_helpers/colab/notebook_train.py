@@ -24,33 +24,27 @@ from eva_helpers.colab.photos import (  # noqa: F401 (notebook 05 calls them as 
     upload_photo,
 )
 from eva_helpers.colab.runs import compare_runs
-from eva_helpers.colab.session import describe_code, installed_code
 from eva_helpers.colab.widgets import prediction_browser
-from eva_helpers.data.augment import build_transforms
 from eva_helpers.data.dataset import ShardDataset
-from eva_helpers.data.formats import read_manifest
-from eva_helpers.data.verify import dataset_identity
+from eva_helpers.data.resize import resize_transform
 from eva_helpers.demo import results_table
-from eva_helpers.errors import EvaError
-from eva_helpers.estimate import estimate_evaluation, estimate_training
-from eva_helpers.evaluation.heldout import current_metrics, load_run_stats, split_positions
+from eva_helpers.evaluation.heldout import current_metrics
 from eva_helpers.models import build_model, count_parameters, summary
 from eva_helpers.paths import in_colab, require_drive_mounted
 from eva_helpers.training.config import TrainConfig
-from eva_helpers.training.fit import fit
+from eva_helpers.training.cost import estimate_evaluation, estimate_training
 from eva_helpers.training.run_folder import (
     CHECKPOINTS,
-    CODE,
-    CONFIG,
-    DATASET_RECORD,
     METRICS,
+    check_dataset,
     fresh_for_best,
-    load_run,
     read_history,
     read_summary,
     tensorboard_dir,
 )
 from eva_helpers.training.sessions import check_device
+from eva_helpers.training.trained_run import load_trained_run
+from eva_helpers.training.trainer import fit
 
 
 def checked(cfg: TrainConfig) -> TrainConfig:
@@ -90,66 +84,8 @@ def config_table(cfg: TrainConfig):
     return Markdown("\n".join([head, "", *table]))
 
 
-def _dataset_facts(data: str | Path) -> dict[str, Any]:
-    m = read_manifest(data)
-    params = m.get("params") or {}
-    return {"identity": dataset_identity(m), "name": Path(str(data)).name, "samples": (m.get("counts") or {}).get("samples"),
-            "shards": len(m.get("shards", [])),
-            **{k: params.get(k) for k in ("size", "positions", "seed", "teacher", "mode", "flips") if k in params}}
-
-
-def _read_json(path: Path):
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def check_run_dataset(cfg: TrainConfig) -> None:
-    """Refuse, in one line, a run folder trained on other dataset content than `cfg.data` (a rebuilt or extended
-    dataset under the same name), saying what changed and how to start a new run on purpose."""
-    run = Path(cfg.run_dir)
-    old = _read_json(run / CONFIG)
-    if not isinstance(old, dict) or not old.get("dataset_identity") or not cfg.data:
-        return
-    now = _dataset_facts(cfg.data)
-    if old["dataset_identity"] == now["identity"]:
-        return
-    was = _read_json(run / DATASET_RECORD) or {}
-    changes = [f"{k} {was[k]} -> {now[k]}" for k in ("samples", "shards", "size", "positions", "seed", "teacher", "mode",
-                                                      "flips") if k in was and was.get(k) != now.get(k)]
-    what = ", ".join(changes) if changes else f"content {old['dataset_identity'][:12]} -> {now['identity'][:12]}"
-    raise EvaError(f"{run}: this run was trained on another version of dataset {now['name']!r} ({what}); to keep "
-                   f"training it, restore that dataset; to start a new run on this one on purpose, set RUN_NAME = "
-                   f"'{run.name}-2' (or another new name) and run all again")
-
-
-def record_code(run_dir: str | Path) -> dict[str, str]:
-    """Append this session's code (version, commit) to `<run>/code.json` when it differs from the last entry, and say
-    so when the run was trained with other code before. Returns this session's entry."""
-    import json
-    from datetime import datetime, timezone
-
-    path = Path(run_dir) / CODE
-    history = _read_json(path)
-    history = history if isinstance(history, list) else []
-    now = installed_code()
-    last = history[-1] if history else None
-    same = last is not None and (last.get("version"), last.get("commit")) == (now.get("version"), now.get("commit"))
-    if last is not None and not same:
-        print(f"{Path(run_dir).name}: trained so far with {describe_code(last)}; this session runs "
-              f"{describe_code(now)}, so the rest of the run uses other code")
-    if not same:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        history.append({**now, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        atomic_write_text(path, json.dumps(history, indent=1) + "\n")
-    return now
-
-
 def _split_sizes(cfg: TrainConfig) -> dict[str, int]:
-    return {k: len(v) for k, v in split_positions(cfg, cfg.data).items() if k in ("train", "val", "test")}
+    return {k: len(v) for k, v in cfg.splits(cfg.data).items() if k in ("train", "val", "test")}
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -161,25 +97,18 @@ def train(cfg: TrainConfig, force_takeover: bool = False, allow_cpu: bool = Fals
     `force_takeover` (FORCE_TAKEOVER): take the run over from another runtime's lease at once, without watching it.
     `allow_cpu` (ALLOW_CPU): go on with a run a GPU trained on this CPU runtime (refused otherwise, in one line).
 
-    First: a GPU runtime if a GPU trained the run, Drive mounted, the run's dataset unchanged, the time estimated; the
-    code, the dataset and the device (fit: sessions.json) are recorded in the run folder once fit's checks pass."""
-    import json
-
+    First: a GPU runtime if a GPU trained the run, Drive mounted, the run's dataset unchanged, the time estimated; fit
+    records the code, the dataset and the device in the run folder once its checks pass."""
     checked(cfg)
     check_device(cfg, allow_cpu, here="this runtime",
                  how="switch the runtime to GPU (Runtime > Change runtime type), or set ALLOW_CPU = True")
     run = require_drive_mounted(Path(cfg.run_dir), "training")
-    check_run_dataset(cfg)
-
-    def records(run_dir: Path) -> None:  # written once fit's checks have passed: a refused run leaves none behind
-        record_code(run_dir)
-        if cfg.data and not (run_dir / DATASET_RECORD).is_file():
-            atomic_write_text(run_dir / DATASET_RECORD, json.dumps(_dataset_facts(cfg.data), indent=1) + "\n")
+    check_dataset(run, cfg.data, new_run=f"set RUN_NAME = '{run.name}-2' (or another new name) and run all again")
 
     left = cfg.epochs - _epochs_done(run)
     if left > 0:
         estimate_training(cfg, _split_sizes(cfg)["train"], left)
-    s = fit(cfg, on_start=records, force_takeover=force_takeover)
+    s = fit(cfg, force_takeover=force_takeover)
     best = s.get("best") or {}
     if s["finished"]:
         state = "finished"
@@ -200,7 +129,7 @@ def tensorboard(cfg: TrainConfig) -> str:
 
     The logs are local and a new runtime starts without them: the epochs of the run's history.jsonl (on Drive) are
     written back first, so the curves are whole before training goes on (or for a finished run)."""
-    from eva_helpers.training.loop import open_tensorboard
+    from eva_helpers.training.progress import open_tensorboard
 
     logdir = str(tensorboard_dir(cfg.run_dir))
     history = read_history(cfg.run_dir) if cfg.run_dir else []
@@ -254,14 +183,14 @@ def comparison(cfg: TrainConfig, joint_metrics: dict[str, Any], train_missing: b
 
 
 def _run(cfg: TrainConfig):
-    model, run_cfg, _ = load_run(cfg.run_dir)
-    return model, run_cfg, load_run_stats(Path(cfg.run_dir), Path(cfg.data))
+    trained = load_trained_run(cfg.run_dir, device="cpu", data=cfg.data)
+    return trained.model, trained.cfg, trained.stats
 
 
 def browse_predictions(cfg: TrainConfig):
     """A widget over the test and validation splits: predictions against targets."""
     model, run_cfg, stats = _run(cfg)
-    splits = split_positions(run_cfg, cfg.data)
-    tf = build_transforms("test", run_cfg.size)
+    splits = run_cfg.splits(cfg.data)
+    tf = resize_transform(run_cfg.size)
     return prediction_browser(model, {s: ShardDataset(cfg.data, indices=splits[s], transform=tf)
                                       for s in ("test", "val")}, stats)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from eva_helpers.atomic import atomic_write_bytes
-from eva_helpers.compositing.images import check_opaque
+from eva_helpers.data.images import check_opaque
 from eva_helpers.errors import BadInputError
 from eva_helpers.paths import in_colab, path_problem, require_drive_mounted
 
@@ -28,7 +28,7 @@ RESULTS = Path("predictions") / "own_photos"  # mask.png, depth.png, alignment.j
 
 def _photo(path: Path, role: str, like: np.ndarray | None, verb: str) -> np.ndarray:
     """One photo file -> (H, W, 3) uint8, checked: readable, opaque, the same size as `like` (the background)."""
-    from eva_helpers.evaluation.predict import ROTATED, load_photo, looks_rotated
+    from eva_helpers.predict.pair import ROTATED, load_photo, looks_rotated
 
     img = load_photo(path)
     check_opaque(path, "bg" if like is None else "fg_bg")
@@ -92,19 +92,13 @@ def predict_photos(cfg, bg: np.ndarray, fg_bg: np.ndarray, out: str | Path | Non
     `out` (e.g. RESULTS): mask.png, depth.png, alignment.json and prediction.png written there, as `eva predict` writes
     them, and zipped beside it; with `download` the zip is handed to the browser in Colab (elsewhere, or when it
     fails, one line says where it is)."""
-    from eva_helpers.evaluation.align import describe_alignment
-    from eva_helpers.evaluation.calibrate import load_calibration
-    from eva_helpers.evaluation.heldout import load_run_stats
-    from eva_helpers.evaluation.predict import predict_pair, thumbnail, write_pair
     from eva_helpers.plots import side_by_side
-    from eva_helpers.training.run_folder import load_run
+    from eva_helpers.predict.align import describe_alignment
+    from eva_helpers.predict.pair import predict_pair, thumbnail, write_pair
+    from eva_helpers.training.trained_run import load_trained_run
 
-    model, run_cfg, _ = load_run(cfg.run_dir)
-    stats = load_run_stats(Path(cfg.run_dir), Path(cfg.data))
-    try:
-        calib = load_calibration(cfg.run_dir)
-    except ImportError:
-        calib = None
+    trained = load_trained_run(cfg.run_dir, device="cpu", data=cfg.data)
+    model, run_cfg, stats, calib = trained.model, trained.cfg, trained.stats, trained.calibration
     thumbs = thumbnail(bg), thumbnail(fg_bg)
     pred = predict_pair(model, bg, fg_bg, run_cfg.size, stats, calib=calib)
     print(describe_alignment(pred["alignment"]))
@@ -141,8 +135,8 @@ def predict_footage(cfg, video: str = "", out: str | Path | None = None, frames:
     """Notebook 05's clip: every frame of `video` (a fixed camera's clip; a path, e.g. on Drive) against a background
     plate estimated from it, or, with no video, a clip made from a held-out background of the sample; prints the one
     summary line and returns the strip of frames with their masks."""
-    from eva_helpers.evaluation.footage import footage_strip, predict_video
-    from eva_helpers.evaluation.synth_clip import demo_clip
+    from eva_helpers.demo.clips import demo_clip
+    from eva_helpers.predict.footage import footage_strip, predict_video
 
     out = Path(out or RESULTS.parent / "footage")
     # a missing or unreadable clip is one line from predict_video, naming it

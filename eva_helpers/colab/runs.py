@@ -23,8 +23,8 @@ from eva_helpers.training.config import (
     parse_stages,
     result_changing_differences,
 )
-from eva_helpers.training.fit import fit
 from eva_helpers.training.run_folder import CONFIG, dataset_identity_at, read_run_config, read_summary, run_folder
+from eva_helpers.training.trainer import fit
 
 # SMOKE: a few optimizer steps of the smallest model at 32 px, no worker processes (about a minute on a CPU)
 SMOKE_TRAIN = {"model": "unet_small", "epochs": 1, "batch_size": 16, "size": 32, "max_steps": 6, "workers": 0}

@@ -58,23 +58,10 @@ def environment() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     env["versions"] = ", ".join(versions)
+    from eva_helpers.training.run_folder import describe_code, installed_code
+
     env["code"] = describe_code(installed_code())
     return env
-
-
-def installed_code() -> dict[str, str]:
-    """What eva_helpers code runs here: version, commit (when pip installed it from git or it is a git checkout) and
-    where it came from. A reconnect that installs newer code shows a different commit."""
-    from eva_helpers import __version__
-    from eva_helpers.colab.install import installed_source
-
-    return {"version": __version__, **installed_source()}
-
-
-def describe_code(code: dict[str, str]) -> str:
-    commit = code.get("commit")
-    return (f"eva_helpers {code['version']}" + (f", commit {commit[:12]}" if commit else ", commit unknown")
-            + (f" ({code['source']})" if code.get("source") else ""))
 
 
 def banner() -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from eva_helpers.data.loaders import collate, prepare_batch
+from eva_helpers.data.loaders import collate
 from eva_helpers.plots import show_predictions, show_samples
+from eva_helpers.training.trainer import model_batch
 
 NO_WIDGETS_ENV = "EVA_NO_WIDGETS"
 
@@ -61,7 +62,7 @@ def prediction_browser(model, datasets: dict, stats: dict | None = None, device:
         batch = collate([s])
         with torch.no_grad():
             model.eval()
-            x, targets = prepare_batch(batch, torch.device(device), stats)
+            x, targets = model_batch(batch, torch.device(device), stats)
             outputs = {n: v.float().cpu() for n, v in model(x).items()}
         label = f"{s['meta'].get('bg_id', '')}+{s['meta'].get('fg_id', '')}"
         return show_predictions(batch["fg_bg"], {n: v.cpu() for n, v in targets.items()}, outputs, [label])

@@ -22,11 +22,11 @@ import numpy as np
 from eva_helpers import __version__
 from eva_helpers.atomic import TMP_PREFIX, atomic_write_bytes, check_output_folder, remove_stale_temps, sha256_bytes
 from eva_helpers.compositing.compose import Compositor, prepare_background
-from eva_helpers.compositing.images import load_sources
 from eva_helpers.compositing.params import check_build_bounds
 from eva_helpers.compositing.shards import ShardJob, run_shards
 from eva_helpers.compositing.teachers import TEACHERS, describe_labels, get_teacher, normalise
 from eva_helpers.data import formats
+from eva_helpers.data.images import load_sources
 from eva_helpers.data.verify import VerifyRecord, is_verified, write_index
 from eva_helpers.errors import EvaError
 from eva_helpers.lease import LEASE_NAME, Lease, hold
@@ -322,3 +322,18 @@ def _to_size(raw: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def build_larger(data: str | Path, scale: int, assets: str | Path, out: str | Path | None = None,
+                 progress: bool = False) -> Path:
+    """The dataset at `data` built again `scale` x larger from its source folders `assets` (bg/ and fg/), with the same
+    parameters: the same composites at the larger size. Resumable like any build."""
+    data = Path(data)
+    params = formats.read_manifest(data)["params"]
+    size = int(params["size"]) * scale
+    out = Path(out) if out is not None else data.parent / f"{data.name}-{size}px"
+    build_dataset(Path(assets) / "bg", Path(assets) / "fg", out, size=size, positions=params["positions"],
+                  seed=params["seed"], teacher=params["teacher"], mode=params["mode"],
+                  scale_range=tuple(params["scale_range"]), flips=params["flips"], shard_size=params["shard_size"],
+                  jpeg_quality=params["jpeg_quality"], limit=params.get("limit"), progress=progress)
+    return out

@@ -1,8 +1,8 @@
 """The columnar index file: every sample's record as flat numpy columns in one memory-mapped file.
 
-Why: parsing every shard's index.jsonl into dicts cost ~15 s and ~4.5 KB per sample at every open (1.8 GB at 400k
-samples, copied into each DataLoader worker as reference counting dirtied the pages). Here a dataset's records are ~54
-bytes per sample in `index.npz`, mapped read-only (pages are shared by the main process and its workers and only the
+Why: parsing every shard's index.jsonl into dicts cost seconds and kilobytes per sample at every open (gigabytes at
+400k samples, copied into each DataLoader worker as reference counting dirtied the pages; bench/scale.py). Here a
+dataset's records are a few dozen bytes per sample in `index.npz`, mapped read-only (pages are shared by the main process and its workers and only the
 ones touched are resident), and a record dict is produced only when a sample is read.
 
 File format: a standard `.npz` (np.load reads it anywhere) written by hand: members ZIP_STORED with a fixed date, each

@@ -56,7 +56,7 @@ class ShardDataset:
     Args:
         data_dir: folder with manifest.json, backgrounds.zip and shards/.
         indices: positions into the whole dataset that this view exposes (a split); None = all samples.
-        transform: callable(sample, seed) -> sample (see `augment.build_transforms`); None = raw numpy arrays.
+        transform: callable(sample, seed) -> sample (see `resize.resize_transform`); None = raw numpy arrays.
         partial: accept a build whose manifest says `complete: false` (the shards finished so far).
         verify: check sha256 (once, recorded), member sizes/CRCs and shapes; False only for benchmarks.
     """

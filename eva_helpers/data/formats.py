@@ -118,7 +118,7 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 def _inflate():
-    try:  # ISA-L inflates our PNGs ~2x faster than zlib; the depth PNG is the largest decode cost per sample
+    try:  # ISA-L inflates our PNGs faster than zlib; the depth PNG is the largest decode cost per sample
         from isal.isal_zlib import decompress
     except ImportError:
         from zlib import decompress
@@ -126,8 +126,8 @@ def _inflate():
 
 
 def _running_sum(px: np.ndarray, axis: int) -> np.ndarray:
-    """uint8 cumulative sum (mod 256) along `axis`: torch's is 4-6x faster than numpy's on a 224 px map (0.02-0.05 ms
-    against 0.11-0.22), a quarter of a training sample's decode; numpy where torch is absent."""
+    """uint8 cumulative sum (mod 256) along `axis`: torch's is several times faster than numpy's on a 224 px map, and
+    this is a quarter of a training sample's decode; numpy where torch is absent."""
     try:
         import torch
     except ImportError:
@@ -173,7 +173,7 @@ def encode_depth(depth01: np.ndarray) -> bytes:
 
 def encode_depth16(depth16: np.ndarray) -> bytes:
     """(H, W) uint16 depth (near = DEPTH_MAX) -> PNG with the Sub filter on every row: depth is smooth, and a fixed
-    filter skips libpng's adaptive search (2-3x faster). `BandPNG` writes the same pixels, faster, for layered labels."""
+    filter skips libpng's adaptive search (faster). `BandPNG` writes the same pixels, faster, for layered labels."""
     return _png(np.asarray(depth16, dtype=np.uint16), mask=False)
 
 

@@ -1,4 +1,4 @@
-"""DataLoader factory, seeded workers and `prepare_batch` (uint8 -> normalised float on the device, once).
+"""DataLoader factory, seeded workers, and a batch onto the device (`batch_to_device`).
 
 What makes it fast on Colab's 2 vCPUs: workers collate whole batches (the default batch sampler runs in the worker),
 images cross the worker boundary as uint8 tensors (with `compact=True` transforms also mask uint8 / depth float16),
@@ -16,11 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from eva_helpers.data.augment import resize_background
+from eva_helpers.data.resize import resize_background
 from eva_helpers.data.stats import load_stats  # noqa: F401  (re-exported: callers import it from here or from stats)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EpochAdvancingSampler:
@@ -118,7 +115,7 @@ class BackgroundBank:
 
     Thousands of training samples share a background (100 backgrounds for 400k composites): the training loader's
     workers ship each sample's bg_id instead of its background (150 KB at 224 px, a third of a sample's bytes through
-    shared memory), and `prepare_batch` gathers the backgrounds here."""
+    shared memory), and `batch_to_device` gathers the backgrounds here."""
 
     def __init__(self, dataset: Any, size: int):
         self.dataset, self.size, self._rows, self._device = dataset, int(size), {}, None
@@ -141,37 +138,11 @@ class BackgroundBank:
         return torch.stack(rows)
 
 
-def _stats_tensors(stats: dict | None, device, dtype):
-    """(mean, std) of shape (1, 6, 1, 1) on 0-1 scale for cat(bg, fg_bg)."""
+def batch_to_device(batch: dict[str, Any], device, backgrounds: BackgroundBank | None = None) -> tuple[Any, Any, dict]:
+    """A loader's batch on `device`: (bg, fg_bg) (B, 3, H, W) float32 on 0..255 (whole numbers, so the differences
+    `models.inputs.model_input` takes are exact) and the targets {"mask", "depth"} (B, 1, H, W) float32, never
+    normalised. A batch without "bg" takes its backgrounds from `backgrounds` by the samples' bg_id."""
     import torch
-
-    if stats is None:
-        m, s = list(IMAGENET_MEAN) * 2, list(IMAGENET_STD) * 2
-    else:
-        m = list(stats["bg"]["mean"]) + list(stats["fg_bg"]["mean"])
-        s = list(stats["bg"]["std"]) + list(stats["fg_bg"]["std"])
-    mean = torch.tensor(m, device=device, dtype=dtype).view(1, 6, 1, 1)
-    std = torch.tensor(s, device=device, dtype=dtype).view(1, 6, 1, 1)
-    return mean, std
-
-
-def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, channels_last: bool = False,
-                  augment: Any = None, gen: Any = None, backgrounds: BackgroundBank | None = None
-                  ) -> tuple[Any, dict[str, Any]]:
-    """Batch from the loader -> (x (B, 10, H, W) float32, {"mask", "depth"} (B, 1, H, W) float32).
-
-    x = cat(bg, fg_bg, |fg_bg - bg|, shift-tolerant difference) (models/inputs.py): the images normalised here and
-    only here, with the dataset's stats (ImageNet's
-    when stats is None), and their per-channel absolute difference computed from the raw uint8 pixels *before*
-    normalisation (exact: no stats can blur it), in ImageNet std units (models/inputs.py). Each model reads the slice
-    its input representation needs. Targets are never normalised: mask stays {0, 1}, depth stays [0, 1].
-    `augment` (a `batch_augment.BatchAugment`, training only) transforms the images and targets first, drawing from
-    `gen`; its images stay whole numbers on 0..255, so the difference stays exact. A batch without "bg" takes its
-    backgrounds from `backgrounds` by the samples' bg_id.
-    """
-    import torch
-
-    from eva_helpers.models.inputs import DIFF_SCALE, X_CHANNELS, shift_tolerant_difference
 
     nb = torch.device(device).type == "cuda"
     if "bg" in batch:
@@ -181,23 +152,15 @@ def prepare_batch(batch: dict[str, Any], device, stats: dict | None = None, chan
     else:
         raise ValueError("this batch carries no bg: pass the dataset's BackgroundBank as `backgrounds`")
     fg = batch["fg_bg"].to(device, non_blocking=nb)
-    targets = {}
-    for k in ("mask", "depth"):
-        if k in batch:
-            targets[k] = batch[k].to(device, non_blocking=nb).float()  # (B, 1, H, W) float32
-    bg, fg = bg.float(), fg.float()  # (B, 3, H, W) on 0..255: whole numbers, so every sum below is exact
-    if augment is not None:
-        bg, fg, targets = augment(bg, fg, targets, gen)
-    b, _, h, w = bg.shape
-    # filled in the default layout and converted once: per-channel slices of a channels_last tensor are strided, and
-    # writing them was 4x slower on the CPU than this whole step
-    x = torch.empty((b, X_CHANNELS, h, w), dtype=torch.float32, device=bg.device)
-    x[:, :3], x[:, 3:6] = bg, fg
-    torch.sub(fg, bg, out=x[:, 6:9])
-    x[:, 6:9].abs_().mul_(DIFF_SCALE / 255.0)  # (B, 3, H, W) |fg_bg - bg| in [0, 1], then in ImageNet std units
-    x[:, 9:10] = shift_tolerant_difference(fg, bg).mul_(DIFF_SCALE / (3 * 255.0))  # (B, 1, H, W), same units
-    mean, std = _stats_tensors(stats, x.device, x.dtype)
-    x[:, :6].mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std, in place
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, targets
+    targets = {k: batch[k].to(device, non_blocking=nb).float() for k in ("mask", "depth") if k in batch}
+    return bg.float(), fg.float(), targets
+
+
+def seeded_loader(dataset: Any, batch_size: int, *, sampler: Any, workers: int | None, seed: int):
+    """`make_loader` in `sampler`'s order that never draws from the global RNG (training's resume stays exact)."""
+    import torch
+
+    loader = make_loader(dataset, batch_size, sampler=sampler, shuffle=False, num_workers=workers, seed=seed)
+    if loader.generator is None:  # iter(loader) would otherwise draw its worker base seed from torch's global RNG
+        loader.generator = torch.Generator().manual_seed(seed)
+    return loader

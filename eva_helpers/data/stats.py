@@ -1,6 +1,6 @@
 """Dataset statistics streamed shard by shard (never a whole-dataset array) -> stats.json beside manifest.json.
 
-Per-channel mean/std of bg and fg_bg on the 0-1 scale (what `prepare_batch` normalises with), the mask foreground
+Per-channel mean/std of bg and fg_bg on the 0-1 scale (what `models.inputs.model_input` normalises with), the mask foreground
 fraction (mean and a histogram of per-sample fractions: masks are 5-9 % foreground, so pixel accuracy alone
 misleads) and a depth histogram. Sums are float64 over pixel counts, so the result does not depend on order.
 """

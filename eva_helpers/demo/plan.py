@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from eva_helpers.estimate import BUILD_RATE, count_composites, duration_text, time_steps
+from eva_helpers.compositing.cost import BUILD_RATE, count_composites
+from eva_helpers.estimate import duration_text
 from eva_helpers.paths import sample_assets
+from eva_helpers.training.cost import time_steps
 
 PHOTO_SCALE = 4  # the report's photos larger than the model: 4x (256 px for the 64 px models)
 FOOTAGE_FRAMES = 60  # the report's clip: a few seconds of a fixed camera at 320x240
@@ -54,7 +56,7 @@ def describe(run: DemoRun, size: int) -> str:
 
 
 # from what the demo took on 2 CPU cores (bench/RESULTS.md): a real training step (loading, augmentation, AdamW, each
-# epoch's loader start) took 1.35-1.5x the probe's plain step; the photo-size part (its 4x build included) 65 ms a pair
+# epoch's loader start) against the probe's plain step; the photo-size part (its 4x build included) per pair
 STEP_OVERHEAD = 1.4
 PHOTO_S_PER_PAIR = 0.065
 FOOTAGE_S = 5.0
@@ -62,7 +64,7 @@ FOOTAGE_S = 5.0
 
 def plan(cfg: Any, probe: Any, finished: Callable[[DemoRun], bool]) -> list[tuple[str, float | None]]:
     """(what, seconds) per part of the demo (cfg: demo.DemoConfig), seconds from a step of `probe` (a TrainConfig)
-    timed now at each of the schedule's sizes (estimate.time_steps); None: a run `finished` before (reused)."""
+    timed now at each of the schedule's sizes (training/cost.time_steps); None: a run `finished` before (reused)."""
     assets = sample_assets()
     n = count_composites(assets / "bg", assets / "fg", cfg.positions, True)[0]
     n_val, n_test = n * cfg.val_fraction, n * cfg.test_fraction

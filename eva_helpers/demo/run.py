@@ -77,7 +77,7 @@ def run_dir_of(cfg: DemoConfig, data: Path, run: DemoRun) -> Path:
 
 def train_and_evaluate(cfg: DemoConfig, data: Path, run: DemoRun) -> dict[str, Any]:
     from eva_helpers.evaluation.heldout import current_metrics
-    from eva_helpers.training.fit import fit
+    from eva_helpers.training.trainer import fit
 
     start = next((r for r in cfg.runs if r.task == run.start_from), None)
     init = {"init_from": str(run_dir_of(cfg, data, start))} if start else {}
@@ -95,8 +95,8 @@ def shown_run(results: dict[str, dict]) -> str | None:
 def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -> dict | None:
     """The shown run's test split on photos PHOTO_SCALE x its size, as `eva predict` sees a photo (photo_size.py);
     reused while newer than the run's best checkpoint."""
+    from eva_helpers.compositing.build import build_larger
     from eva_helpers.evaluation.photo_size import (
-        build_larger,
         load_photo_metrics,
         photo_metrics_path,
         score_at_photo_size,
@@ -116,10 +116,10 @@ def score_larger_photos(cfg: DemoConfig, data: Path, results: dict[str, dict]) -
 
 
 def score_footage(cfg: DemoConfig, results: dict[str, dict]) -> dict | None:
-    """The shown run on a clip made from a held-out background with cut-outs walking across it (synth_clip.demo_clip),
+    """The shown run on a clip made from a held-out background with cut-outs walking across it (clips.demo_clip),
     predicted as `eva predict --video` does: the strip figure and its mean per-frame IoU."""
-    from eva_helpers.evaluation.footage import footage_strip, predict_video
-    from eva_helpers.evaluation.synth_clip import demo_clip, load_gt, mask_ious
+    from eva_helpers.demo.clips import demo_clip, load_gt, mask_ious
+    from eva_helpers.predict.footage import footage_strip, predict_video
 
     name = shown_run(results)
     if name is None:

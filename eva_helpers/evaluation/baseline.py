@@ -17,10 +17,10 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eva_helpers.errors import EvaError
+from eva_helpers.predict.masks import open_close, open_close_scores
 from eva_helpers.training.metrics import binary_mask_metrics
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 51))  # 0.01 .. 0.50 in image units [0, 1]
@@ -52,37 +52,6 @@ def _to_mask(m: torch.Tensor | np.ndarray) -> torch.Tensor:
 def bg_difference(bg: torch.Tensor, fg_bg: torch.Tensor) -> torch.Tensor:
     """Per-pixel max over channels of |fg_bg - bg|: (B, 1, H, W) in [0, 1]."""
     return (_to_float01(fg_bg) - _to_float01(bg)).abs().amax(1, keepdim=True)
-
-
-def _dilate(m: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(m, 3, stride=1, padding=1)
-
-
-def _erode(m: torch.Tensor) -> torch.Tensor:
-    return -F.max_pool2d(-m, 3, stride=1, padding=1)  # min-pool (max_pool2d's padding never wins)
-
-
-def open_close(m: torch.Tensor) -> torch.Tensor:
-    """3x3 opening (drops specks from JPEG noise) then closing (fills pinholes); m (B, 1, H, W) float {0, 1}.
-
-    Computed on a canvas padded with 4 zero pixels (the reach of the four 3x3 steps) and cropped back, so the
-    frame behaves like background: a closing cannot smear an object along the border.
-    """
-    p = 4
-    m = F.pad(m, (p, p, p, p))
-    m = _erode(_dilate(_dilate(_erode(m))))
-    return m[..., p:-p, p:-p]
-
-
-def open_close_scores(score: torch.Tensor) -> torch.Tensor:
-    """open_close for every threshold at once: `open_close((score > t).float()) > 0.5` equals
-    `open_close_scores(score) > t` for every t, because a min or max over a window commutes with thresholding (flat
-    morphology), and the canvas is padded with -inf, which no threshold passes. A sweep over thresholds then runs the
-    morphology once instead of once per threshold. score (B, 1, H, W) float."""
-    p = 4
-    s = F.pad(score, (p, p, p, p), value=float("-inf"))
-    s = _erode(_dilate(_dilate(_erode(s))))
-    return s[..., p:-p, p:-p]
 
 
 def threshold_sweep(score: torch.Tensor, target: torch.Tensor, thresholds: Iterable[float]) -> list[dict]:

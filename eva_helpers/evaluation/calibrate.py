@@ -12,7 +12,6 @@ property: `eva eval` writes it to `<run_dir>/calibration.json` and `eva predict`
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,12 +20,12 @@ import torch
 
 from eva_helpers.atomic import atomic_write_text, json_text
 from eva_helpers.errors import EvaError
-from eva_helpers.evaluation.baseline import open_close, open_close_scores
+from eva_helpers.predict.masks import open_close_scores
 from eva_helpers.training.metrics import binary_mask_metrics
 from eva_helpers.training.run_folder import CALIBRATION
+from eva_helpers.training.trained_run import check_calibration
 
 PROB_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 .. 0.90
-DEFAULT = {"threshold": 0.5, "morph": False, "chosen_on": "default (no validation split scored)"}
 # two-sided 95 % critical values of Student's t by degrees of freedom (larger df: the normal's 1.96)
 T_CRIT = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
           20: 2.09, 30: 2.04, 60: 2.00}
@@ -37,12 +36,6 @@ def t_critical(df: int) -> float:
     if df < 1:
         return float("inf")
     return next((T_CRIT[k] for k in sorted(T_CRIT, reverse=True) if df >= k), 1.96) if df <= 60 else 1.96
-
-
-def postprocess(logits: torch.Tensor, threshold: float = 0.5, morph: bool = False) -> torch.Tensor:
-    """Binary mask (B, 1, H, W) bool from mask logits: sigmoid > threshold, optionally opened then closed (3x3)."""
-    m = (logits.float().sigmoid() > threshold).float()
-    return (open_close(m) if morph else m) > 0.5
 
 
 def fit_postprocess(batches: Iterable[tuple], thresholds: tuple[float, ...] = PROB_THRESHOLDS) -> dict[str, Any]:
@@ -91,34 +84,3 @@ def save_calibration(run_dir: str | Path, calib: dict[str, Any]) -> Path:
     return path
 
 
-def check_calibration(calib: Any, path: Path | str) -> dict[str, Any]:
-    """The usable part of a calibration dict: a finite threshold in (0, 1) and a true/false morph; anything else is a
-    one-line error naming the file (a threshold of 5 or NaN would give an empty mask, -1 a full one)."""
-    redo = "delete it and run `eva eval` again to recalibrate on the validation split"
-    if not isinstance(calib, dict):
-        raise EvaError(f"{path}: not a calibration (a JSON object expected); {redo}")
-    t, morph = calib.get("threshold"), calib.get("morph")
-    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 1):
-        raise EvaError(f"{path}: threshold {t!r} is not a probability in (0, 1); {redo}")
-    if not isinstance(morph, bool):
-        raise EvaError(f"{path}: morph {morph!r} is not true or false; {redo}")
-    return {"threshold": float(t), "morph": morph, "chosen_on": str(calib.get("chosen_on", "val"))}
-
-
-def load_calibration(run_dir: str | Path) -> dict[str, Any]:
-    """The run's chosen post-processing, or the plain 0.5 cut when the run has not been evaluated yet; a damaged file
-    is a one-line error (check_calibration), never a silently empty or full mask."""
-    path = Path(run_dir) / CALIBRATION
-    if not path.is_file():
-        return dict(DEFAULT)
-    try:
-        calib = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise EvaError(f"{path}: unreadable calibration ({type(e).__name__}: {str(e).splitlines()[0]}); delete it and "
-                       "run `eva eval` again to recalibrate on the validation split") from None
-    return check_calibration(calib, path)
-
-
-def _no_constant(name: str) -> Any:
-    """json's NaN / Infinity / -Infinity are not JSON: refused (load_calibration says how to recalibrate)."""
-    raise ValueError(f"{name} is not a number in strict JSON")

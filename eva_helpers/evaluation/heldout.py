@@ -22,38 +22,34 @@ import numpy as np
 import torch
 
 from eva_helpers.atomic import atomic_write_json, sha256_bytes
-from eva_helpers.data.augment import build_transforms
 from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import BACKGROUNDS, read_manifest
-from eva_helpers.data.loaders import collate, make_loader, prepare_batch
-from eva_helpers.data.stats import STATS, load_stats, read_stats_file
+from eva_helpers.data.loaders import collate, make_loader
+from eva_helpers.data.resize import resize_transform
 from eva_helpers.data.verify import dataset_identity
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.baseline import FreeBaseline, fit_mean_depth, fit_threshold
-from eva_helpers.evaluation.calibrate import fit_postprocess, postprocess, save_calibration
+from eva_helpers.evaluation.calibrate import fit_postprocess, save_calibration
 from eva_helpers.evaluation.perturb import PERTURBATIONS, PerturbedDataset, check_name
 from eva_helpers.plots import save_figure, show_predictions
+from eva_helpers.predict.masks import postprocess
 from eva_helpers.training.metrics import MetricAccumulator
 from eva_helpers.training.run_folder import (
     METRICS,
     fresh_for_best,
-    load_run,
     metrics_file,
     read_history,
     recorded_identity,
     resolve_data,
 )
-
-
-def split_positions(cfg, data_dir: str | Path) -> dict:
-    """The same held-out split the run trained with (split_by, fractions and seed come from its config)."""
-    return cfg.splits(data_dir)
+from eva_helpers.training.trained_run import load_run, load_run_stats
+from eva_helpers.training.trainer import model_batch
 
 
 def _loader(data_dir, positions, cfg, batch_size: int, workers: int | None = 0, perturb: str | None = None,
             align: bool = False):
     """The split at `positions` with the test transform; `perturb` / `align` change its pairs (perturb.py)."""
-    ds = ShardDataset(str(data_dir), indices=positions, transform=build_transforms("test", cfg.size))
+    ds = ShardDataset(str(data_dir), indices=positions, transform=resize_transform(cfg.size))
     if perturb is not None or align:
 
         ds = PerturbedDataset(ds, perturb or "clean", ds.transform, align=align)
@@ -88,7 +84,7 @@ def predict_loader(model, loader, device, stats, channels_last: bool = False):
     """Yields (batch, x, targets, outputs) with outputs in float32 on CPU-friendly devices."""
     model.eval()
     for batch in loader:
-        x, targets = prepare_batch(batch, device, stats, channels_last=channels_last)
+        x, targets = model_batch(batch, device, stats, channels_last=channels_last)
         outputs = {k: v.float() for k, v in model(x).items()}
         yield batch, x, targets, outputs
 
@@ -181,7 +177,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, spl
     else:
         run_data = data_dir
     stats = load_run_stats(run_dir, run_data)
-    splits = split_positions(cfg, run_data)  # thresholds and baselines are the run's own: chosen on its dataset
+    splits = cfg.splits(run_data)  # thresholds and baselines are the run's own: chosen on its dataset
     if not unseen:
         scored = splits[split]
     if not scored:
@@ -280,7 +276,7 @@ def _check_unseen(run_dir: Path, cfg, run_data: Path | None, run_ident: str, dat
         raise EvaError(f"{data_dir} is dataset {_identity(data_dir)[:12]}, not the run's ({run_ident[:12]}): scoring it "
                        f"as unseen data needs the run's own dataset to choose thresholds on its validation split, and "
                        f"it is not at {cfg.data}; fetch or copy it there (or give the run's dataset to --data)")
-    train_ids = set(split_positions(cfg, run_data)["info"].get("bg_ids", {}).get("train", []))
+    train_ids = set(cfg.splits(run_data)["info"].get("bg_ids", {}).get("train", []))
     run_keys = _background_keys(run_data)
     seen = {run_keys[b] for b in map(str, train_ids) if b in run_keys}
     shared = sorted(b for b, k in _background_keys(data_dir).items() if k in seen)
@@ -297,21 +293,6 @@ def training_speed(run_dir: Path) -> float | None:
     return sum(speeds) / len(speeds) if speeds else None
 
 
-def load_run_stats(run_dir: Path, data_dir: Path | None) -> dict:
-    """Normalisation stats the run trained with: the run folder's copy, else its dataset's stats.json. Neither is an
-    error saying how to get them back, never a silent fallback to ImageNet's (the outputs would quietly differ)."""
-    p = Path(run_dir) / STATS
-    if p.is_file():
-        return read_stats_file(p)
-    stats = load_stats(str(data_dir)) if data_dir is not None and Path(data_dir).is_dir() else None
-    if stats is None:
-        where = f"{data_dir}/{STATS}" if data_dir is not None else "the run's dataset"
-        raise EvaError(f"{p}: missing, and {where} is not there either, so the normalisation this run trained with is "
-                       f"unknown; copy the dataset's {STATS} into {run_dir}, or run `eva stats --data DATASET` on the "
-                       "dataset the run trained on")
-    return stats
-
-
 def _score_key(tasks) -> str:
     return "mask_iou" if "mask" in tasks else "depth_ssim"
 
@@ -326,7 +307,7 @@ def best_worst_figure(model, ds, acc, cfg, device, stats, path: Path, k: int = 3
     batch = collate(samples)
     with torch.no_grad():
         model.eval()
-        x, targets = prepare_batch(batch, device, stats)
+        x, targets = model_batch(batch, device, stats)
         outputs = {kk: v.float().cpu() for kk, v in model(x).items()}
     labels = [f"{'best' if j < k else 'worst'} {key}={scores[i]:.3f}" for j, i in enumerate(picks)]
     fig = show_predictions(batch["fg_bg"], {kk: v.cpu() for kk, v in targets.items()}, outputs, labels, max_rows=len(picks))

@@ -23,7 +23,7 @@ import numpy as np
 from eva_helpers.data.compression import encode_decode
 from eva_helpers.errors import BadInputError
 from eva_helpers.evaluation import scene_changes as scene
-from eva_helpers.evaluation.align import align_pair
+from eva_helpers.predict.align import align_pair
 
 MOVES_LABELS = ("shift", "keystone", "rotate", "parallax")  # kinds that move the whole shot, labels included
 Op = tuple[str, tuple]  # (kind, parameters); combinations list them as a camera would: scene, shake, optics, tone, JPEG

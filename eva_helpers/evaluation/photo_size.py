@@ -26,31 +26,14 @@ from eva_helpers.data.dataset import ShardDataset
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.errors import EvaError
 from eva_helpers.evaluation.baseline import THRESHOLDS, bg_difference, open_close_scores, threshold_sweep
-from eva_helpers.evaluation.heldout import split_positions
 from eva_helpers.evaluation.perturb import check_name, perturb_sample
-from eva_helpers.evaluation.predict import finish, load_for_prediction, prepare_pair, run_model, single_threaded
+from eva_helpers.predict.pair import finish, prepare_pair, run_model, single_threaded
 from eva_helpers.training.metrics import binary_mask_metrics, boundary_iou
 from eva_helpers.training.run_folder import resolve_data
+from eva_helpers.training.trained_run import load_trained_run
 
 SAME_BUILD = ("flips", "mode", "positions", "scale_range", "seed", "teacher", "limit")  # params that fix the composites
 BOUNDARY_PX = 3
-
-
-def build_larger(data: str | Path, scale: int, assets: str | Path, out: str | Path | None = None,
-                 progress: bool = False) -> Path:
-    """The dataset at `data` built again `scale` x larger from its source folders `assets` (bg/ and fg/), with the same
-    parameters: the same composites at the larger size. Resumable like any build."""
-    from eva_helpers.compositing.build import build_dataset
-
-    data = Path(data)
-    params = read_manifest(data)["params"]
-    size = int(params["size"]) * scale
-    out = Path(out) if out is not None else data.parent / f"{data.name}-{size}px"
-    build_dataset(Path(assets) / "bg", Path(assets) / "fg", out, size=size, positions=params["positions"],
-                  seed=params["seed"], teacher=params["teacher"], mode=params["mode"],
-                  scale_range=tuple(params["scale_range"]), flips=params["flips"], shard_size=params["shard_size"],
-                  jpeg_quality=params["jpeg_quality"], limit=params.get("limit"), progress=progress)
-    return out
 
 
 def check_same_composites(small: Path, large: Path) -> None:
@@ -94,13 +77,14 @@ def score_at_photo_size(run_dir: str | Path, large_dir: str | Path, *, split: st
 
     check_name(perturb)
     run_dir, large_dir = Path(run_dir), Path(large_dir)
-    model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, "cpu")
+    trained = load_trained_run(run_dir, which, "cpu")
+    model, cfg, stats, calib, dev = trained.model, trained.cfg, trained.stats, trained.calibration, trained.device
     small_dir = resolve_data(cfg.data, run_dir)
     if small_dir is None or not Path(small_dir).is_dir():
         raise EvaError(f"{run_dir}: the run's own dataset ({cfg.data}) is not there, so its split is unknown")
     check_same_composites(Path(small_dir), large_dir)
     small, large = ShardDataset(str(small_dir)), ShardDataset(str(large_dir))
-    splits = split_positions(cfg, small_dir)
+    splits = cfg.splits(small_dir)
     scored = [int(p) for p in splits[split]][:limit]
     rng = np.random.default_rng(cfg.seed)
     val = [int(p) for p in splits["val"]]

@@ -1,6 +1,6 @@
 """Model registry: a plain dict of name -> (builder, preset kwargs), and `build_model`, whose error lists the names.
 
-Every model takes prepare_batch's (B, 10, H, W) = cat(bg, fg_bg, |fg_bg - bg|, the shift-tolerant difference)
+Every model takes model_input's (B, 10, H, W) = cat(bg, fg_bg, |fg_bg - bg|, the shift-tolerant difference)
 (models/inputs.py says which slice each input representation reads) and returns {"mask": logits} and/or {"depth": [0, 1]}.
 `model.model_args` is a JSON-able dict: `build_model(**model.model_args)` rebuilds the architecture (checkpoints
 store it; models are never pickled). `rebuild_model(model_args)` does the same without downloading weights.
@@ -38,8 +38,8 @@ LEGACY = {"unet_small": {"widths": [10, 20, 40, 80, 160], "decoder": "per_task"}
 LEGACY_DEFAULTS = {"inputs": "concat", "mask_head": "plain"}
 
 # The representation and mask head new models get: the rows that won in bench/quality.py (bench/RESULTS.md): "diff"
-# beat "concat" and "siamese"; the residual head was 0.003-0.004 IoU behind the plain one, mask-only and joint;
-# "tolerant" (diff + the shift-tolerant difference) halves what a 1-2 px shake costs (bench/robustness.py).
+# beat "concat" and "siamese"; the residual head was behind the plain one, mask-only and joint; "tolerant" (diff + the
+# shift-tolerant difference) cuts what a 1-2 px shake costs (bench/robustness.py).
 DEFAULT_INPUTS = "tolerant"
 DEFAULT_MASK_HEAD = "plain"
 
@@ -100,7 +100,7 @@ def summary(model: nn.Module, size: int = 224, in_channels: int | None = None) -
     """Print torchsummary's layer table on CPU (for the notebooks); the dict output is fine: the top level is not hooked."""
     from torchsummary import summary as _summary
 
-    c = in_channels or X_CHANNELS  # every model reads prepare_batch's 10-channel tensor
+    c = in_channels or X_CHANNELS  # every model reads model_input's 10-channel tensor
     was_training, device = model.training, next(model.parameters()).device
     model.cpu()
     try:

@@ -102,7 +102,7 @@ class UNetDecoder(nn.Module):
 class MultiTaskNet(nn.Module):
     """encoder -> decoder(s) -> 1x1 head per task; returns {"mask": logits, "depth": sigmoid in [0, 1]}.
 
-    Takes prepare_batch's (B, 10, H, W) tensor and reads the slice `inputs` names (models/inputs.py); with
+    Takes model_input's (B, 10, H, W) tensor and reads the slice `inputs` names (models/inputs.py); with
     inputs="siamese" the encoder is wrapped to run on bg and fg_bg separately, which doubles the channels each skip
     hands the decoder. decoder="per_task": one decoder per task (the joint default); "shared": one decoder, a head per
     task. mask_head="residual": the mask logits are the baseline prior plus the network's correction (head zero-init).

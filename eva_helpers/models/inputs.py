@@ -1,6 +1,6 @@
 """What a model sees of the (bg, fg_bg) pair: the input representations, the Siamese wrapper, the baseline prior.
 
-`data.loaders.prepare_batch` always hands models one (B, 10, H, W) tensor:
+`model_input(bg, fg_bg, stats)` hands every model one (B, 10, H, W) tensor, in training and in prediction alike:
     channels 0-2  bg, normalised with the run's stats
     channels 3-5  fg_bg, normalised with the run's stats
     channels 6-8  |fg_bg - bg| per channel, from the raw uint8 images (before normalisation), divided by 0.225
@@ -29,12 +29,43 @@ from torch import nn
 from eva_helpers.errors import EvaError
 
 INPUTS = ("concat", "diff", "tolerant", "siamese")
-X_CHANNELS = 10  # what prepare_batch produces
+X_CHANNELS = 10  # what model_input produces
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation without a dataset's stats
+IMAGENET_STD = (0.229, 0.224, 0.225)
 DIFF_SCALE = 1.0 / 0.225  # raw |fg_bg - bg| in [0, 1] -> ImageNet std units
 TOLERANCE_PX = 2  # the shift-tolerant difference looks this far (at the model's input size)
 ENCODER_IN = {"concat": 6, "diff": 9, "tolerant": 10, "siamese": 3}  # channels the first layer sees (per stream)
-_READS = {"concat": 6, "diff": 9, "tolerant": 10, "siamese": 6}  # channels of prepare_batch's tensor each reads
+_READS = {"concat": 6, "diff": 9, "tolerant": 10, "siamese": 6}  # channels of model_input's tensor each reads
 MASK_HEADS = ("plain", "residual")
+
+
+def model_input(bg: torch.Tensor, fg_bg: torch.Tensor, stats: dict | None = None,
+                channels_last: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) float bg and fg_bg on 0..255 -> x (B, 10, H, W) float32: cat(bg, fg_bg, |fg_bg - bg|, the
+    shift-tolerant difference).
+
+    The images are normalised here and only here, with the dataset's stats (ImageNet's when stats is None); their
+    differences come from the raw pixels before normalisation (exact: no stats can blur them), in ImageNet std units.
+    Each model reads the slice its input representation needs."""
+    b, _, h, w = bg.shape
+    # filled in the default layout and converted once: per-channel slices of a channels_last tensor are strided, and
+    # writing them was slower on the CPU than this whole step (bench/prepare_batch.py)
+    x = torch.empty((b, X_CHANNELS, h, w), dtype=torch.float32, device=bg.device)
+    x[:, :3], x[:, 3:6] = bg, fg_bg
+    torch.sub(fg_bg, bg, out=x[:, 6:9])
+    x[:, 6:9].abs_().mul_(DIFF_SCALE / 255.0)  # (B, 3, H, W) |fg_bg - bg| in [0, 1], then in ImageNet std units
+    x[:, 9:10] = shift_tolerant_difference(fg_bg, bg).mul_(DIFF_SCALE / (3 * 255.0))  # (B, 1, H, W), same units
+    if stats is None:
+        m, s = list(IMAGENET_MEAN) * 2, list(IMAGENET_STD) * 2
+    else:
+        m = list(stats["bg"]["mean"]) + list(stats["fg_bg"]["mean"])
+        s = list(stats["bg"]["std"]) + list(stats["fg_bg"]["std"])
+    mean = torch.tensor(m, device=x.device, dtype=x.dtype).view(1, 6, 1, 1)
+    std = torch.tensor(s, device=x.device, dtype=x.dtype).view(1, 6, 1, 1)
+    x[:, :6].mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std, in place
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def check_inputs(inputs: str) -> str:
@@ -44,12 +75,12 @@ def check_inputs(inputs: str) -> str:
 
 
 def select_inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    """The slice of prepare_batch's (B, 10, H, W) tensor a model of this representation reads."""
+    """The slice of model_input's (B, 10, H, W) tensor a model of this representation reads."""
     need = _READS[inputs]
     if x.shape[1] < need:
         raise EvaError(f"a model with inputs={inputs!r} needs {need} input channels (bg, fg_bg"
                        f"{', |fg_bg - bg|' if need >= 9 else ''}) but got {x.shape[1]}: build batches with "
-                       "loaders.prepare_batch")
+                       "models.inputs.model_input")
     return x[:, :need]
 
 
@@ -71,9 +102,9 @@ def shift_tolerant_difference(fg_bg: torch.Tensor, bg: torch.Tensor, radius: int
 
 
 def max_difference(x: torch.Tensor) -> torch.Tensor:
-    """max_c |fg_bg - bg| in raw [0, 1] units (B, 1, H, W), recovered from prepare_batch's difference channels."""
+    """max_c |fg_bg - bg| in raw [0, 1] units (B, 1, H, W), recovered from model_input's difference channels."""
     if x.shape[1] < 9:
-        raise EvaError("the residual mask head needs the |fg_bg - bg| channels of prepare_batch (9 channels)")
+        raise EvaError("the residual mask head needs the |fg_bg - bg| channels of model_input (9 channels)")
     return x[:, 6:9].amax(1, keepdim=True) / DIFF_SCALE
 
 

@@ -21,7 +21,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import tempfile
 import time
 import warnings
@@ -48,25 +47,10 @@ PREV = "prev.pt"
 BEST = "best.pt"
 SIDECAR = ".sha256"
 _STEP_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
-FAULT_ENV = "EVA_CKPT_FAULT"  # tests only: "<stage>:<n>" SIGKILLs this process at that stage of its n-th save
-_fault_counts: dict[str, int] = {}
 
 
 def ckpt_name(global_step: int) -> str:
     return f"ckpt-{global_step:09d}.pt"
-
-
-def _fault(stage: str) -> None:
-    """Test hook: die exactly here (e.g. halfway through copying into the run folder) to prove the writes are atomic."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    want, _, nth = spec.partition(":")
-    if want != stage:
-        return
-    _fault_counts[stage] = _fault_counts.get(stage, 0) + 1
-    if _fault_counts[stage] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -114,14 +98,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _copy_in(src: Path, dst: Path, stage: str, before_replace: Callable[[], None] | None = None) -> None:
+def _copy_in(src: Path, dst: Path, before_replace: Callable[[], None] | None = None) -> None:
     """Copy `src` onto `dst` through the package's atomic writer (a full disk names the folder and leaves no temp
-    file), with a fault point halfway through the bytes; `before_replace` runs when the copy is whole."""
-    size = src.stat().st_size
+    file); `before_replace` runs when the copy is whole."""
     with open(src, "rb") as fin, atomic_open(dst, "wb", before_replace=before_replace) as fout:
-        fout.write(fin.read(size // 2))
-        fout.flush()
-        _fault(stage)
         shutil.copyfileobj(fin, fout, 1 << 22)
 
 
@@ -169,7 +149,6 @@ class CheckpointManager:
         if is_main:
             self.prepare()
         self._last_time = time.monotonic()
-        self.save_seconds: list[float] = []  # wall time of each save (benchmark, overhead report)
         self.bytes_written = 0  # into the run folder (checkpoint files and sidecars)
         self.bytes_dropped = 0  # files of the run folder replaced or deleted (what a Drive trash could receive)
         self.loaded_from: Path | None = None
@@ -203,7 +182,6 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], *, best: bool = False) -> Path | None:
         """Write `state` as last.pt (the previous last.pt becomes prev.pt) and best.pt when `best`; returns last.pt.
         `guard` (the run folder's lease) is confirmed first: a writer that lost the folder writes nothing."""
-        t0 = time.monotonic()
         if not self.is_main:
             self._last_time = time.monotonic()
             return None
@@ -221,31 +199,25 @@ class CheckpointManager:
             _serialise(state, local)  # on local disk: fast, and a Drive mount never sees a partial file
             meta = {"sha256": sha256_file(local), "bytes": local.stat().st_size, "global_step": step,
                     "epoch": int(state.get("epoch", 0)), **({"writer": dict(self.writer)} if self.writer else {})}
-            _fault("local")
 
             def rotate() -> None:  # last.pt -> prev.pt once the new copy is whole
-                _fault("last")
                 last_meta = read_sidecar(self.dir / LAST)
                 if (self.dir / LAST).exists() and last_meta is not None:
                     # prev's sidecar first: at every moment last.pt or prev.pt matches its own sidecar
                     self._sidecar(PREV, {k: v for k, v in last_meta.items() if k != "file"})
-                    _fault("rotate")
                     self._replace(self.dir / LAST, PREV)  # a rename: no bytes uploaded
                 self.bytes_dropped += _size(self.dir / LAST)
 
-            _copy_in(local, self.dir / LAST, "copy", rotate)
+            _copy_in(local, self.dir / LAST, rotate)
             self.bytes_written += meta["bytes"]
-            _fault("last-renamed")  # file in place, sidecar not yet written
-            self._sidecar(LAST, meta)
+            self._sidecar(LAST, meta)  # after the file: a file without its sidecar is not trusted
             if best:
                 self.bytes_dropped += _size(self.dir / BEST)
-                _copy_in(local, self.dir / BEST, "best")
+                _copy_in(local, self.dir / BEST)
                 self.bytes_written += meta["bytes"]
-                _fault("best-renamed")
                 self._sidecar(BEST, meta)
             self._keep_local(local, meta)
         self._last_time = time.monotonic()
-        self.save_seconds.append(self._last_time - t0)
         return self.dir / LAST
 
     def _keep_local(self, local: Path, meta: dict[str, Any]) -> None:

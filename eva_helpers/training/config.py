@@ -79,9 +79,8 @@ def parse_stages(text: str, source: str = "SIZE_STAGES") -> list[list[int]]:
 
 
 # Peak learning rate (OneCycle, AdamW, batch 32) per model family. UNets train from scratch with BatchNorm: 1e-2 won
-# the sweep in bench/quality.py (bench/RESULTS.md: 1e-3 0.903, 3e-3 0.922, 1e-2 0.922-0.929 mask IoU, depth SSIM
-# 0.84 / 0.90 / 0.91-0.94). ResNet encoders start from ImageNet weights that a 1e-2 step would scramble: 1e-3, the
-# torchvision fine-tuning default, not yet measured here (needs a GPU at 224 px).
+# the sweep in bench/quality.py (bench/RESULTS.md). ResNet encoders start from ImageNet weights that a 1e-2 step would
+# scramble: 1e-3, the torchvision fine-tuning default, not yet measured here (needs a GPU at 224 px).
 RECIPE_LR = {"unet": 1e-2, "resnet": 1e-3}
 
 
@@ -122,8 +121,8 @@ class TrainConfig:
     checkpoint_interval_s: float = 300.0
     keep_last: int = 3
     loss_weighting: str = "fixed"  # "fixed" | "uncertainty" (joint task: learned weights)
-    # overrides of losses.DEFAULT_WEIGHTS; depth x2 keeps depth RMSE at 0.038 instead of 0.046 when training on second
-    # shots (bench/RESULTS.md, 3 seeds each)
+    # overrides of losses.DEFAULT_WEIGHTS; depth x2 keeps depth RMSE low when training on second shots
+    # (bench/RESULTS.md, 3 seeds each)
     loss_weights: dict = dataclasses.field(default_factory=lambda: {"depth": 2.0})
     split_by: str = "bg"
     split_seed: int | None = None  # seed of the held-out split; None = `seed` (bench/quality.py varies seed, not split)

@@ -28,7 +28,6 @@ SSIM_WIN, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 DICE_SMOOTH = 1.0
 DEFAULT_WEIGHTS = {"mask_bce": 1.0, "mask_dice": 1.0, "depth_l1": 0.1, "depth_ssim": 1.0, "depth_grad": 1.0,
                    "mask": 1.0, "depth": 1.0}
-TASK_PARTS = {"mask": ("mask_bce", "mask_dice"), "depth": ("depth_l1", "depth_ssim", "depth_grad")}
 
 
 # ----------------------------------------------------------------------------------------------- mask
@@ -106,25 +105,6 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dx = lambda a: a[..., :, 1:] - a[..., :, :-1]  # (B, C, H, W-1)
     dy = lambda a: a[..., 1:, :] - a[..., :-1, :]  # (B, C, H-1, W)
     return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
-
-
-def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-                      eps: float = 1e-8) -> torch.Tensor:
-    """Per image least-squares s, t minimising sum (s p + t - target)^2 over valid pixels; returns s p + t.
-
-    Closed form s = cov(p, target) / var(p), t = mean(target) - s mean(p); a constant prediction gets s = 0 (its
-    best fit is the target's mean). Gradients flow through s and t (MiDaS, Ranftl et al. 2020).
-    """
-    b = pred.shape[0]
-    p, y = pred.reshape(b, -1), target.reshape(b, -1)  # (B, N)
-    m = torch.ones_like(p) if valid is None else valid.reshape(b, -1).to(p.dtype)
-    n = m.sum(1).clamp_min(1)
-    mp, my = (m * p).sum(1) / n, (m * y).sum(1) / n
-    var = (m * (p - mp[:, None]) ** 2).sum(1) / n
-    cov = (m * (p - mp[:, None]) * (y - my[:, None])).sum(1) / n
-    s = torch.where(var > eps, cov / var.clamp_min(eps), torch.zeros_like(var))
-    t = my - s * mp
-    return (s[:, None] * p + t[:, None]).view_as(pred)
 
 
 class JointCriterion(nn.Module):

@@ -127,8 +127,8 @@ Baseline = Callable[[torch.Tensor, torch.Tensor], dict]
 class MetricAccumulator:
     """Collects per-image metrics over batches; compute() gives the mean over images (NaNs left out).
 
-    update(outputs, targets, bg=None, fg_bg=None, ids=None): outputs is the model's dict, targets the dict from
-    prepare_batch. With a `baseline` callable (e.g. `baseline.FreeBaseline`) and the *raw* images (uint8 or
+    update(outputs, targets, bg=None, fg_bg=None, ids=None): outputs is the model's dict, targets the dict of
+    `data.loaders.batch_to_device`. With a `baseline` callable (e.g. `baseline.FreeBaseline`) and the *raw* images (uint8 or
     [0, 1], not normalised), its predictions `{"mask": bool (B, 1, H, W), "depth": (B, 1, H, W)}` are scored on the
     same images under `baseline_` keys (mask: IoU and Dice; depth: every depth key).
     """

@@ -1,11 +1,12 @@
-"""The run folder, as `fit` writes it and everything else reads it: its file names, records and `load_run`.
+"""The run folder, as `fit` writes it and everything else reads it: its file names and records
+(`trained_run.py` loads a trained model from it).
 
 Layout of `<run_dir>/`: `config.json` (the TrainConfig, the dataset's content identity, where the weights started),
 `checkpoints/` (checkpoint.py), `history.jsonl` (one row per finished epoch, a copy of the checkpoint's),
 `summary.json` (written when `fit` returns), `stats.json` (the normalisation frozen at the start), `extensions.json`
-(each time the run was extended to more epochs), `metrics*.json` and figures (evaluation), `code.json` and
-`dataset.json` (notebook training). A run folder is resumed only on the dataset (by content) and settings it was
-started with.
+(each time the run was extended to more epochs), `code.json` (the code each session trained with), `dataset.json`
+(what the dataset was), `metrics*.json` and figures (evaluation). A run folder is resumed only on the dataset (by
+content) and settings it was started with.
 """
 from __future__ import annotations
 
@@ -13,21 +14,16 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from eva_helpers.atomic import atomic_write_text, remove_stale_temps
 from eva_helpers.data.formats import read_manifest
 from eva_helpers.data.stats import check_stats, compute_stats, read_stats_file
 from eva_helpers.data.verify import dataset_identity
-from eva_helpers.errors import EvaError, IntegrityError
-from eva_helpers.models import rebuild_model
+from eva_helpers.errors import EvaError
 from eva_helpers.paths import default_cache, safe_name
 from eva_helpers.training.checkpoint import CHECKPOINTS, CheckpointManager
 from eva_helpers.training.config import TrainConfig, result_changing_differences
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -36,7 +32,7 @@ STATS = "stats.json"
 EXTENSIONS = "extensions.json"  # [{"from_epochs", "to_epochs", "at_epoch", "global_step"}]: each time a run was extended
 METRICS = "metrics.json"  # the test split's; `metrics_file(tag)` names the others (evaluation.heldout)
 CALIBRATION = "calibration.json"  # the mask threshold and clean-up chosen on validation (evaluation.calibrate)
-CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each notebook session trained the run with
+CODE = "code.json"  # [{"version", "commit", "source", "since"}]: the code each session trained the run with
 DATASET_RECORD = "dataset.json"  # what the run's dataset was: identity, samples, shards, build parameters
 
 
@@ -73,6 +69,81 @@ def dataset_identity_at(data: str | None) -> str | None:
         return None
 
 
+def dataset_facts(data: str | os.PathLike) -> dict[str, Any]:
+    """dataset.json's record of a dataset: content identity, folder name, samples, shards, build parameters."""
+    m = read_manifest(data)
+    params = m.get("params") or {}
+    return {"identity": dataset_identity(m), "name": Path(str(data)).name, "samples": (m.get("counts") or {}).get(
+            "samples"), "shards": len(m.get("shards", [])),
+            **{k: params.get(k) for k in ("size", "positions", "seed", "teacher", "mode", "flips") if k in params}}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_dataset(run_dir: str | os.PathLike, data: str | os.PathLike | None, new_run: str = "use a new run_dir") -> None:
+    """Refuse, in one line, a run folder trained on other dataset content than `data` (a rebuilt or extended dataset
+    under the same name, or another one), saying what changed (dataset.json against now) and how to start a new run
+    on it on purpose (`new_run`: each front end says it in its words)."""
+    run = Path(run_dir)
+    old = _read_json(run / CONFIG)
+    if not isinstance(old, dict) or not old.get("dataset_identity") or not data:
+        return
+    try:
+        now = dataset_facts(data)
+    except EvaError:
+        return  # no dataset there: opening it names what is wrong
+    if old["dataset_identity"] == now["identity"]:
+        return
+    was = _read_json(run / DATASET_RECORD) or {}
+    changes = [f"{k} {was[k]} -> {now[k]}" for k in ("samples", "shards", "size", "positions", "seed", "teacher", "mode",
+                                                      "flips") if k in was and was.get(k) != now.get(k)]
+    what = ", ".join(changes + [f"content {old['dataset_identity'][:12]} -> {now['identity'][:12]}"])
+    raise EvaError(f"{run}: this run was trained on other dataset content than {data} ({what}); to keep training it, "
+                   f"give or restore the dataset it was trained on (at {old.get('data')}); to start a new run on "
+                   f"{now['name']!r} on purpose, {new_run}")
+
+
+def installed_code() -> dict[str, str]:
+    """What eva_helpers code runs here: version, commit (when pip installed it from git or it is a git checkout) and
+    where it came from. A reconnect that installs newer code shows a different commit."""
+    from eva_helpers import __version__
+    from eva_helpers.colab.install import installed_source  # standard library only (it runs before the package)
+
+    return {"version": __version__, **installed_source()}
+
+
+def describe_code(code: dict[str, str]) -> str:
+    commit = code.get("commit")
+    return (f"eva_helpers {code['version']}" + (f", commit {commit[:12]}" if commit else ", commit unknown")
+            + (f" ({code['source']})" if code.get("source") else ""))
+
+
+def record_code(run_dir: str | os.PathLike) -> dict[str, str]:
+    """Append this session's code (version, commit) to `<run>/code.json` when it differs from the last entry, and say
+    so when the run was trained with other code before. Returns this session's entry."""
+    from datetime import datetime, timezone
+
+    path = Path(run_dir) / CODE
+    history = _read_json(path)
+    history = history if isinstance(history, list) else []
+    now = installed_code()
+    last = history[-1] if history else None
+    same = last is not None and (last.get("version"), last.get("commit")) == (now.get("version"), now.get("commit"))
+    if last is not None and not same:
+        print(f"{Path(run_dir).name}: trained so far with {describe_code(last)}; this session runs "
+              f"{describe_code(now)}, so the rest of the run uses other code")
+    if not same:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        history.append({**now, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        atomic_write_text(path, json.dumps(history, indent=1) + "\n")
+    return now
+
+
 def check_config(run_dir: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict | None]:
     """Refuse to resume a run folder whose recorded config differs in a field that changes the result, or whose
     dataset (by content identity, not path: the same dataset on Drive and in /content resumes) is another one.
@@ -88,10 +159,8 @@ def check_config(run_dir: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict 
         if not isinstance(old, dict):
             raise EvaError(f"{path}: not a config (a JSON object expected); use a new run_dir")
         init = old.pop("init", None)
-        was = old.pop("dataset_identity", None)
-        if was and ident and was != ident:
-            raise EvaError(f"{path}: this run was trained on dataset {was[:12]} (at {old.get('data')}), but "
-                           f"{cfg.data} is dataset {ident[:12]}; give the run's dataset or use a new run_dir")
+        old.pop("dataset_identity", None)
+        check_dataset(run_dir, cfg.data)
         diff = result_changing_differences(old, cfg.to_dict())
         if diff:
             changes = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff)
@@ -153,9 +222,13 @@ def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
 def start_writing(run_dir: Path, ckm: CheckpointManager, config: dict[str, Any], ext: dict[str, Any] | None,
                    stats: dict | None, on_start: Callable[[Path], None] | None = None) -> None:
     """The run's first writes, once every check has passed: a refused command leaves the run folder as it was
-    (no config rewritten for epochs it never trained, no extension recorded that never happened)."""
+    (no config rewritten for epochs it never trained, no extension recorded that never happened). Every front end
+    gets the same records: the code (code.json), the dataset (dataset.json, once), the session's device."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if on_start is not None:  # the caller's own records (notebook training: code.json, dataset.json)
+    record_code(run_dir)
+    if config.get("data") and config.get("dataset_identity") and not (run_dir / DATASET_RECORD).is_file():
+        atomic_write_text(run_dir / DATASET_RECORD, json.dumps(dataset_facts(config["data"]), indent=1) + "\n")
+    if on_start is not None:  # the session's device (sessions.py), then the caller's own records
         on_start(run_dir)
     remove_stale_temps(run_dir)  # half-written config/history/summary copies from a killed run
     atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2) + "\n")
@@ -187,50 +260,6 @@ def recorded_init(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / CONFIG).read_text()).get("init")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu", *,
-             build_fn: Any = None) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild a trained model from a run folder: `(model in eval mode, its TrainConfig, the checkpoint dict)`.
-
-    `build_fn(**model_args)` (for models outside the registry) defaults to `eva_helpers.models.rebuild_model`.
-    The checkpoint dict's "loaded_from" names the file used: "best" is best.pt, or the newest checkpoint while a run
-    has none yet (stopped by max_steps before its first evaluation); a damaged best.pt is an error, never silently
-    replaced by another checkpoint. "last" is the newest checkpoint that verifies (damaged newer ones are skipped with
-    a warning).
-    """
-    if which not in ("best", "last"):
-        raise EvaError(f"which={which!r}: use 'best' or 'last'")
-    if not Path(run_dir).is_dir():
-        raise EvaError(f"{run_dir}: no such run folder; give the folder `eva train --run-dir` (or a notebook) wrote")
-    manager = CheckpointManager(run_dir, is_main=False)  # reading only: nothing is created or cleaned
-    ckpt, path = None, manager.dir / f"{which}.pt"
-    if which == "best" and path.exists():
-        try:
-            ckpt = manager.load_best(map_location=device)
-        except IntegrityError as e:
-            raise IntegrityError(f"{e}; score the newest checkpoint with --which last (which='last'), or restore "
-                                 "best.pt from a backup") from None
-    if ckpt is None:
-        ckpt = manager.load_latest(map_location=device)
-        path = manager.loaded_from or path
-    if ckpt is None:
-        found = manager.candidates()
-        if found:
-            raise IntegrityError(f"{manager.dir}: every checkpoint is damaged ({', '.join(p.name for p in found)}); "
-                                 "restore one from a backup, or train again into a new run folder")
-        raise EvaError(f"{Path(run_dir)}: no checkpoint in checkpoints/ (has this run folder been trained?)")
-    ckpt["loaded_from"] = str(path)
-    if not ckpt.get("model_args"):
-        raise EvaError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt")
-    if build_fn is None:
-
-        model = rebuild_model(ckpt["model_args"])
-    else:
-        model = build_fn(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    return model, TrainConfig.from_dict(ckpt["config"], source=str(path)), ckpt
 
 
 def run_folder(runs: str | Path, task: str, model: str, size: int, data: str | Path, name: str = "") -> Path:

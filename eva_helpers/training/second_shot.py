@@ -79,10 +79,10 @@ class SecondShot:
 
 
 PRESETS: dict[str, SecondShot | None] = {
-    "off": None,  # exact pairs, as before
+    "off": None,  # exact pairs
     "tone": SecondShot(),  # tone, blur, noise, JPEG on 80 % of pairs
-    # half of the pairs look like two shots: + shake up to 2 px and cast shadows (bench/RESULTS.md: 0.923 clean IoU over
-    # 3 seeds; on 80 % of pairs, 0.911: more robust to tone, below the clean target)
+    # half of the pairs look like two shots: + shake up to 2 px and cast shadows (bench/RESULTS.md: on 80 % of pairs,
+    # more robust to tone but below the clean target)
     "full": SecondShot(p=0.5, p_shift=0.5, shift=2.0, rotate=0.3, scale=0.005, p_shadow=0.3),
 }
 

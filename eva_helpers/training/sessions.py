@@ -24,7 +24,6 @@ from eva_helpers.training.run_folder import read_history
 
 if TYPE_CHECKING:
     from eva_helpers.training.config import TrainConfig
-    from eva_helpers.training.state import Run
 
 SESSIONS = "sessions.json"  # [{"device", "gpu", "memory_gib", "capability", "precision", "from_epoch", ...}]
 PROCESS = uuid.uuid4().hex[:12]  # this Python process: a runtime that trains the run again is a new session
@@ -85,12 +84,13 @@ def record_session(run_dir: str | Path, device: torch.device | str, amp_dtype: t
     return rec
 
 
-def recorder(run: Run, on_start: Callable[[Path], None] | None) -> Callable[[Path], None]:
-    """fit's `on_start`: this session's device, as `run` trains on it, then the caller's own records."""
+def recorder(device: torch.device, amp_dtype: torch.dtype | None, epoch: int, step: int, world_size: int,
+             on_start: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    """fit's `on_start`: this session's device, as the run trains on it from (epoch, step), then the caller's own
+    records."""
 
     def start(run_dir: Path) -> None:
-        record_session(run_dir, run.device, run.amp_dtype, epoch=run.epoch, step=run.global_step,
-                       world_size=run.info.world_size)
+        record_session(run_dir, device, amp_dtype, epoch=epoch, step=step, world_size=world_size)
         if on_start is not None:
             on_start(run_dir)
 
@@ -110,7 +110,7 @@ def _slowdown(cfg: TrainConfig, sessions: list[dict[str, Any]], timer: Callable 
     if not rates:
         return ""
     if timer is None:
-        from eva_helpers.estimate import time_steps as timer
+        from eva_helpers.training.cost import time_steps as timer
     batch = min(cfg.batch_size, 4)  # a CPU probe stays short
     try:
         step_s, _ = timer(cfg, batch)

@@ -21,7 +21,7 @@ from torch import nn
 
 from eva_helpers.errors import EvaError
 from eva_helpers.training.checkpoint import load_checkpoint, read_sidecar
-from eva_helpers.training.run_folder import load_run
+from eva_helpers.training.trained_run import load_run
 
 WHICH = ("best", "last")
 SAME = ("name", "inputs", "in_channels")  # model_args that must match: the family and what its input channels mean

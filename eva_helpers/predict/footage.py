@@ -31,19 +31,19 @@ import numpy as np
 from eva_helpers.atomic import atomic_open, atomic_write_bytes, atomic_write_json, check_output_folder
 from eva_helpers.data.formats import encode_mask, encode_png
 from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.evaluation.align import could_not_align, to_common_size
-from eva_helpers.evaluation.clip import CODECS, ClipInfo, Selection, VideoOut, open_clip, read_frames
-from eva_helpers.evaluation.frame_align import FrameAligner
-from eva_helpers.evaluation.plate import Plate, RunningPlate, estimate_plate
-from eva_helpers.evaluation.predict import (
+from eva_helpers.predict.align import could_not_align, to_common_size
+from eva_helpers.predict.clip import CODECS, ClipInfo, Selection, VideoOut, open_clip, read_frames
+from eva_helpers.predict.frame_align import FrameAligner
+from eva_helpers.predict.pair import (
     encode_depth_png,
-    load_for_prediction,
     load_photo,
     not_aligned,
     predict_prepared,
     prepare_pair,
     single_threaded,
 )
+from eva_helpers.predict.plate import Plate, RunningPlate, estimate_plate
+from eva_helpers.training.trained_run import load_trained_run
 
 CSV_NAME, PLATE_NAME, SUMMARY_NAME, FRAMES_DIR = "frames.csv", "bg_plate.png", "footage.json", "frames"
 VIDEO_STEMS = ("masks", "depth")
@@ -245,7 +245,8 @@ def predict_video(run_dir: str | Path, clip: str | Path, out_dir: str | Path, *,
         raise BadInputError(f"{info.path}: has {info.frames} frames, none from --start {start} on; give a --start "
                             f"below {info.frames}")
     plate = _bg_photo(bg_path, info) if bg_path is not None else None
-    model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
+    trained = load_trained_run(run_dir, which, device)
+    model, cfg, stats, calib, dev = trained.model, trained.cfg, trained.stats, trained.calibration, trained.device
     t0, running, notes = time.perf_counter(), None, []
     if plate is None and plate_window is not None:
         running = RunningPlate(info, sel, plate_window)

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_json
-from eva_helpers.compositing.images import check_opaque, check_same_kind, read_image
 from eva_helpers.data.formats import DEPTH_MAX, encode_depth16, encode_mask
-from eva_helpers.data.loaders import prepare_batch
+from eva_helpers.data.images import check_opaque, check_same_kind, read_image
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.align import (
+from eva_helpers.models.inputs import model_input
+from eva_helpers.plots import save_figure, side_by_side
+from eva_helpers.predict.align import (
     IDENTITY,
     SAME_ASPECT,
     Alignment,
@@ -44,11 +45,9 @@ from eva_helpers.evaluation.align import (
     could_not_align,
     to_common_size,
 )
-from eva_helpers.evaluation.calibrate import load_calibration, postprocess
-from eva_helpers.evaluation.heldout import load_run_stats
-from eva_helpers.evaluation.refine import REFINE_MIN_SCALE, refine_mask
-from eva_helpers.plots import save_figure, side_by_side
-from eva_helpers.training.run_folder import load_run, resolve_data
+from eva_helpers.predict.masks import postprocess
+from eva_helpers.predict.refine import REFINE_MIN_SCALE, refine_mask
+from eva_helpers.training.trained_run import load_trained_run
 
 NO_ALIGN_REASON = "turned off (--no-align)"
 
@@ -159,11 +158,8 @@ def prepare_pair(bg: np.ndarray, fg_bg: np.ndarray, size: int, align: bool = Tru
 def run_model(model, prep: Prepared, stats: dict | None = None,
               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The model (in eval mode) on this one pair: a batch of one (see the module docstring for why never more)."""
-    size = prep.bg.shape[0]
-    ims = [torch.from_numpy(a).permute(2, 0, 1)[None] for a in (prep.bg, prep.fg_bg)]
-    zeros = torch.zeros(1, 1, size, size)
-    batch = {"bg": ims[0], "fg_bg": ims[1], "mask": zeros, "depth": zeros, "meta": [{}]}
-    x, _ = prepare_batch(batch, torch.device(device), stats)
+    bg, fg_bg = (torch.from_numpy(a).permute(2, 0, 1)[None].to(device).float() for a in (prep.bg, prep.fg_bg))
+    x = model_input(bg, fg_bg, stats)
     return {k: v.float().cpu() for k, v in model(x).items()}
 
 
@@ -250,19 +246,11 @@ def predict_pair(model, bg: np.ndarray, fg_bg: np.ndarray, size: int, stats: dic
                  device: str | torch.device = "cpu", calib: dict | None = None, align: bool = True,
                  refine: bool = True) -> dict[str, Any]:
     """(H, W, 3) uint8 bg and fg_bg -> {"mask": (H, W) uint8 0/255, "depth": (H, W) float32 [0, 1], "alignment":
-    align.Alignment} at the photos' size. `calib`: calibrate.load_calibration's dict, None = a 0.5 cut. `refine`: on a
+    align.Alignment} at the photos' size. `calib`: trained_run.load_calibration's dict, None = a 0.5 cut. `refine`: on a
     photo larger than the model, the mask's outline comes from the photo's pixels (refine.py; "refine" says how)."""
     model.eval()
     with single_threaded():
         return predict_prepared(model, prepare_pair(bg, fg_bg, size, align, refine), stats, device, calib)
-
-
-def load_for_prediction(run_dir: str | Path, which: str, device: str | None):
-    """The run, its frozen stats and calibration, once; checked before anything is written."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, _ = load_run(run_dir, which=which, device=str(dev))
-    stats = load_run_stats(Path(run_dir), resolve_data(cfg.data, run_dir))
-    return model, cfg, stats, load_calibration(run_dir), dev
 
 
 def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path, out_dir: str | Path,
@@ -275,7 +263,8 @@ def predict_one(run_dir: str | Path, bg_path: str | Path, fg_bg_path: str | Path
     bg, fg_bg = load_photo(bg_path), load_photo(fg_bg_path)
     check_pair_files(bg_path, fg_bg_path)  # first: a cut-out given as fg_bg is named as one, not as another size
     bg, fg_bg, resized = one_frame(bg, fg_bg, bg_path, fg_bg_path)
-    model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
+    trained = load_trained_run(run_dir, which, device)
+    model, cfg, stats, calib, dev = trained.model, trained.cfg, trained.stats, trained.calibration, trained.device
     thumbs = thumbnail(bg), thumbnail(fg_bg)  # the figure's copies: the full-size photos go as soon as they are used
     model.eval()
     with single_threaded():

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eva_helpers.compositing.images import Listing, list_images
+from eva_helpers.data.images import Listing, list_images
 from eva_helpers.errors import BadInputError
 from eva_helpers.paths import path_problem
 

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from eva_helpers.evaluation.align_guard import geometry_problem, keystone_problem
+from eva_helpers.predict.align_guard import geometry_problem, keystone_problem
 
 ANALYSIS_SIDE = 768       # longest side (px) of the analysis images
 MIN_INLIERS = 12          # RANSAC inliers needed to trust a feature-based similarity

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eva_helpers.errors import BadInputError, EvaError
-from eva_helpers.evaluation.clip import ClipInfo, Selection, read_frames
+from eva_helpers.predict.clip import ClipInfo, Selection, read_frames
 
 MIN_PLATE_FRAMES = 8   # fewer frames in the selected range: no plate (an object there would be half of them)
 PLATE_SAMPLES = 20     # frames the median of a whole clip uses: between this and 2x this

@@ -30,8 +30,8 @@ import numpy as np
 
 from eva_helpers.data.compression import encode_decode, estimate_jpeg
 from eva_helpers.errors import BadInputError
-from eva_helpers.evaluation.align_guard import exact_pair, scenes_differ, tone_problem
-from eva_helpers.evaluation.registration import (
+from eva_helpers.predict.align_guard import exact_pair, scenes_differ, tone_problem
+from eva_helpers.predict.registration import (
     MAX_SAMPLES,
     MIN_DROP,
     MIN_RATIO,

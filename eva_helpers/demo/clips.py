@@ -101,7 +101,7 @@ def make_clip(spec: ClipSpec, assets: Path, out_dir: Path) -> tuple[Path, Path]:
     """Write <name>.avi (MJPG) and <name>_gt.npz (bit-packed masks (N, H, W)); reused when both exist."""
     import cv2
 
-    from eva_helpers.compositing.images import decode_cutout, read_image
+    from eva_helpers.data.images import decode_cutout, read_image
     from eva_helpers.evaluation.perturb import shadow_map
 
     clip, gt_path = out_dir / f"{spec.file_stem()}.avi", out_dir / f"{spec.file_stem()}_gt.npz"
@@ -186,9 +186,9 @@ def demo_clip(run_dir: str | Path, out_dir: str | Path, frames: int = 120, seed:
     """A clip of the embedded sample to try `predict_video` on (notebook 05, the demo): a background of the run's
     held-out test split and two of its test cut-outs (any cut-outs when the run's split is by background only), the
     first of the sample's when the run was not trained on the sample. -> (clip, ground truth), as make_clip."""
-    from eva_helpers.evaluation.heldout import split_positions
     from eva_helpers.paths import sample_assets
-    from eva_helpers.training.run_folder import load_run, resolve_data
+    from eva_helpers.training.run_folder import resolve_data
+    from eva_helpers.training.trained_run import load_run
 
     assets = sample_assets()
     bgs = sorted(p.stem for p in (assets / "bg").glob("*.jpg"))
@@ -196,7 +196,7 @@ def demo_clip(run_dir: str | Path, out_dir: str | Path, frames: int = 120, seed:
     _, cfg, _ = load_run(run_dir)
     data = resolve_data(cfg.data, run_dir)
     if data is not None and Path(data).is_dir():
-        info = split_positions(cfg, data)["info"]
+        info = cfg.splits(data)["info"]
         bgs = [b for b in info["bg_ids"]["test"] if b in bgs] or bgs
         fgs = [f for f in info.get("fg_ids", {}).get("test", []) if f in fgs] or fgs
     spec = ClipSpec("demo", bgs[0], tuple(fgs[:2]), frames=frames, seed=seed, size=size)

@@ -14,8 +14,8 @@ from dataclasses import replace
 import numpy as np
 
 from eva_helpers.data.compression import encode_decode
-from eva_helpers.evaluation.align import Alignment, align_pair, tone_lut
-from eva_helpers.evaluation.registration import similarity_params, warp
+from eva_helpers.predict.align import Alignment, align_pair, tone_lut
+from eva_helpers.predict.registration import similarity_params, warp
 
 ALIGN_SIDE = 320  # px: the longest side alignment is estimated at; frames up to 4/3 of it are aligned as they are
 

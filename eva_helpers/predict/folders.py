@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from eva_helpers.atomic import atomic_write_bytes, atomic_write_text, check_output_folder
 from eva_helpers.data.formats import encode_mask
 from eva_helpers.errors import BadInputError, EvaError, user_message
-from eva_helpers.evaluation.align import could_not_align
-from eva_helpers.evaluation.pairing import Matching, match_folders
-from eva_helpers.evaluation.predict import (
+from eva_helpers.predict.align import could_not_align
+from eva_helpers.predict.pair import (
     check_pair_files,
     check_two_inputs,
     encode_depth_png,
-    load_for_prediction,
     load_photo,
     not_aligned,
     one_frame,
@@ -36,9 +34,11 @@ from eva_helpers.evaluation.predict import (
     prepare_pair,
     single_threaded,
 )
+from eva_helpers.predict.pairing import Matching, match_folders
+from eva_helpers.training.trained_run import load_trained_run
 
 if TYPE_CHECKING:
-    from eva_helpers.evaluation.align import Alignment
+    from eva_helpers.predict.align import Alignment
 
 
 CSV_NAME = "alignment.csv"
@@ -179,7 +179,8 @@ def predict_folders(run_dir: str | Path, bg_dir: str | Path, fg_dir: str | Path,
     check_two_inputs(bg_dir, fg_dir, "folder")
     matching = match_folders(bg_dir, fg_dir, pair_by)
     _check_out(out, bg_dir, fg_dir)
-    model, cfg, stats, calib, dev = load_for_prediction(run_dir, which, device)
+    trained = load_trained_run(run_dir, which, device)
+    model, cfg, stats, calib, dev = trained.model, trained.cfg, trained.stats, trained.calibration, trained.device
     model.eval()
     for line in (matching.unmatched_line(), matching.others_line()):
         if line:
