@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` (main job on the embedded sample) and `make test` (every test).
-# While working: `make lint` (ruff, ruff.toml) and `make test-fast` (skips the tests marked slow, pytest.ini).
+# While working: `make lint` (ruff, ruff.toml) and `make test-fast` (skips the tests marked slow, pytest.ini, and runs
+# the rest on every core: pytest-xdist).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,6 +81,7 @@ def _pair(content: str, relation: str, h: int, w: int, seed: int) -> tuple[np.nd
     return np.ascontiguousarray(bg), np.ascontiguousarray(fg_bg)
 
 
+@pytest.mark.slow  # 300 pairs
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(content=st.sampled_from(CONTENTS), relations=st.lists(st.sampled_from(RELATIONS), min_size=4, max_size=4),
        h=st.integers(8, 96), aspect=st.floats(0.5, 2.0), seed=st.integers(0, 2**31 - 1))

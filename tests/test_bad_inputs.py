@@ -785,6 +785,7 @@ def _data_manifest(tmp_path, url: str):
     return dm
 
 
+@pytest.mark.slow  # each waits out a deadline
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["slow-status", "slow-header", "endless-headers", "many-headers", "slow-body"])
 def test_a_server_that_never_finishes_ends_eva_fetch_in_one_line(kind, server, small_limits, tmp_path, capsys):
@@ -809,6 +810,7 @@ def test_a_server_that_never_finishes_ends_eva_fetch_in_one_line(kind, server, s
     assert leftovers == (["manifest.json.part"] if kind == "slow-body" else [])
 
 
+@pytest.mark.slow  # waits out the deadline twice
 @pytest.mark.timeout(60)
 def test_each_try_gets_the_head_deadline_then_is_retried(server, monkeypatch, tmp_path):
     """Within the speed floor's window, a try whose head is late is cut at HEADERS_DEADLINE_S and tried again."""

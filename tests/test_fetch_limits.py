@@ -66,6 +66,7 @@ def test_an_endless_body_stops_at_the_listed_size(tmp_path, url, monkeypatch):
     assert not (tmp_path / "data.bin").exists()
 
 
+@pytest.mark.slow  # waits out the deadline
 def test_a_trickle_gives_up_within_its_deadline(tmp_path, url, monkeypatch):
     monkeypatch.setattr(F, "MIN_SPEED", 1000)
     monkeypatch.setattr(F, "SPEED_WINDOW_S", 1.0)

@@ -210,6 +210,7 @@ def _race(folder: str, start, done, wins) -> None:
     held.release()
 
 
+@pytest.mark.slow  # processes racing, each waiting for the others
 def test_simultaneous_takeovers_of_a_dead_holder_have_one_winner(tmp_path):
     """Issue 28: two trainers started at once on a dead holder's lease both took over in 2 of 3 trials."""
     import multiprocessing as mp
