@@ -333,6 +333,7 @@ def test_video_flags_without_video_are_refused(tmp_path, trained_run, capsys):
     assert "--video CLIP" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a notebook cell end to end: a clip made, predicted, shown
 def test_notebook_05s_footage_cell_predicts_a_held_out_clip(tmp_path, trained_run, capsys):
     from types import SimpleNamespace
 

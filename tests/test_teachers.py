@@ -156,6 +156,7 @@ def tiny_da(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # a transformers model built and run
 def test_tiny_depth_anything_loads_from_a_local_folder_and_predicts(tiny_da):
     t = get_teacher("depth-anything-v2-small", model_dir=tiny_da, device="cpu", batch_size=2)
     assert type(t.model).__name__ == "DepthAnythingForDepthEstimation"
@@ -178,6 +179,7 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
         get_teacher("depth-anything-v2-small", model_dir=tmp_path / "nothing-here", device="cpu")
 
 
+@pytest.mark.slow  # a transformers model built and run
 @pytest.mark.parametrize("mode", ["layered", "per-composite", "hybrid"])
 def test_build_with_the_transformers_teacher(tiny_da, tmp_path, mode):
     from _build_helpers import all_bytes, sample_inputs

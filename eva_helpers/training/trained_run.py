@@ -27,6 +27,8 @@ DEFAULT_CALIBRATION = {"threshold": 0.5, "morph": False, "chosen_on": "default (
 
 @dataclass
 class TrainedRun:
+    """What scoring and prediction need of a trained run, loaded and checked together."""
+
     model: nn.Module  # in eval mode, on `device`
     cfg: TrainConfig
     stats: dict  # the normalisation it trained with
